@@ -1,0 +1,184 @@
+"""The shapes world: procedural 64x64 scenes with one or two objects and their captions.
+
+A scene is plain data (`Scene`), rendered deterministically by `render`, captioned by `caption`.
+`sample_scene(rng)` draws a scene from the training distribution; colour-shape pairs listed in
+`HELD_OUT_PAIRS` never appear in it, so prompts that use them test compositional generalisation.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+IMAGE_SIZE = 64
+
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (220, 30, 30),
+    "green": (30, 170, 50),
+    "blue": (30, 60, 220),
+    "yellow": (235, 205, 20),
+    "purple": (140, 40, 170),
+    "orange": (245, 130, 20),
+}
+SHAPES = ("circle", "square", "triangle")
+SIZES: dict[str, int] = {"small": 12, "large": 22}  # side / diameter in pixels
+# Object centres; far enough apart that two large objects never overlap.
+POSITIONS: dict[str, tuple[int, int]] = {
+    "left": (13, 32),
+    "right": (51, 32),
+    "top": (32, 13),
+    "bottom": (32, 51),
+    "center": (32, 32),
+}
+POSITION_PHRASES = {
+    "left": "on the left",
+    "right": "on the right",
+    "top": "at the top",
+    "bottom": "at the bottom",
+    "center": "in the center",
+}
+# Light backgrounds, far from every object colour.
+BACKGROUNDS: dict[str, tuple[int, int, int]] = {
+    "white": (255, 255, 255),
+    "grey": (228, 228, 228),
+    "cream": (250, 243, 222),
+    "mint": (225, 245, 232),
+    "sky": (225, 236, 250),
+}
+# Never seen in training, in any object of any scene.
+HELD_OUT_PAIRS = frozenset({("red", "triangle"), ("blue", "circle"), ("yellow", "square")})
+
+JITTER_PX = 2
+TWO_OBJECT_PROB = 0.5
+
+
+@dataclass(frozen=True)
+class SceneObject:
+    colour: str
+    shape: str
+    size: str
+    position: str
+    dx: int = 0
+    dy: int = 0
+
+    def phrase(self) -> str:
+        return f"a {self.size} {self.colour} {self.shape} {POSITION_PHRASES[self.position]}"
+
+
+@dataclass(frozen=True)
+class Scene:
+    objects: tuple[SceneObject, ...]
+    background: str = "white"
+
+
+def caption(scene: Scene) -> str:
+    return " and ".join(obj.phrase() for obj in scene.objects)
+
+
+def vocabulary() -> list[str]:
+    """Every word a caption can contain, in a stable order."""
+    words: list[str] = ["a", "and"]
+    words += list(SIZES) + list(COLOURS) + list(SHAPES)
+    for phrase in POSITION_PHRASES.values():
+        words += phrase.split()
+    return list(dict.fromkeys(words))
+
+
+def _draw_object(draw: ImageDraw.ImageDraw, obj: SceneObject) -> None:
+    cx, cy = POSITIONS[obj.position]
+    cx, cy = cx + obj.dx, cy + obj.dy
+    half = SIZES[obj.size] / 2
+    box = (cx - half, cy - half, cx + half - 1, cy + half - 1)
+    fill = COLOURS[obj.colour]
+    if obj.shape == "circle":
+        draw.ellipse(box, fill=fill)
+    elif obj.shape == "square":
+        draw.rectangle(box, fill=fill)
+    elif obj.shape == "triangle":
+        draw.polygon([(cx, box[1]), (box[0], box[3]), (box[2], box[3])], fill=fill)
+    else:
+        raise ValueError(f"unknown shape {obj.shape!r}")
+
+
+def render(scene: Scene) -> np.ndarray:
+    """The scene as a (64, 64, 3) uint8 array."""
+    image = Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), BACKGROUNDS[scene.background])
+    draw = ImageDraw.Draw(image)
+    for obj in scene.objects:
+        _draw_object(draw, obj)
+    return np.asarray(image, dtype=np.uint8).copy()
+
+
+def sample_object(rng: np.random.Generator, position: str, allow_held_out: bool = False) -> SceneObject:
+    while True:
+        colour = str(rng.choice(list(COLOURS)))
+        shape = str(rng.choice(SHAPES))
+        if allow_held_out or (colour, shape) not in HELD_OUT_PAIRS:
+            break
+    size = str(rng.choice(list(SIZES)))
+    dx, dy = (int(v) for v in rng.integers(-JITTER_PX, JITTER_PX + 1, size=2))
+    return SceneObject(colour, shape, size, position, dx, dy)
+
+
+def sample_scene(rng: np.random.Generator, allow_held_out: bool = False) -> Scene:
+    n_objects = 2 if rng.random() < TWO_OBJECT_PROB else 1
+    positions = rng.choice(list(POSITIONS), size=n_objects, replace=False)
+    objects = []
+    for position in positions:
+        obj = sample_object(rng, str(position), allow_held_out)
+        # Two objects of the same colour would make the caption ambiguous for the scorer.
+        while objects and obj.colour == objects[0].colour:
+            obj = sample_object(rng, str(position), allow_held_out)
+        objects.append(obj)
+    background = str(rng.choice(list(BACKGROUNDS)))
+    return Scene(tuple(objects), background)
+
+
+def sample_dataset(n: int, seed: int) -> tuple[np.ndarray, list[str], list[Scene]]:
+    """n training scenes: images (n, 64, 64, 3) uint8, captions, scenes. Deterministic in seed."""
+    rng = np.random.default_rng(seed)
+    scenes = [sample_scene(rng) for _ in range(n)]
+    images = np.stack([render(s) for s in scenes])
+    return images, [caption(s) for s in scenes], scenes
+
+
+def evaluation_scenes(n: int, seed: int, held_out: bool) -> list[Scene]:
+    """Single- and two-object scenes for evaluation.
+
+    held_out=False: only training-distribution colour-shape pairs (seen combinations);
+    held_out=True: every scene has at least one object with a held-out colour-shape pair.
+    """
+    rng = np.random.default_rng(seed)
+    scenes: list[Scene] = []
+    while len(scenes) < n:
+        scene = sample_scene(rng, allow_held_out=held_out)
+        has_held_out = any((o.colour, o.shape) in HELD_OUT_PAIRS for o in scene.objects)
+        if has_held_out == held_out:
+            scenes.append(scene)
+    return scenes
+
+
+def parse_caption(text: str) -> list[dict[str, str]]:
+    """The attributes a prompt states, object by object: [{colour, shape, size, position}, ...].
+
+    Only the controlled grammar is understood; attributes a phrase leaves out are absent from its dict.
+    """
+    objects = []
+    phrase_to_position = {v: k for k, v in POSITION_PHRASES.items()}
+    for part in text.lower().strip().split(" and "):
+        words = part.split()
+        obj: dict[str, str] = {}
+        for w in words:
+            if w in COLOURS:
+                obj["colour"] = w
+            elif w in SHAPES:
+                obj["shape"] = w
+            elif w in SIZES:
+                obj["size"] = w
+        for phrase, position in phrase_to_position.items():
+            if phrase in part:
+                obj["position"] = position
+        if obj:
+            objects.append(obj)
+    return objects

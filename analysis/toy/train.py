@@ -1,0 +1,218 @@
+"""Train the embedded default model from scratch: `python -m analysis train-default`.
+
+Three stages, each resumable from `work_dir`:
+1. the autoencoder (64x64x3 <-> 16x16x4), trained on random 32x32 crops (it is fully convolutional, and
+   crops cost a quarter of full frames);
+2. a fixed pool of scenes encoded once into latents, so the UNet stage never runs the encoder;
+3. UNet + text encoder jointly, epsilon prediction with min-SNR-5 loss weighting, constant learning rate
+   after warm-up and an EMA of the weights (a constant rate means any step count is a complete recipe).
+Every batch, noise draw and dropout decision is derived from (seed, step), so a resumed run equals an
+uninterrupted one. The EMA weights are exported in the stock Stable Diffusion layout.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import StableDiffusionPipeline
+from diffusers.training_utils import EMAModel
+from tqdm.auto import tqdm
+
+from analysis.toy import architecture, scenes
+from analysis.toy.tokenizer import build_tokenizer
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    out_dir: str = "assets/shapes-v1"
+    work_dir: str = "checkpoints/shapes-v1"
+    seed: int = 0
+    threads: int = 2
+    vae_steps: int = 1200
+    vae_batch: int = 32
+    vae_crop: int = 32
+    vae_lr: float = 1e-3
+    vae_kl_weight: float = 1e-6
+    n_scenes: int = 40_000
+    unet_steps: int = 5_000
+    batch: int = 64
+    lr: float = 4e-4
+    warmup: int = 200
+    ema_decay: float = 0.999
+    caption_dropout: float = 0.1
+    snr_gamma: float = 5.0
+    checkpoint_every: int = 250
+    export_every: int = 500
+
+    def __post_init__(self):
+        for name in ("vae_steps", "unet_steps", "n_scenes", "batch", "vae_batch", "checkpoint_every", "export_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not 0 <= self.caption_dropout < 1:
+            raise ValueError(f"caption_dropout must be in [0, 1), got {self.caption_dropout}")
+
+
+def _step_rng(seed: int, stage: int, step: int) -> tuple[np.random.Generator, torch.Generator]:
+    np_rng = np.random.default_rng((seed, stage, step))
+    torch_rng = torch.Generator().manual_seed(int(np_rng.integers(2**62)))
+    return np_rng, torch_rng
+
+
+def _to_unit(images: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+def train_vae(cfg: TrainConfig, images: np.ndarray, work: Path):
+    vae = architecture.make_vae()
+    ckpt = work / "vae.pt"
+    start = 0
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
+    if ckpt.exists():
+        state = torch.load(ckpt, weights_only=False)
+        vae.load_state_dict(state["vae"])
+        opt.load_state_dict(state["opt"])
+        start = state["step"]
+    vae.train()
+    bar = tqdm(range(start, cfg.vae_steps), desc="autoencoder", initial=start, total=cfg.vae_steps)
+    for step in bar:
+        np_rng, torch_rng = _step_rng(cfg.seed, 1, step)
+        idx = np_rng.integers(0, len(images), cfg.vae_batch)
+        y0, x0 = np_rng.integers(0, images.shape[1] - cfg.vae_crop + 1, 2)
+        crop = _to_unit(images[idx, y0 : y0 + cfg.vae_crop, x0 : x0 + cfg.vae_crop])
+        posterior = vae.encode(crop).latent_dist
+        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=torch_rng)
+        recon = vae.decode(z).sample
+        loss = F.l1_loss(recon, crop) + cfg.vae_kl_weight * posterior.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.vae_steps:
+            torch.save({"vae": vae.state_dict(), "opt": opt.state_dict(), "step": step + 1}, ckpt)
+    vae.eval()
+    return vae
+
+
+@torch.no_grad()
+def encode_pool(cfg: TrainConfig, vae, images: np.ndarray, work: Path) -> torch.Tensor:
+    cache = work / f"latents-{cfg.n_scenes}.pt"
+    if cache.exists():
+        return torch.load(cache)
+    chunks = [vae.encode(_to_unit(images[i : i + 256])).latent_dist.mean for i in tqdm(range(0, len(images), 256), desc="encode")]
+    latents = torch.cat(chunks)
+    torch.save(latents, cache)
+    return latents
+
+
+def _snr(scheduler, timesteps: torch.Tensor) -> torch.Tensor:
+    alphas_cumprod = scheduler.alphas_cumprod[timesteps]
+    return alphas_cumprod / (1 - alphas_cumprod)
+
+
+def export(cfg: TrainConfig, vae, text_encoder, unet, tokenizer, scheduler, ema: EMAModel, params, step: int) -> None:
+    ema.store(params)
+    ema.copy_to(params)
+    try:
+        pipe = StableDiffusionPipeline(
+            vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+            safety_checker=None, feature_extractor=None, image_encoder=None, requires_safety_checker=False,
+        )
+        out = Path(cfg.out_dir)
+        pipe.save_pretrained(out, safe_serialization=True)
+        for name in ("vocab.json", "merges.txt"):  # the classic BPE files too, for older transformers
+            (out / "tokenizer" / name).write_bytes((Path(cfg.work_dir) / "tokenizer" / name).read_bytes())
+        (out / "training.json").write_text(json.dumps({"recipe": asdict(cfg), "steps_done": step}, indent=2))
+    finally:
+        ema.restore(params)
+
+
+def train(cfg: TrainConfig) -> Path:
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    work = Path(cfg.work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer(work / "tokenizer")
+
+    images, captions, _ = scenes.sample_dataset(cfg.n_scenes, seed=cfg.seed)
+    vae = train_vae(cfg, images, work)
+    latents = encode_pool(cfg, vae, images, work)
+    scale = float(1.0 / latents.std())
+    vae.register_to_config(scaling_factor=scale)
+    latents = latents * scale
+
+    ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
+    empty_ids = tokenizer([""], padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt").input_ids
+
+    torch.manual_seed(cfg.seed)
+    text_encoder = architecture.make_text_encoder(len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id)
+    unet = architecture.make_unet()
+    scheduler = architecture.make_scheduler()
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
+    lr_at = lambda step: cfg.lr * min(1.0, (step + 1) / cfg.warmup)  # noqa: E731
+    ema = EMAModel(params, decay=cfg.ema_decay, use_ema_warmup=True, power=3 / 4)
+
+    ckpt = work / "unet.pt"
+    start = 0
+    if ckpt.exists():
+        state = torch.load(ckpt, weights_only=False)
+        unet.load_state_dict(state["unet"])
+        text_encoder.load_state_dict(state["text_encoder"])
+        opt.load_state_dict(state["opt"])
+        ema.load_state_dict(state["ema"])
+        start = state["step"]
+
+    unet.train()
+    text_encoder.train()
+    log = open(work / "unet_log.csv", "a")
+    t0 = time.time()
+    bar = tqdm(range(start, cfg.unet_steps), desc="unet", initial=start, total=cfg.unet_steps)
+    for step in bar:
+        np_rng, torch_rng = _step_rng(cfg.seed, 3, step)
+        idx = torch.from_numpy(np_rng.integers(0, len(latents), cfg.batch))
+        x0 = latents[idx]
+        batch_ids = ids[idx].clone()
+        drop = torch.from_numpy(np_rng.random(cfg.batch) < cfg.caption_dropout)
+        batch_ids[drop] = empty_ids
+        noise = torch.randn(x0.shape, generator=torch_rng)
+        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (cfg.batch,), generator=torch_rng)
+        noisy = scheduler.add_noise(x0, noise, timesteps)
+
+        text = text_encoder(batch_ids)[0]
+        pred = unet(noisy, timesteps, text).sample
+        # min-SNR-gamma weighting for epsilon prediction (Hang et al. 2023): min(snr, gamma) / snr
+        snr = _snr(scheduler, timesteps)
+        weight = torch.clamp(snr, max=cfg.snr_gamma) / snr
+        loss = (weight * (pred - noise).square().mean(dim=(1, 2, 3))).mean()
+
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        ema.step(params)
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        log.write(f"{step},{loss.item():.5f},{time.time() - t0:.1f}\n")
+        done = step + 1
+        if done % cfg.checkpoint_every == 0 or done == cfg.unet_steps:
+            torch.save({"unet": unet.state_dict(), "text_encoder": text_encoder.state_dict(),
+                        "opt": opt.state_dict(), "ema": ema.state_dict(), "step": done}, ckpt)
+            log.flush()
+        if done % cfg.export_every == 0 or done == cfg.unet_steps:
+            export(cfg, vae, text_encoder, unet, tokenizer, scheduler, ema, params, done)
+    log.close()
+    if start >= cfg.unet_steps:  # already finished: make sure the export exists
+        export(cfg, vae, text_encoder, unet, tokenizer, scheduler, ema, params, start)
+    return Path(cfg.out_dir)
+
+
+def config_from_args(args) -> TrainConfig:
+    cfg = TrainConfig()
+    overrides = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__ and v is not None}
+    return replace(cfg, **overrides)
