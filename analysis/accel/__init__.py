@@ -1,0 +1,94 @@
+"""Training-free acceleration techniques, each a plug-in (see analysis/plugins.py).
+
+`TECHNIQUES` maps the CLI/run.json name to its Config class; `parse_accel("tgate:gate_step=10")` builds a
+config from the CLI syntax (list values joined by '+'); `check_combination` refuses combinations that
+cannot work, saying why.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass
+from typing import ClassVar
+
+from analysis.plugins import HandleBase
+
+
+@dataclass(frozen=True)
+class StepsConfig:
+    """Plain step reduction: the baseline every technique is judged against at equal latency."""
+
+    name: ClassVar[str] = "steps"
+    steps: int = 20
+
+    def __post_init__(self):
+        if not 1 <= self.steps <= 1000:
+            raise ValueError(f"steps: steps must be between 1 and 1000, got {self.steps}")
+
+    def attach(self, ctx) -> HandleBase:  # the run itself uses fewer steps; nothing to hook
+        return HandleBase()
+
+
+TECHNIQUES: dict[str, type] = {"steps": StepsConfig}
+
+
+def register(config_cls: type) -> type:
+    TECHNIQUES[config_cls.name] = config_cls
+    return config_cls
+
+
+def _load_all() -> None:
+    # Import for their @register side effect; a technique module that fails to import is a bug, not optional.
+    from analysis.accel import atedm, fastdiff, reuse, tgate  # noqa: F401
+
+
+def _convert(value: str, annotation, field_name: str, technique: str):
+    text = str(annotation)
+    try:
+        if "tuple" in text:
+            inner = int if "int" in text else float if "float" in text else str
+            return tuple(inner(v) for v in value.split("+") if v != "")
+        if "bool" in text:
+            if value.lower() in ("1", "true", "yes", "on"):
+                return True
+            if value.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if "int" in text and "float" not in text:
+            return int(value)
+        if "float" in text:
+            return float(value)
+    except ValueError:
+        raise ValueError(f"{technique}: {field_name}={value!r} is not a valid {text}") from None
+    return value
+
+
+def parse_accel(spec: str):
+    """'tgate:gate_step=10,sp_interval=5' -> TGateConfig(gate_step=10, sp_interval=5)."""
+    _load_all()
+    name, _, rest = spec.partition(":")
+    name = name.strip()
+    if name not in TECHNIQUES:
+        raise ValueError(f"unknown technique {name!r}; choose from {', '.join(sorted(TECHNIQUES))}")
+    cls = TECHNIQUES[name]
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for item in filter(None, (p.strip() for p in rest.split(","))):
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise ValueError(f"{name}: expected key=value, got {item!r}")
+        if key not in fields:
+            raise ValueError(f"{name}: unknown parameter {key!r}; known: {', '.join(fields)}")
+        kwargs[key] = _convert(value, hints[key], key, name)
+    return cls(**kwargs)
+
+
+def check_combination(configs) -> None:
+    """Raise ValueError for combinations that cannot work together, saying why."""
+    _load_all()
+    by_name = {type(c).name: c for c in configs}
+    for config in configs:
+        check = getattr(config, "check_with", None)
+        if check is not None:
+            check(by_name)

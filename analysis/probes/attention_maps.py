@@ -1,0 +1,259 @@
+"""Attention-map capture (probe "attention_maps"): cross-attention maps per prompt token and self-attention
+maps, per layer and step, conditional branch only, within a memory budget.
+
+What is kept (schema: docs/signals.md):
+- cross: p(token | pixel) averaged over heads, (steps, n_prompts, n_tokens, h, w); every token column is
+  kept, padding included (the UI marks them with RunResult.tokens);
+- cross_heads: the same per head, where the budget allows;
+- self: head-averaged self-attention, (steps, n_prompts, hq, wq, hk, wk). When downsampled, a kept key
+  cell holds the probability mass of the key pixels it covers and a kept query cell the mean distribution
+  of its query pixels, so every query row still sums to 1 over the kept keys.
+
+Every map is reduced on the device (head mean, adaptive average pooling) and moved to the CPU as float16
+before it is kept. The budget plan is made once, from the layer shapes seen at the first step (those maps
+are kept at native resolution until then, then reduced to the plan), in this order until all kept steps fit:
+1. drop the per-head cross maps;
+2. halve the self-attention query/key resolution, largest layer first, down to `min_res` per side;
+3. keep evenly spaced steps (first and last included) instead of all of them;
+4. if not even one step fits: halve the cross maps too (down to `min_res`), then drop the largest layers.
+The signal records the plan: kept steps, per-layer native and kept resolutions, budget and kept bytes.
+After step 0 the probabilities are requested only for kept steps and layers, so skipped steps cost nothing.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+
+from analysis.attention import AttentionPlugin, AttnCall
+from analysis.probes._common import AttentionProbe, cond_slice, halve, pool, stack_steps, to_cpu16, token_grid
+
+BYTES = 2  # float16
+
+
+@dataclass(frozen=True)
+class AttentionMapsConfig:
+    name: ClassVar[str] = "attention_maps"
+    budget_mb: float = 1024.0  # memory for all kept maps (MiB)
+    cross: bool = True  # keep cross-attention maps
+    self_maps: bool = True  # keep self-attention maps
+    cross_heads: bool = True  # keep per-head cross maps too, where the budget allows
+    min_res: int = 8  # the budget never downsamples below this many cells per side
+
+    def __post_init__(self):
+        if isinstance(self.budget_mb, bool) or not isinstance(self.budget_mb, (int, float)) or not self.budget_mb > 0:
+            raise ValueError(f"attention_maps: budget_mb must be a positive number of MiB, got {self.budget_mb!r}")
+        if isinstance(self.min_res, bool) or not isinstance(self.min_res, int) or self.min_res < 1:
+            raise ValueError(f"attention_maps: min_res must be a positive integer, got {self.min_res!r}")
+        if not (self.cross or self.self_maps):
+            raise ValueError("attention_maps: nothing to keep; enable cross and/or self_maps")
+
+    def attach(self, ctx) -> "AttentionMapsProbe":
+        return AttentionMapsProbe(self, ctx)
+
+
+@dataclass
+class _Layer:
+    name: str
+    cross: bool
+    native: tuple[int, int]
+    heads: int
+    prompts: int
+    n_tokens: int = 0  # cross only
+    kept: tuple[int, int] = (0, 0)
+    keys_kept: tuple[int, int] = (0, 0)  # self only
+    dropped: bool = False
+    maps: dict[int, torch.Tensor] = field(default_factory=dict)  # step -> CPU float16
+    head_maps: dict[int, torch.Tensor] = field(default_factory=dict)
+
+    def bytes_per_step(self, heads_on: bool) -> int:
+        if self.dropped:
+            return 0
+        if self.cross:
+            cells = self.prompts * self.n_tokens * self.kept[0] * self.kept[1]
+            return BYTES * cells * (1 + (self.heads if heads_on else 0))
+        return BYTES * self.prompts * self.kept[0] * self.kept[1] * self.keys_kept[0] * self.keys_kept[1]
+
+
+def _self_reduce(m: torch.Tensor, native, kept, keys_kept) -> torch.Tensor:
+    """m: (P, Nq, Nk) head-averaged self-attention -> (P, hq', wq', hk', wk')."""
+    p = m.shape[0]
+    hq, wq = native
+    x = m.reshape(p * hq * wq, hq, wq)  # keys on their grid (self-attention: same grid as the queries)
+    if tuple(keys_kept) != tuple(native):
+        x = pool(x, keys_kept)
+        x = x / x.sum(dim=(-2, -1), keepdim=True).clamp_min(1e-12)  # mass per kept key cell
+    nk = keys_kept[0] * keys_kept[1]
+    if tuple(kept) != tuple(native):
+        x = x.reshape(p, hq, wq, nk).permute(0, 3, 1, 2)
+        x = pool(x, kept).permute(0, 2, 3, 1)
+    return x.reshape(p, kept[0], kept[1], keys_kept[0], keys_kept[1])
+
+
+class AttentionMapsProbe(AttentionProbe, AttentionPlugin):
+    def __init__(self, config: AttentionMapsConfig, ctx):
+        self.config = config
+        self.budget = int(config.budget_mb * 2**20)
+        self.layers: dict[str, _Layer] = {}
+        self.first_step: int | None = None
+        self.kept_steps: list[int] | None = None  # None until the plan is made
+        self.heads_on = config.cross and config.cross_heads
+        self.reductions: list[str] = []
+        self._register(ctx)
+
+    # --- dispatcher hooks ---------------------------------------------------------------------------
+    def wants_probs(self, call: AttnCall) -> bool:
+        step = call.step
+        if step < 0 or not (self.config.cross if call.is_cross else self.config.self_maps):
+            return False
+        if self.first_step is None:
+            self.first_step = step
+        if self.kept_steps is None:
+            if step == self.first_step:
+                return True
+            self._plan()
+        layer = self.layers.get(call.name)
+        return layer is not None and not layer.dropped and step in self._kept_set
+
+    def on_probs(self, call: AttnCall, probs: torch.Tensor) -> None:
+        if not self.wants_probs(call):  # another plug-in asked for these probabilities
+            return
+        heads = call.attn.heads
+        batch = probs.shape[0] // heads
+        nq, nk = probs.shape[1], probs.shape[2]
+        p = probs.view(batch, heads, nq, nk)[cond_slice(self.clock, batch)]
+        layer = self.layers.get(call.name)
+        if layer is None:
+            grid = token_grid(nq, self.latent.hw)
+            layer = _Layer(call.name, call.is_cross, grid, heads, p.shape[0], nk if call.is_cross else 0, grid, grid)
+            self.layers[call.name] = layer
+        if p.shape[0] != layer.prompts:
+            return
+        step = call.step
+        h, w = layer.native
+        if layer.cross:
+            mean = p.mean(dim=1).transpose(1, 2).reshape(layer.prompts, nk, h, w)
+            layer.maps[step] = to_cpu16(pool(mean, layer.kept))
+            if self.heads_on:
+                per_head = p.transpose(2, 3).reshape(layer.prompts, heads, nk, h, w)
+                layer.head_maps[step] = to_cpu16(pool(per_head, layer.kept))
+        else:
+            layer.maps[step] = to_cpu16(_self_reduce(p.mean(dim=1), layer.native, layer.kept, layer.keys_kept))
+
+    # --- the budget plan -------------------------------------------------------------------------------
+    def _per_step(self) -> int:
+        return sum(layer.bytes_per_step(self.heads_on) for layer in self.layers.values())
+
+    def _plan(self) -> None:
+        cfg, layers = self.config, list(self.layers.values())
+        n = max(self.clock.num_steps, 1)
+        first = self.first_step or 0
+        total_steps = list(range(first, n)) or [first]
+        n = len(total_steps)
+        if self._per_step() * n > self.budget and self.heads_on:
+            self.heads_on = False
+            self.reductions.append("dropped per-head cross maps")
+        downsampled = False
+        while self._per_step() * n > self.budget:
+            cands = [l for l in layers if not l.cross and not l.dropped and halve(l.kept, cfg.min_res) != l.kept]
+            if not cands:
+                break
+            layer = max(cands, key=lambda l: l.bytes_per_step(False))
+            layer.kept = layer.keys_kept = halve(layer.kept, cfg.min_res)
+            downsampled = True
+        if downsampled:
+            self.reductions.append(f"self-attention downsampled (min {cfg.min_res}x{cfg.min_res})")
+        per_step = self._per_step()
+        n_keep = n if per_step == 0 else min(n, self.budget // per_step)
+        if n_keep < 1:
+            while self._per_step() > self.budget:
+                cands = [l for l in layers if l.cross and not l.dropped and halve(l.kept, cfg.min_res) != l.kept]
+                if not cands:
+                    break
+                layer = max(cands, key=lambda l: l.bytes_per_step(False))
+                layer.kept = halve(layer.kept, cfg.min_res)
+                if "cross-attention downsampled" not in self.reductions:
+                    self.reductions.append("cross-attention downsampled")
+            while self._per_step() > self.budget:
+                layer = max((l for l in layers if not l.dropped), key=lambda l: l.bytes_per_step(self.heads_on))
+                layer.dropped = True
+                self.reductions.append(f"dropped {layer.name}")
+            n_keep = 1 if self._per_step() > 0 else 0
+        if n_keep >= n:
+            kept = total_steps
+        elif n_keep == 1:
+            kept = [first]
+        elif n_keep == 0:
+            kept = []
+        else:
+            kept = sorted({total_steps[round(i * (n - 1) / (n_keep - 1))] for i in range(n_keep)})
+            self.reductions.append(f"kept {len(kept)} of {n} steps")
+        self.kept_steps = kept
+        self._kept_set = set(kept)
+        # Bring what the first step stored down to the plan.
+        for layer in layers:
+            if layer.dropped:
+                layer.maps.clear()
+                layer.head_maps.clear()
+                continue
+            for step in list(layer.maps):
+                if step not in self._kept_set:
+                    del layer.maps[step]
+                    layer.head_maps.pop(step, None)
+                    continue
+                m = layer.maps[step].float()
+                if layer.cross:
+                    layer.maps[step] = pool(m, layer.kept).half()
+                else:
+                    flat = m.reshape(layer.prompts, layer.native[0] * layer.native[1], -1)
+                    layer.maps[step] = _self_reduce(flat, layer.native, layer.kept, layer.keys_kept).half()
+            if not self.heads_on:
+                layer.head_maps.clear()
+            else:
+                for step, m in list(layer.head_maps.items()):
+                    layer.head_maps[step] = pool(m.float(), layer.kept).half()
+
+    # --- results -------------------------------------------------------------------------------------------
+    def signals(self) -> dict[str, Any]:
+        if self.kept_steps is None:
+            self._plan()
+        steps = list(self.kept_steps or [])
+        cross: dict[str, Any] = {}
+        cross_heads: dict[str, Any] = {}
+        self_maps: dict[str, Any] = {}
+        resolution: dict[str, Any] = {}
+        kept_bytes = 0
+        for layer in self.layers.values():
+            if layer.dropped or not layer.maps or not steps:
+                continue
+            like = next(iter(layer.maps.values()))
+            arr = stack_steps(layer.maps, steps, like).numpy()
+            kept_bytes += arr.nbytes
+            res: dict[str, Any] = {"native": list(layer.native), "kept": list(layer.kept)}
+            if layer.cross:
+                cross[layer.name] = arr
+                if self.heads_on and layer.head_maps:
+                    heads_arr = stack_steps(layer.head_maps, steps, next(iter(layer.head_maps.values()))).numpy()
+                    cross_heads[layer.name] = heads_arr
+                    kept_bytes += heads_arr.nbytes
+            else:
+                self_maps[layer.name] = arr
+                res["keys_kept"] = list(layer.keys_kept)
+            resolution[layer.name] = res
+        return {
+            "attention_maps": {
+                "steps": steps,
+                "cross": cross,
+                "cross_heads": cross_heads,
+                "self": self_maps,
+                "resolution": resolution,
+                "budget_bytes": self.budget,
+                "kept_bytes": int(kept_bytes),
+                "reductions": list(self.reductions),
+                "dropped_layers": [l.name for l in self.layers.values() if l.dropped],
+            }
+        }
+
+    def _release(self) -> None:
+        pass

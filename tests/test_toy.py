@@ -1,0 +1,81 @@
+"""The shapes world: renderer, captions, tokenizer, the training command, the shipped default model."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from analysis.models import DEFAULT_MODEL_DIR, load_pipeline
+from analysis.toy import scenes
+from analysis.toy.tokenizer import build_tokenizer, unknown_words
+
+
+def test_renderer_is_deterministic():
+    a, caps_a, _ = scenes.sample_dataset(20, seed=3)
+    b, caps_b, _ = scenes.sample_dataset(20, seed=3)
+    c, _, _ = scenes.sample_dataset(20, seed=4)
+    assert a.shape == (20, 64, 64, 3) and a.dtype == np.uint8
+    assert np.array_equal(a, b) and caps_a == caps_b
+    assert not np.array_equal(a, c)
+
+
+def test_captions_match_scenes():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        scene = scenes.sample_scene(rng)
+        stated = scenes.parse_caption(scenes.caption(scene))
+        assert stated == [dict(colour=o.colour, shape=o.shape, size=o.size, position=o.position) for o in scene.objects]
+        image = scenes.render(scene)
+        for obj in scene.objects:  # the object's colour is really drawn at its stated position
+            x, y = scenes.POSITIONS[obj.position]
+            assert tuple(image[y + obj.dy, x + obj.dx]) == scenes.COLOURS[obj.colour]
+
+
+def test_held_out_pairs_never_in_training_distribution():
+    _, _, train = scenes.sample_dataset(2000, seed=0)
+    assert not any((o.colour, o.shape) in scenes.HELD_OUT_PAIRS for s in train for o in s.objects)
+    held = scenes.evaluation_scenes(20, seed=1, held_out=True)
+    assert all(any((o.colour, o.shape) in scenes.HELD_OUT_PAIRS for o in s.objects) for s in held)
+
+
+def test_tokenizer_single_tokens_and_unknown_words(tmp_path):
+    tok = build_tokenizer(tmp_path)
+    for word in scenes.vocabulary():
+        assert len(tok.tokenize(word)) == 1, word
+    reloaded = CLIPTokenizer.from_pretrained(tmp_path)
+    text = "a large red circle on the left and a small blue square at the top"
+    assert reloaded(text).input_ids == tok(text).input_ids
+    assert len(reloaded(text).input_ids) == len(text.split()) + 2
+    ids = tok("a purple zebra").input_ids  # unknown word: characters, no error
+    assert len(ids) > 5
+    assert unknown_words(tok, "a purple zebra") == ["zebra"]
+
+
+def test_training_command_smoke(tmp_path):
+    from analysis.__main__ import main
+
+    out, work = tmp_path / "model", tmp_path / "work"
+    args = ["train-default", "--out-dir", str(out), "--work-dir", str(work), "--vae-steps", "2", "--unet-steps", "2",
+            "--n-scenes", "16", "--batch", "4"]
+    assert main(args) == 0
+    pipe = StableDiffusionPipeline.from_pretrained(out)
+    assert isinstance(pipe.unet, UNet2DConditionModel) and isinstance(pipe.vae, AutoencoderKL)
+    assert isinstance(pipe.text_encoder, CLIPTextModel)
+    assert json.loads((out / "training.json").read_text())["steps_done"] == 2
+    # resuming a finished run does no more steps and keeps the export
+    assert main(args) == 0
+    assert main(args[:-1] + ["0"]) == 2  # invalid batch: exit 2
+
+
+@pytest.mark.skipif(not (DEFAULT_MODEL_DIR / "model_index.json").exists(), reason="default model not trained yet")
+def test_default_model_loads_offline_and_is_deterministic():
+    pipe = load_pipeline("default")
+    assert type(pipe).__name__ == "StableDiffusionPipeline"
+    pipe.set_progress_bar_config(disable=True)
+    size = sum(p.stat().st_size for p in DEFAULT_MODEL_DIR.rglob("*") if p.is_file())
+    assert size < 50 * 2**20
+    run = lambda: pipe("a large red circle on the left", num_inference_steps=5, guidance_scale=5,  # noqa: E731
+                       generator=torch.Generator().manual_seed(1), output_type="np").images
+    assert np.array_equal(run(), run())
