@@ -134,15 +134,6 @@ def split_signals(signals: dict) -> tuple[dict, dict[str, np.ndarray]]:
     tr = signals.get("token_rank") if signals else None
     if tr and tr.get("scores"):
         summary["token_rank"].update(_token_rank_summary(tr))
-    maps = signals.get("attention_maps") if signals else None
-    if maps:
-        kept = {}
-        for kind in ("cross", "cross_heads", "self"):
-            for layer, arr in (maps.get(kind) or {}).items():
-                res = (maps.get("resolution") or {}).get(layer, {})
-                kept.setdefault(layer, {})[kind] = list(np.shape(arr))
-                kept[layer].update({k: jsonable(v) for k, v in res.items()})
-        summary["attention_maps"]["kept"] = kept
     if arrays:
         summary["arrays_file"] = SIGNALS_NPZ
     return summary, arrays

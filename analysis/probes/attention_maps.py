@@ -15,7 +15,8 @@ are kept at native resolution until then, then reduced to the plan), in this ord
 1. drop the per-head cross maps;
 2. halve the self-attention query/key resolution, largest layer first, down to `min_res` per side;
 3. keep evenly spaced steps (first and last included) instead of all of them;
-4. if not even one step fits: halve the cross maps too (down to `min_res`), then drop the largest layers.
+4. if not even one step fits: halve the cross maps too (down to `min_res`), then drop layers (self-attention
+   first, largest first) and keep the first step only.
 The signal records the plan: kept steps, per-layer native and kept resolutions, budget and kept bytes.
 After step 0 the probabilities are requested only for kept steps and layers, so skipped steps cost nothing.
 """
@@ -98,6 +99,7 @@ class AttentionMapsProbe(AttentionProbe, AttentionPlugin):
         self.layers: dict[str, _Layer] = {}
         self.first_step: int | None = None
         self.kept_steps: list[int] | None = None  # None until the plan is made
+        self._kept_set: set[int] = set()
         self.heads_on = config.cross and config.cross_heads
         self.reductions: list[str] = []
         self._register(ctx)
@@ -175,10 +177,14 @@ class AttentionMapsProbe(AttentionProbe, AttentionPlugin):
                 layer.kept = halve(layer.kept, cfg.min_res)
                 if "cross-attention downsampled" not in self.reductions:
                     self.reductions.append("cross-attention downsampled")
-            while self._per_step() > self.budget:
-                layer = max((l for l in layers if not l.dropped), key=lambda l: l.bytes_per_step(self.heads_on))
+            dropped = 0
+            while self._per_step() > self.budget:  # self-attention layers go first: the token maps matter most
+                layer = max((l for l in layers if not l.dropped),
+                            key=lambda l: (not l.cross, l.bytes_per_step(self.heads_on)))
                 layer.dropped = True
-                self.reductions.append(f"dropped {layer.name}")
+                dropped += 1
+            if dropped:
+                self.reductions.append(f"dropped {dropped} of {len(layers)} layers")
             n_keep = 1 if self._per_step() > 0 else 0
         if n_keep >= n:
             kept = total_steps

@@ -7,35 +7,52 @@ about; it is built to tolerate what a small diffusion model produces (blur, nois
 
 Method
 ------
-1. **Background.** The per-channel median of the border pixels (objects cover at most about a tenth of
-   the border, so the median is the background colour).
+1. **Background.** The per-channel median of the border pixels (one or two objects cover at most about
+   a sixth of the border, so the median is the background colour).
 2. **Foreground.** Image and background are converted to CIE Lab (`skimage.color.rgb2lab`); a pixel is
    foreground when its Lab distance (CIE76 delta E) from the background exceeds `FOREGROUND_DELTA_E`.
-   Every object colour is at least ~55 delta E from every background, so anti-aliased / blurred edge
-   pixels that are mostly background are left out and additive noise does not leak in. The mask is
-   cleaned with `skimage.morphology` (small specks removed, small holes filled).
+   Every object colour is at least ~70 delta E from every background, so additive noise does not leak
+   in while pixels mostly covered by an object do. Specks and pinholes are removed
+   (`skimage.morphology.remove_small_objects` / `remove_small_holes`).
 3. **Colour.** Each foreground pixel is assigned to the nearest palette colour (`scenes.COLOURS`) in Lab,
-   or to no colour when even the nearest is more than `MAX_PALETTE_DELTA_E` away (mixed edge pixels,
-   noise). The assignment is smoothed by a 3x3 majority vote among the foreground neighbours, which
-   removes isolated misassignments inside an object whose colour is a little off.
-4. **Objects.** Connected components per colour (`skimage.measure.label`, 8-connectivity, on the
-   colour's pixels after filling the holes left by unassigned pixels); components smaller than
-   `MIN_COMPONENT_PX` are dropped.
-5. **Per object** (`skimage.measure.regionprops` on the hole-filled component):
+   or to none when even the nearest is more than `MAX_PALETTE_DELTA_E` away (pixels mixed with the
+   background or with a neighbouring object; the closest palette pair, red-orange, is 35 delta E apart).
+   The assignment is then smoothed by a 3x3 majority vote, which removes isolated misassignments inside
+   an object whose colour is a little off and gives unassigned foreground pixels their neighbours' colour.
+4. **Objects.** Connected components per colour (`skimage.measure.label`, 8-connectivity); components
+   smaller than `MIN_COMPONENT_PX` are dropped. Each component's outline is then re-cut at *half
+   maximum*: blur mixes object and background linearly in RGB, so a pixel's RGB distance from the
+   background is its coverage times the object's contrast (the component's `PLATEAU_PERCENTILE`-th
+   percentile distance); pixels at >= `HALF_MAX` of it form the object, which undoes the growth or
+   shrinkage a fixed threshold gives under blur. A 3x3 binary opening removes one-pixel spurs that noise
+   attaches to the outline; holes are filled and the largest piece kept.
+5. **Per object** (`skimage.measure.regionprops` on that mask):
    * shape from the *extent* (area / bounding-box area): square ~1.0, circle ~pi/4 = 0.785, triangle
-     (apex up) ~0.5. A blurred square loses its corners and a blurred triangle gains area, so the
-     decision uses midpoints (`TRIANGLE_MAX_EXTENT`, `CIRCLE_MAX_EXTENT`), and for a triangle the
-     centroid sits clearly below the box centre (a third of the way up from the base) - used as a
-     second vote when the extent is ambiguous;
+     (apex up) ~0.5, split at `TRIANGLE_MAX_EXTENT` and `CIRCLE_MAX_EXTENT`. Blur rounds a small
+     triangle into something with a circle's extent but it stays bottom-heavy, so the area ratio of the
+     upper and lower halves of the box (1/3 for a triangle, 1 for a circle or square) below
+     `TRIANGLE_MAX_TOP_BOTTOM` also means triangle;
    * size from the longer bounding-box side: `scenes.SIZES` draws 12 vs 22 px, the threshold is the
      midpoint, 17 px;
-   * position: the anchor of `scenes.POSITIONS` nearest to the centre of the component's bounding
-     box (the centroid of a triangle is several pixels below its nominal centre; the box centre is not).
+   * position: the anchor of `scenes.POSITIONS` nearest to the centre of the bounding box (a triangle's
+     centroid is several pixels below its nominal centre; its box centre is not).
+   **Occlusion.** Two large objects at the center and at an edge anchor can overlap by a few pixels (22 px
+   objects, anchors 19 px apart, +-2 px jitter), and the one drawn later hides part of the other, e.g. a
+   square with a corner bitten off reads as a circle by extent. So an object that comes within
+   `OCCLUSION_GAP_PX` of another is judged instead by the best-fitting template: the exact masks
+   `scenes.render` draws for every shape and size at centres within `TEMPLATE_SEARCH_PX` of the visible
+   box centre, scored by IoU over the pixels *not* covered by the other objects (a hidden corner counts
+   neither for nor against a template). A component lying almost entirely in another object's mixed
+   edge ring is a blur artefact and is dropped.
 6. **Scoring a prompt.** `scenes.parse_caption` gives the stated attributes object by object. Each
    stated object is matched to the *largest* detected component of its stated colour; its colour is
    correct iff such a component exists, and its other stated attributes are judged on that component
    (no component: every stated attribute of that object is incorrect, observed None). An object whose
    colour is not stated is matched to the largest component not already claimed by another object.
+
+Measured (this module's own checks): 100% of attributes correct on true renders (seen, held-out and fresh
+`sample_scene` draws, and a stress set of overlapping center/edge pairs), and 100% after Gaussian blur
+(sigma 0.7 px) plus Gaussian noise (sigma 8 levels), see `degrade`.
 """
 from __future__ import annotations
 
@@ -56,7 +73,7 @@ MIN_COMPONENT_PX = 15  # smaller connected components are noise
 MIN_SPECK_PX = 4  # foreground specks smaller than this are removed before colouring
 TRIANGLE_MAX_EXTENT = 0.66  # extent below: triangle (0.5 ideal)
 CIRCLE_MAX_EXTENT = 0.89  # extent below (and not a triangle): circle (0.785 ideal); above: square (1.0)
-TRIANGLE_MAX_TOP_BOTTOM = 0.7  # area of the box's upper half / lower half below: triangle (1/3 ideal)
+TRIANGLE_MAX_TOP_BOTTOM = 0.75  # area of the box's upper half / lower half below: triangle (1/3 ideal)
 PLATEAU_PERCENTILE = 90  # the object's contrast: this percentile of its pixels' distance from the background
 HALF_MAX = 0.5  # outline: pixels at least this fraction of the plateau contrast
 OCCLUSION_GAP_PX = 2  # objects whose outlines come this close may cover one another
@@ -116,12 +133,15 @@ def _nearest_position(x: float, y: float) -> str:
 
 def _colour_labels(lab: np.ndarray, foreground: np.ndarray) -> np.ndarray:
     """Palette index per pixel (-1: background or unassigned), after a 3x3 majority vote."""
-    dist = np.linalg.norm(lab[:, :, None, :] - _PALETTE_LAB[None, None, :, :], axis=-1)  # (H, W, K)
-    nearest = np.argmin(dist, axis=-1)
-    ok = foreground & (np.min(dist, axis=-1) <= MAX_PALETTE_DELTA_E)
     k = len(_PALETTE_NAMES)
-    one_hot = (nearest[..., None] == np.arange(k)) & ok[..., None]  # (H, W, K)
-    votes = ndimage.uniform_filter(one_hot.astype(float), size=(3, 3, 1), mode="constant")
+    one_hot = np.zeros(foreground.shape + (k,), dtype=float)
+    pixels = lab[foreground]  # (N, 3)
+    dist = np.linalg.norm(pixels[:, None, :] - _PALETTE_LAB[None, :, :], axis=-1)  # (N, K)
+    nearest = np.argmin(dist, axis=-1)
+    ok = dist[np.arange(len(nearest)), nearest] <= MAX_PALETTE_DELTA_E
+    rows, cols = np.nonzero(foreground)
+    one_hot[rows[ok], cols[ok], nearest[ok]] = 1.0
+    votes = ndimage.uniform_filter(one_hot, size=(3, 3, 1), mode="constant")
     smoothed = np.argmax(votes, axis=-1)
     has_vote = votes.max(axis=-1) > 0
     return np.where(foreground & has_vote, smoothed, -1)
@@ -201,16 +221,19 @@ def _fit_template(mask: np.ndarray, hidden: np.ndarray) -> tuple[str, str, int, 
     cx0 = int(round((cols.min() + cols.max()) / 2.0))
     best = ("square", "small", cx0, cy0, -1.0)
     r = TEMPLATE_SEARCH_PX
+    # Every candidate template lies within this window (half the large size plus the search radius).
+    reach = r + scenes.SIZES["large"] // 2 + 1
+    window = (slice(max(0, cy0 - reach), cy0 + reach + 1), slice(max(0, cx0 - reach), cx0 + reach + 1))
+    mask, visible = mask[window], visible[window]
     for shape in scenes.SHAPES:
         for size in scenes.SIZES:
             for cy in range(cy0 - r, cy0 + r + 1):
                 for cx in range(cx0 - r, cx0 + r + 1):
-                    t = _template(shape, size, cx, cy)
+                    t = _template(shape, size, cx, cy)[window]
                     inter = np.count_nonzero(t & mask)
                     if inter == 0:
                         continue
-                    union = np.count_nonzero((t | mask) & visible)
-                    iou = inter / union
+                    iou = inter / np.count_nonzero((t | mask) & visible)
                     if iou > best[4]:
                         best = (shape, size, cx, cy, iou)
     return best

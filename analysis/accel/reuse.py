@@ -1,0 +1,292 @@
+"""Attention-map reuse (Hunter et al., arXiv 2401.01008): HURRY and PHAST reuse policies.
+
+What is reused. On a reuse step ("R") every in-scope attention module takes the softmax(QK^T) probabilities
+of the most recent compute step ("C") from a per-module cache: the Q and K projections and the softmax are
+skipped, V and the output projection run on the current hidden states (`AttentionPlugin.reuse_probs`; the
+dispatcher does `P_cached @ V`, then `to_out`). The paper's full text was not reachable, so whether V is
+recomputed is our reading of "attention maps" (techniques.md §1).
+
+The policy is a string of C/R, one letter per denoising step, resolved per run from `clock.num_steps`:
+
+- an explicit string, e.g. "CCCCCCRCRRCRR" (its length must equal the run's step count);
+- "hurry": our reading of HURRY ("late reuse"). The paper motivates it with ODE theory: a distortion
+  injected at step t grows roughly like exp(lambda * remaining time) along the probability-flow ODE, so the
+  later a map is reused, the smaller the damage to the final image. We therefore put the R steps as late as
+  possible, filling from the last step backwards, under one constraint: no computed map is reused more than
+  `max_run` steps in a row (the distortion of a reused map grows with its age). Each run of at most
+  `max_run` R steps follows a C step, and the shorter run (if `reuse_steps` is not a multiple of `max_run`)
+  comes first. Examples: 20 steps, 7 R, max_run 2 -> CCCCCCCCCCRCRRCRRCRR; 8 steps, 3 R, max_run 1 ->
+  CCCRCRCR (see `hurry_policy`). The paper's exact HURRY schedule is UNVERIFIED.
+- "phast": a searched policy (greedy perturbation of HURRY, `analysis/policy_search.py`), loaded from
+  `assets/policies/<model>-<steps>.json` for the pipeline's model name and the run's step count; a missing
+  file or entry is a ValueError that says how to make one.
+
+Defaults. `reuse_steps=None` resolves to round(steps / 3) = (steps + 1) // 3 R steps (7 of 20): the brief's
+"about a third"; the paper's Figure 1 shows 10 of 20, which `reuse_steps=10` reproduces (max_run must then
+allow it: 10 R need 10 + ceil(10 / max_run) steps). `scope="both"` reuses self- and cross-attention maps
+(the paper's scope is UNVERIFIED). Step 0 is always C.
+
+Cost. A C step whose map is needed by the next step (an R) materialises the probabilities (no fused SDPA on
+that call) and keeps one map per in-scope module: that is the memory price (techniques.md §1). C steps whose
+map is not needed run the original processor untouched, so an all-C policy is bit-identical to the baseline.
+
+Combination rules (`check_with`): with `tgate`, reuse must be scope=self (T-GATE replaces every
+cross-attention output after its gate, so reused cross maps would never be used) and T-GATE must not cache
+self-attention (sp_interval=1, fi_interval=1), so each attention module has one owner. When T-GATE drops the
+CFG half of the batch, a map cached from a [uncond; cond] step is averaged over the halves, like T-GATE's
+own gate-step cache.
+
+Counters: maps_computed / maps_reused count in-scope attention calls (exactly r * L reused for r R steps on
+L in-scope modules), maps_cached the calls whose probabilities were materialised for a later R step.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+
+from analysis.accel import register
+from analysis.attention import AttentionPlugin, AttnCall
+from analysis.plugins import HandleBase
+
+POLICY_DIR = Path(__file__).resolve().parent.parent.parent / "assets" / "policies"
+POLICY_FORMAT = "diffscope-reuse-policy/1"
+SCOPES = ("self", "cross", "both")
+
+
+def default_reuse_steps(steps: int) -> int:
+    """About a third of the steps, rounded: (steps + 1) // 3 (7 of 20, 10 of 30)."""
+    return (steps + 1) // 3
+
+
+def hurry_policy(steps: int, reuse_steps: int, max_run: int = 2) -> str:
+    """R steps as late as possible, no computed map reused more than `max_run` steps in a row.
+
+    Filled from the last step backwards: R while the current run is shorter than max_run, then one C.
+    """
+    if reuse_steps < 0 or max_run < 1:
+        raise ValueError(f"reuse: need reuse_steps >= 0 and max_run >= 1, got {reuse_steps} and {max_run}")
+    need = reuse_steps + math.ceil(reuse_steps / max_run) if reuse_steps else 1
+    if need > steps:
+        raise ValueError(
+            f"reuse: {reuse_steps} reuse steps with max_run={max_run} need at least {need} steps (each run of at "
+            f"most {max_run} R steps follows a C step, and step 0 computes); the run has {steps}"
+        )
+    out = ["C"] * steps
+    remaining, run = reuse_steps, 0
+    for i in range(steps - 1, 0, -1):
+        if remaining == 0:
+            break
+        if run < max_run:
+            out[i], remaining, run = "R", remaining - 1, run + 1
+        else:
+            run = 0
+    return "".join(out)
+
+
+def longest_run(policy: str) -> int:
+    return max((len(m) for m in re.findall("R+", policy)), default=0)
+
+
+def model_slug(model: str) -> str:
+    """File-name form of a model name: 'default' -> 'default', 'owner/name' -> 'owner--name'."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "--", model.strip("/")) or "custom"
+
+
+def policy_path(model: str, steps: int, directory: Path | None = None) -> Path:
+    return (directory or POLICY_DIR) / f"{model_slug(model)}-{steps}.json"
+
+
+def load_phast(model: str, steps: int, reuse_steps: int, scope: str, directory: Path | None = None) -> str:
+    """The searched policy for (model, steps, reuse_steps, scope).
+
+    File format (`assets/policies/<model>-<steps>.json`, written by `python -m analysis search-policy`):
+        {"format": "diffscope-reuse-policy/1", "model": "default", "steps": 20, "scheduler": "ddim",
+         "guidance": 5.0, "size": null,
+         "policies": [{"reuse_steps": 7, "scope": "both", "max_run": 2, "policy": "CCCC...R",
+                       "hurry_policy": "CCCC...R", "calibration": {...}, "held_out": {...}}, ...]}
+    One file per model and step count; one entry per (reuse_steps, scope).
+    """
+    path = policy_path(model, steps, directory)
+    hint = (f"run `python -m analysis search-policy --model {model} --steps {steps} --reuse-steps {reuse_steps} "
+            f"--scope {scope}` to make one, or use policy=hurry")
+    if not path.exists():
+        raise ValueError(f"reuse: no PHAST policy for model {model!r} at {steps} steps ({path} is missing); {hint}")
+    try:
+        data = json.loads(path.read_text())
+        entries = data["policies"]
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise ValueError(f"reuse: {path} is not a policy file ({err})") from None
+    for entry in entries:
+        if entry.get("reuse_steps") == reuse_steps and entry.get("scope") == scope:
+            policy = str(entry["policy"])
+            if len(policy) != steps or set(policy) - {"C", "R"} or policy[0] != "C" or policy.count("R") != reuse_steps:
+                raise ValueError(f"reuse: the policy in {path} for reuse_steps={reuse_steps} is malformed: {policy!r}")
+            return policy
+    have = ", ".join(f"reuse_steps={e.get('reuse_steps')} scope={e.get('scope')}" for e in entries) or "none"
+    raise ValueError(f"reuse: {path} has no PHAST policy for reuse_steps={reuse_steps} scope={scope} (it has: {have}); {hint}")
+
+
+@register
+@dataclass(frozen=True)
+class ReuseConfig:
+    """Attention-map reuse. policy: "hurry" | "phast" | a C/R string (one letter per step, step 0 = C)."""
+
+    name: ClassVar[str] = "reuse"
+    policy: str = "hurry"
+    reuse_steps: int | None = None  # number of R steps; None = (steps + 1) // 3
+    scope: str = "both"  # "self" | "cross" | "both"
+    max_run: int = 2  # HURRY: no map reused more than max_run steps in a row
+
+    def __post_init__(self):
+        if not isinstance(self.policy, str) or not self.policy.strip():
+            raise ValueError(f"reuse: policy must be 'hurry', 'phast' or a string of C/R per step, got {self.policy!r}")
+        policy = self.policy.strip()
+        if policy.lower() in ("hurry", "phast"):
+            object.__setattr__(self, "policy", policy.lower())
+        else:
+            policy = policy.upper()
+            if set(policy) - {"C", "R"}:
+                raise ValueError(
+                    f"reuse: policy must be 'hurry', 'phast' or a string of C/R per step (C = compute, R = reuse), "
+                    f"got {self.policy!r}"
+                )
+            if policy[0] != "C":
+                raise ValueError(f"reuse: step 0 must compute its maps (policy must start with C), got {policy!r}")
+            n_r = policy.count("R")
+            if self.reuse_steps is not None and self.reuse_steps != n_r:
+                raise ValueError(f"reuse: reuse_steps={self.reuse_steps} but policy {policy!r} has {n_r} R steps")
+            object.__setattr__(self, "policy", policy)
+            object.__setattr__(self, "reuse_steps", n_r)
+        if self.reuse_steps is not None and (isinstance(self.reuse_steps, bool) or not isinstance(self.reuse_steps, int)
+                                             or self.reuse_steps < 0):
+            raise ValueError(f"reuse: reuse_steps must be a non-negative integer, got {self.reuse_steps!r}")
+        if self.scope not in SCOPES:
+            raise ValueError(f"reuse: scope must be one of {', '.join(SCOPES)}, got {self.scope!r}")
+        if isinstance(self.max_run, bool) or not isinstance(self.max_run, int) or self.max_run < 1:
+            raise ValueError(f"reuse: max_run must be an integer >= 1, got {self.max_run!r}")
+
+    def resolve(self, steps: int, model: str = "default", policy_dir: Path | None = None) -> str:
+        """The C/R string for a run of `steps` steps on `model`."""
+        if self.policy not in ("hurry", "phast"):
+            if len(self.policy) != steps:
+                raise ValueError(f"reuse: policy {self.policy!r} has {len(self.policy)} entries but the run has {steps} steps")
+            return self.policy
+        r = default_reuse_steps(steps) if self.reuse_steps is None else self.reuse_steps
+        if r >= steps and steps > 0:
+            raise ValueError(f"reuse: reuse_steps={r} must be less than the number of steps ({steps}); step 0 computes")
+        if self.policy == "hurry":
+            return hurry_policy(steps, r, self.max_run)
+        return load_phast(model, steps, r, self.scope, policy_dir)
+
+    def check_with(self, by_name: dict) -> None:
+        steps_cfg = by_name.get("steps")
+        if steps_cfg is not None and self.policy != "phast":
+            self.resolve(steps_cfg.steps)
+        tgate = by_name.get("tgate")
+        if tgate is not None:
+            if self.scope != "self":
+                raise ValueError(
+                    f"reuse: scope={self.scope} reuses cross-attention maps, but tgate owns cross-attention (it "
+                    f"returns a cached output after its gate step, so a reused cross map is never used); "
+                    f"use reuse:scope=self with tgate"
+                )
+            if tgate.caches_self_attention():
+                raise ValueError(
+                    f"reuse: tgate with sp_interval={tgate.sp_interval}, fi_interval={tgate.fi_interval} caches "
+                    f"self-attention outputs while reuse:scope=self reuses self-attention maps; one module can have "
+                    f"one owner: use tgate:sp_interval=1,fi_interval=1 (cross-attention gate and CFG drop only)"
+                )
+
+    def attach(self, ctx) -> "ReuseHandle":
+        policy = self.resolve(ctx.clock.num_steps, getattr(ctx.pipe, "diffscope_name", "custom"))
+        handle = ReuseHandle(self, policy)
+        ctx.seam()  # the UNet seam advances the clock's step index, which the policy is indexed by
+        handle.dispatcher = ctx.attention()
+        handle.dispatcher.add(handle)
+        return handle
+
+
+class ReuseHandle(AttentionPlugin, HandleBase):
+    """The run state of attention-map reuse: one cached map per in-scope module, the latest C step's."""
+
+    observer = False  # the cached map must come from the call that produces the image
+
+    def __init__(self, config: ReuseConfig, policy: str):
+        self.config, self.policy = config, policy
+        self.maps: dict[str, torch.Tensor] = {}
+        self.dispatcher = None
+        self.modules: set[str] = set()
+        self.computed = self.reused = self.cached = 0
+
+    # --- policy -------------------------------------------------------------------------------------------
+    def _kind(self, step: int) -> str:
+        return self.policy[step] if 0 <= step < len(self.policy) else "C"
+
+    def _in_scope(self, call: AttnCall) -> bool:
+        scope = self.config.scope
+        return scope == "both" or (scope == "cross") == call.is_cross
+
+    def _needed_later(self, call: AttnCall) -> bool:
+        return self._kind(call.step) == "C" and self._kind(call.step + 1) == "R"
+
+    # --- dispatcher hooks ---------------------------------------------------------------------------------
+    def reuse_probs(self, call: AttnCall) -> torch.Tensor | None:
+        if not self._in_scope(call) or self._kind(call.step) != "R":
+            return None
+        probs = self.maps.get(call.name)
+        if probs is None:
+            return None  # no map (e.g. the C step was served by another plug-in): compute
+        rows = call.hidden_states.shape[0] * call.attn.heads
+        if probs.shape[0] != rows:
+            if probs.shape[0] != 2 * rows:
+                return None
+            # T-GATE dropped the CFG half after its gate: average the [uncond; cond] maps (rows stay stochastic)
+            uncond, cond = probs.chunk(2)
+            probs = (uncond + cond) / 2
+            self.maps[call.name] = probs
+        self.reused += 1
+        self.modules.add(call.name)
+        return probs
+
+    def wants_probs(self, call: AttnCall) -> bool:
+        # Asked exactly once per attention call that was not replaced outright, after reuse_probs: the place to
+        # count calls whose map was computed.
+        if not self._in_scope(call):
+            return False
+        self.modules.add(call.name)
+        if call.reused:
+            return False
+        self.computed += 1
+        if self._needed_later(call):
+            return True
+        self.maps.pop(call.name, None)  # the run of R steps that used it is over
+        return False
+
+    def on_probs(self, call: AttnCall, probs: torch.Tensor) -> None:
+        if self._in_scope(call) and not call.reused and self._needed_later(call):
+            self.maps[call.name] = probs
+            self.cached += 1
+
+    # --- handle -------------------------------------------------------------------------------------------
+    def detach(self) -> None:
+        if self.dispatcher is not None and self in self.dispatcher.plugins:
+            self.dispatcher.plugins.remove(self)
+        self.dispatcher = None
+        self.maps.clear()
+
+    def counters(self) -> dict[str, Any]:
+        return {
+            "policy": self.policy,
+            "r_steps": self.policy.count("R"),
+            "scope": self.config.scope,
+            "modules": len(self.modules),
+            "maps_computed": self.computed,
+            "maps_reused": self.reused,
+            "maps_cached": self.cached,
+        }

@@ -1,0 +1,102 @@
+"""Cross-attention convergence (probe "cross_attn_convergence"), T-GATE's measurement (techniques.md §2.1).
+
+For every cross-attention module (attn2) and step t >= 1: the L2 distance between step t and step t-1 of
+- the module's output after `to_out` (what T-GATE calls the cross-attention "map" and caches), and
+- the head-averaged probability map softmax(QK^T) (what the UI shows),
+on the conditional rows, one norm per prompt, averaged over prompts. Only the previous step's tensors are
+kept per layer (on the device); the distances stay on the device as scalars until the run ends, so the
+probe adds no device-host synchronisation inside the loop. A distance whose step (or previous step) was
+not computed, e.g. cross-attention replaced by a technique's cache, is NaN.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from analysis.attention import AttentionPlugin, AttnCall
+from analysis.probes._common import AttentionProbe, cond_slice
+
+
+@dataclass(frozen=True)
+class ConvergenceConfig:
+    name: ClassVar[str] = "cross_attn_convergence"
+    probs: bool = True  # also measure the probability maps (needs explicit cross-attention probabilities)
+
+    def __post_init__(self):
+        if not isinstance(self.probs, bool):
+            raise ValueError(f"cross_attn_convergence: probs must be true or false, got {self.probs!r}")
+
+    def attach(self, ctx) -> "ConvergenceProbe":
+        return ConvergenceProbe(self, ctx)
+
+
+def _distance(cur: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
+    """Mean over prompts of ||cur - prev||_2 (one norm per prompt row), float32 0-d tensor."""
+    return (cur.float() - prev.float()).flatten(1).norm(dim=1).mean()
+
+
+class ConvergenceProbe(AttentionProbe, AttentionPlugin):
+    def __init__(self, config: ConvergenceConfig, ctx):
+        self.config = config
+        self.layers: list[str] = []
+        self._prev_out: dict[str, tuple[int, torch.Tensor]] = {}
+        self._prev_probs: dict[str, tuple[int, torch.Tensor]] = {}
+        self._out_d: dict[tuple[str, int], torch.Tensor] = {}
+        self._probs_d: dict[tuple[str, int], torch.Tensor] = {}
+        self._register(ctx)
+
+    def wants_probs(self, call: AttnCall) -> bool:
+        return self.config.probs and call.is_cross and call.step >= 0
+
+    def on_probs(self, call: AttnCall, probs: torch.Tensor) -> None:
+        if not self.wants_probs(call):
+            return
+        heads = call.attn.heads
+        batch = probs.shape[0] // heads
+        cur = probs.view(batch, heads, probs.shape[1], probs.shape[2])[cond_slice(self.clock, batch)].mean(dim=1)
+        self._record(call, cur, self._prev_probs, self._probs_d)
+
+    def on_output(self, call: AttnCall, output: torch.Tensor) -> None:
+        if not call.is_cross or call.step < 0 or not torch.is_tensor(output):
+            return
+        if call.name not in self._prev_out and call.name not in self.layers:
+            self.layers.append(call.name)
+        cur = output[cond_slice(self.clock, output.shape[0])].detach().clone()
+        self._record(call, cur, self._prev_out, self._out_d)
+
+    def _record(self, call: AttnCall, cur: torch.Tensor, prev: dict, dist: dict) -> None:
+        step = call.step
+        before = prev.get(call.name)
+        if before is not None and before[0] == step - 1 and before[1].shape == cur.shape:
+            dist[(call.name, step)] = _distance(cur, before[1])
+        prev[call.name] = (step, cur)
+
+    def _matrix(self, dist: dict, steps: list[int]) -> np.ndarray:
+        out = np.full((len(self.layers), len(steps)), np.nan, dtype=np.float32)
+        keys = list(dist)
+        if keys:
+            values = torch.stack([dist[k] for k in keys]).cpu().numpy()
+            row = {name: i for i, name in enumerate(self.layers)}
+            col = {s: j for j, s in enumerate(steps)}
+            for (name, step), v in zip(keys, values):
+                if name in row and step in col:
+                    out[row[name], col[step]] = v
+        return out
+
+    def signals(self) -> dict[str, Any]:
+        steps = list(range(1, self.clock.num_steps))
+        return {
+            "cross_attn_convergence": {
+                "layers": list(self.layers),
+                "steps": steps,
+                "output_l2": self._matrix(self._out_d, steps),
+                "probs_l2": self._matrix(self._probs_d, steps),
+            }
+        }
+
+    def _release(self) -> None:
+        self._prev_out.clear()
+        self._prev_probs.clear()

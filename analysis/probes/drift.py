@@ -1,0 +1,145 @@
+"""Feature drift (probe "feature_drift"), Faster Diffusion's measurement (techniques.md §4.1).
+
+Forward hooks on every UNet block (`down_blocks.i` = encoder, `mid_block` = bottleneck, `up_blocks.i` =
+decoder; a down block returns (hidden, res_samples), its hidden state is used), conditional rows only:
+- mse[t-1] = (1/(d*s^2)) ||F_t - F_{t-1}||^2 (Fig. 3a), averaged over prompts;
+- frobenius[t] = Frobenius norm of the channel-averaged map (Fig. 3b), averaged over prompts;
+- pca: the first prompt's features at the chosen steps (default first, middle, last), pooled to at most
+  `pca_res` per side on the device and kept on the CPU as float16; after the run, the top-3 PCA components
+  over pixels (sklearn) become an RGB image (each component stretched between its 1st and 99th percentile).
+Only the previous step's feature per block is kept on the device; scalars stay there until the run ends.
+A block a technique skipped at some step (encoder propagation) leaves NaN there.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from analysis.probes._common import attach_clock, cond_slice, pool, to_cpu16
+
+
+@dataclass(frozen=True)
+class DriftConfig:
+    name: ClassVar[str] = "feature_drift"
+    pca_steps: tuple[int, ...] | None = None  # None = first, middle and last step
+    pca_res: int = 64  # max side of the PCA image (features are pooled down to it)
+
+    def __post_init__(self):
+        if self.pca_steps is not None:
+            steps = tuple(self.pca_steps)
+            if any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in steps):
+                raise ValueError(f"feature_drift: pca_steps must be non-negative step indices, got {self.pca_steps!r}")
+            object.__setattr__(self, "pca_steps", tuple(sorted(set(steps))))
+        if isinstance(self.pca_res, bool) or not isinstance(self.pca_res, int) or not 1 <= self.pca_res <= 1024:
+            raise ValueError(f"feature_drift: pca_res must be an integer between 1 and 1024, got {self.pca_res!r}")
+
+    def attach(self, ctx) -> "DriftProbe":
+        return DriftProbe(self, ctx)
+
+
+def unet_blocks(unet) -> list[tuple[str, torch.nn.Module, str]]:
+    blocks = [(f"down_blocks.{i}", b, "encoder") for i, b in enumerate(unet.down_blocks)]
+    if getattr(unet, "mid_block", None) is not None:
+        blocks.append(("mid_block", unet.mid_block, "bottleneck"))
+    blocks += [(f"up_blocks.{i}", b, "decoder") for i, b in enumerate(unet.up_blocks)]
+    return blocks
+
+
+def pca_rgb(features: np.ndarray) -> np.ndarray:
+    """(C, h, w) features -> (h, w, 3) uint8: top-3 principal components over pixels as RGB."""
+    from sklearn.decomposition import PCA
+
+    c, h, w = features.shape
+    x = features.reshape(c, h * w).T.astype(np.float64)
+    x = np.nan_to_num(x)
+    k = min(3, c, h * w)
+    comps = np.zeros((h * w, 3))
+    if k >= 1 and np.ptp(x, axis=0).max() > 0:
+        with warnings.catch_warnings(), np.errstate(all="ignore"):
+            warnings.simplefilter("ignore")
+            comps[:, :k] = PCA(n_components=k, svd_solver="full").fit_transform(x)
+    lo, hi = np.percentile(comps, 1, axis=0), np.percentile(comps, 99, axis=0)
+    scale = np.where(hi > lo, hi - lo, 1.0)
+    rgb = np.clip((comps - lo) / scale, 0.0, 1.0) * 255.0
+    return rgb.round().astype(np.uint8).reshape(h, w, 3)
+
+
+class DriftProbe:
+    def __init__(self, config: DriftConfig, ctx):
+        self.config = config
+        self.clock = ctx.clock
+        n = ctx.clock.num_steps
+        self.pca_steps = set(config.pca_steps) if config.pca_steps is not None else {0, n // 2, max(n - 1, 0)}
+        self.blocks = unet_blocks(ctx.unet)
+        self._prev: dict[str, tuple[int, torch.Tensor]] = {}
+        self._mse: dict[tuple[str, int], torch.Tensor] = {}
+        self._fro: dict[tuple[str, int], torch.Tensor] = {}
+        self._pca: dict[tuple[str, int], torch.Tensor] = {}
+        self._latent = attach_clock(ctx)
+        self._seam = ctx.seam()
+        self._hooks = [block.register_forward_hook(partial(self._hook, name)) for name, block, _ in self.blocks]
+
+    def _hook(self, name: str, module, args, output) -> None:
+        step = self.clock.step_index
+        if step < 0:
+            return
+        h = output[0] if isinstance(output, tuple) else output
+        if not torch.is_tensor(h) or h.ndim != 4:
+            return
+        f = h[cond_slice(self.clock, h.shape[0])].detach()
+        ff = f.float()
+        self._fro[(name, step)] = ff.mean(dim=1).flatten(1).norm(dim=1).mean()
+        prev = self._prev.get(name)
+        if prev is not None and prev[0] == step - 1 and prev[1].shape == f.shape:
+            self._mse[(name, step)] = (ff - prev[1].float()).pow(2).mean()
+        self._prev[name] = (step, f.clone())
+        if step in self.pca_steps:
+            hh, ww = f.shape[-2:]
+            scale = min(1.0, self.config.pca_res / max(hh, ww))
+            size = (max(1, round(hh * scale)), max(1, round(ww * scale)))
+            self._pca[(name, step)] = to_cpu16(pool(f[0], size))
+
+    def detach(self) -> None:
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
+        if self._seam is not None and self._latent in self._seam.interceptors:
+            self._seam.interceptors.remove(self._latent)
+        self._seam = None
+        self._prev.clear()
+
+    def counters(self) -> dict[str, Any]:
+        return {}
+
+    def _matrix(self, values: dict, steps: list[int]) -> np.ndarray:
+        names = [name for name, _, _ in self.blocks]
+        out = np.full((len(names), len(steps)), np.nan, dtype=np.float32)
+        keys = list(values)
+        if keys:
+            flat = torch.stack([values[k] for k in keys]).cpu().numpy()
+            row = {n: i for i, n in enumerate(names)}
+            col = {s: j for j, s in enumerate(steps)}
+            for (name, step), v in zip(keys, flat):
+                if step in col:
+                    out[row[name], col[step]] = v
+        return out
+
+    def signals(self) -> dict[str, Any]:
+        n = self.clock.num_steps
+        pca: dict[str, dict[int, np.ndarray]] = {}
+        for (name, step), feat in self._pca.items():
+            pca.setdefault(name, {})[step] = pca_rgb(feat.float().numpy())
+        return {
+            "feature_drift": {
+                "blocks": [name for name, _, _ in self.blocks],
+                "role": {name: role for name, _, role in self.blocks},
+                "mse": self._matrix(self._mse, list(range(1, n))),
+                "frobenius": self._matrix(self._fro, list(range(n))),
+                "pca": {name: dict(sorted(v.items())) for name, v in pca.items()},
+            }
+        }

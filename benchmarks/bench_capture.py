@@ -1,0 +1,156 @@
+"""Capture overhead: how much slower one generation gets with every probe attached.
+
+    python -m benchmarks.bench_capture [--models default,sd15] [--steps 4] [--default-steps 30] [--repeats 3]
+    (wired as `python -m analysis bench --capture`)
+
+For each model: one warm-up run without and one with `default_probes()`, then `--repeats` rounds of
+(baseline, probes) interleaved in the same process (the order alternates every round so drift in machine
+load cancels). Reported per model:
+- latency_s / capture_latency_s: median wall-clock of the pipeline call (as `run_once` times it), and
+  overhead = capture / baseline (target <= 1.5);
+- cpu_s / capture_cpu_s / cpu_overhead: median process CPU time of the whole run including the probes'
+  post-processing (PCA, stacking). On a loaded machine CPU time is the steadier of the two;
+- rss_peak_delta_mb: growth of the process's peak resident memory (ru_maxrss) caused by the capture runs,
+  measured after the baseline runs set the high-water mark; on CUDA also max_memory_allocated per run;
+- kept_bytes / budget_bytes of the attention maps and the pickled size of all signals.
+Models: (a) the default model (load_pipeline("default")) at --default-steps, and (b) SD 1.5's real UNet
+size with random weights (random_pipeline("sd15", image_size=256, width=320)) at --steps.
+The last line printed is one JSON object.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import pickle
+import resource
+import statistics
+import sys
+import time
+
+import torch
+
+PROMPT = "a red circle on the left"
+
+
+def _rss_mb() -> float:
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 2**10  # bytes on macOS, KiB on Linux
+
+
+def _load(model: str):
+    from analysis.models import load_pipeline, pick_device, random_pipeline
+
+    if model == "default":
+        pipe = load_pipeline("default")
+    elif model == "sd15":
+        dev, dtype = pick_device()
+        pipe = random_pipeline("sd15", image_size=256, width=320).to(dev, dtype)
+        pipe.diffscope_name = "sd15-random-256"
+    else:
+        raise ValueError(f"unknown benchmark model {model!r}; choose default or sd15")
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def measure(pipe, steps: int, repeats: int, budget_mb: float) -> dict:
+    from analysis.probes import default_probes
+    from analysis.run import RunConfig, run_once
+
+    config = RunConfig(prompt=PROMPT, steps=steps, guidance=5.0)
+    probes = default_probes(budget_mb)
+    cuda = torch.cuda.is_available()
+
+    def one(plugins):
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        cpu = time.process_time()
+        images, seconds, _, signals, _ = run_once(pipe, config, plugins, steps)
+        cpu = time.process_time() - cpu
+        peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else None
+        return images, seconds, cpu, peak, signals
+
+    base_img, *_ = one(())  # warm-up; also sets the baseline's resident-memory high-water mark
+    rss_base = _rss_mb()
+    cap_img, *_ = one(probes)
+    times = {"baseline": [], "capture": []}
+    cpus = {"baseline": [], "capture": []}
+    peaks = {"baseline": [], "capture": []}
+    signals: dict = {}
+    for r in range(repeats):
+        order = (("baseline", ()), ("capture", probes))
+        for label, plugins in order if r % 2 == 0 else order[::-1]:
+            _, seconds, cpu, peak, sig = one(plugins)
+            times[label].append(seconds)
+            cpus[label].append(cpu)
+            if peak is not None:
+                peaks[label].append(peak)
+            if sig:
+                signals = sig
+    rss_capture = _rss_mb()
+    maps = signals.get("attention_maps", {})
+    base, cap = statistics.median(times["baseline"]), statistics.median(times["capture"])
+    base_cpu, cap_cpu = statistics.median(cpus["baseline"]), statistics.median(cpus["capture"])
+    return {
+        "steps": steps,
+        "repeats": repeats,
+        "latency_s": round(base, 4),
+        "capture_latency_s": round(cap, 4),
+        "overhead": round(cap / base, 3),
+        "cpu_s": round(base_cpu, 4),
+        "capture_cpu_s": round(cap_cpu, 4),
+        "cpu_overhead": round(cap_cpu / base_cpu, 3),
+        "latencies": {k: [round(v, 4) for v in vs] for k, vs in times.items()},
+        "rss_peak_baseline_mb": round(rss_base, 1),
+        "rss_peak_delta_mb": round(rss_capture - rss_base, 1),
+        "cuda_peak_mb": {k: round(max(v), 1) for k, v in peaks.items()} if cuda else None,
+        "kept_bytes": maps.get("kept_bytes"),
+        "budget_bytes": maps.get("budget_bytes"),
+        "kept_steps": len(maps.get("steps", [])),
+        "reductions": maps.get("reductions"),
+        "signals_pickle_bytes": len(pickle.dumps(signals)),
+        "image_identical": bool((base_img == cap_img).all()),
+    }
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="bench_capture", description="capture overhead of all probes")
+    parser.add_argument("--models", default="default,sd15", help="comma list of: default, sd15")
+    parser.add_argument("--steps", type=int, default=4, help="steps for the SD 1.5-size model")
+    parser.add_argument("--default-steps", type=int, default=30, help="steps for the default model")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--budget-mb", type=float, default=1024.0)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--target", type=float, default=1.5)
+    args = parser.parse_args(argv)
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    if args.repeats < 1 or args.steps < 1 or args.default_steps < 1 or not models:
+        print("error: --repeats, --steps and --default-steps must be >= 1 and --models non-empty", file=sys.stderr)
+        return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    results = {}
+    try:
+        for model in models:
+            pipe = _load(model)
+            steps = args.default_steps if model == "default" else args.steps
+            results[model] = measure(pipe, steps, args.repeats, args.budget_mb)
+            print(f"{model}: {json.dumps(results[model])}", file=sys.stderr)
+            del pipe
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    out = {
+        "benchmark": "capture",
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
+        "threads": torch.get_num_threads(),
+        "target_overhead": args.target,
+        "models": results,
+        "pass": all(r["overhead"] <= args.target for r in results.values()),
+    }
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

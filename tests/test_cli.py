@@ -1,0 +1,197 @@
+"""`python -m analysis generate`: the DESIGN.md contract (run.json keys, images, one-line errors, exit 2,
+nothing half-written in DIR)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from analysis import report
+from analysis.__main__ import main
+from fakes import fake_result
+
+ROOT = Path(__file__).resolve().parents[1]
+REQUIRED = {"prompt", "seed", "steps", "model", "accel", "baseline_latency_s", "latency_s", "speedup", "psnr_db",
+            "ssim", "fidelity", "counters"}
+PROMPT = "a red circle on the left"
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False")
+    return subprocess.run([sys.executable, "-m", "analysis", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=900)
+
+
+def leftovers(parent: Path) -> list[str]:
+    return sorted(p.name for p in parent.iterdir() if ".tmp-" in p.name or ".old-" in p.name)
+
+
+@pytest.fixture(scope="module")
+def capture_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "run"
+    code = main(["generate", "--prompt", PROMPT, "--steps", "3", "--seed", "7", "--capture",
+                 "--capture-budget-mb", "8", "--accel", "tgate:gate_step=2,warm_up=0", "--out", str(out)])
+    assert code == 0
+    return out
+
+
+def test_capture_writes_run_json_images_and_signals(capture_run):
+    out = capture_run
+    assert {p.name for p in out.iterdir()} == {"run.json", "baseline.png", "accelerated.png", "signals.npz"}
+    assert leftovers(out.parent) == []
+    data = json.loads((out / "run.json").read_text())
+    assert REQUIRED <= set(data)
+    assert data["prompt"] == PROMPT and data["seed"] == 7 and data["steps"] == 3 and data["model"] == "default"
+    assert data["accel"]["tgate"] == {"gate_step": 2, "sp_interval": 5, "fi_interval": 1, "warm_up": 0}
+    for key in ("baseline_latency_s", "latency_s", "speedup", "instrumented_latency_s"):
+        assert isinstance(data[key], float) and data[key] > 0, key
+    assert data["psnr_db"] == "inf" or isinstance(data["psnr_db"], float)
+    assert 0 <= data["ssim"] <= 1
+    assert isinstance(data["fidelity"], dict) and "overall" in data["fidelity"]
+    assert isinstance(data["counters"], dict)
+    sig = data["signals"]
+    assert {"cross_attn_convergence", "feature_drift", "token_rank", "attention_maps"} <= set(sig)
+    conv = sig["cross_attn_convergence"]
+    assert len(conv["output_l2"]) == len(conv["layers"]) > 0
+    assert all(isinstance(row, list) for row in conv["output_l2"])
+    assert isinstance(sig["feature_drift"]["mse"], list)
+    maps = sig["attention_maps"]
+    assert maps["cross"] and maps["resolution"]
+    layer = next(iter(maps["cross"]))
+    assert "kept" in maps["resolution"][layer]
+    with np.load(out / "signals.npz") as npz:
+        assert maps["cross"][layer]["npz_key"] in npz.files
+        assert list(npz[maps["cross"][layer]["npz_key"]].shape) == maps["cross"][layer]["shape"]
+    for name in ("baseline.png", "accelerated.png"):
+        img = np.asarray(Image.open(out / name))
+        assert img.ndim == 3 and img.shape[2] == 3 and img.dtype == np.uint8
+
+
+def test_saved_run_redraws_with_viz(capture_run, tmp_path):
+    from viz import export, plotly_figs
+
+    data, signals = report.load_run(capture_run)
+    tokens = data["tokens"][0]
+    img = np.asarray(Image.open(capture_run / "accelerated.png"))
+    for fig in (plotly_figs.cross_attention_figure(signals["attention_maps"], tokens, step=1, image=img),
+                plotly_figs.convergence_figure(signals["cross_attn_convergence"]),
+                plotly_figs.drift_figure(signals["feature_drift"]),
+                plotly_figs.token_rank_figure(signals["token_rank"], step=2),
+                plotly_figs.token_rank_summary_figure(signals["token_rank"]),
+                plotly_figs.counters_figure(data["counters"])):
+        assert fig.layout.height
+        fig.to_json()
+    export.save(export.cross_attention_figure(signals["attention_maps"], tokens, step=1, image=img),
+                tmp_path / "attn.png", dpi=60)
+    assert (tmp_path / "attn.png").stat().st_size > 0
+
+
+def test_tiny_pipeline_dir_and_several_prompts(tmp_path):
+    from analysis.models import random_pipeline
+
+    model_dir = tmp_path / "tiny"
+    random_pipeline("toy").save_pretrained(model_dir)
+    out = tmp_path / "out" / "run"
+    code = main(["generate", "--prompt", PROMPT, "--prompt", "a blue square at the top", "--steps", "2",
+                 "--model", str(model_dir), "--out", str(out)])
+    assert code == 0
+    data = json.loads((out / "run.json").read_text())
+    assert data["prompt"] == [PROMPT, "a blue square at the top"]
+    assert data["model"] == str(model_dir) and data["fidelity"] is None and data["signals"] is None
+    assert data["psnr_db"] == "inf" and data["speedup"] is not None  # no technique: identical images
+    assert not (out / "signals.npz").exists()
+    assert np.asarray(Image.open(out / "baseline.png")).shape == (64, 128, 3)  # 2 prompts side by side
+
+
+# --- errors -----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("args", [
+    ["--steps", "abc"],  # argparse type error
+    ["--bogus"],  # unknown flag
+    ["--accel", "warp"],  # unknown technique
+    ["--model", "no/such/model"],  # ModelLoadError (checked after the request is validated)
+])
+def test_errors_subprocess_one_line_exit_2_nothing_written(tmp_path, args):
+    out = tmp_path / "run"
+    proc = run_cli("generate", "--prompt", PROMPT, "--steps", "2", *args, "--out", str(out))
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert not out.exists() and leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("args, message", [
+    (["generate", "--prompt", PROMPT], "--out"),
+    (["generate", "--prompt", PROMPT, "--accel", "tgate:gate_step=x"], "gate_step"),
+    (["generate", "--prompt", PROMPT, "--accel", "tgate:nope=1"], "unknown parameter"),
+    (["generate", "--prompt", PROMPT, "--accel", "tgate:gate_step=0"], "gate_step"),
+    (["generate", "--prompt", "   "], "prompt"),
+    (["generate", "--prompt", PROMPT, "--steps", "0"], "steps"),
+    (["generate", "--prompt", PROMPT, "--size", "33"], "size"),
+    (["generate", "--prompt", PROMPT, "--scheduler", "pndm"], "scheduler"),
+    (["generate", "--prompt", PROMPT, "--capture-budget-mb", "5"], "--capture"),
+    (["frobnicate"], "invalid choice"),
+])
+def test_errors_in_process(tmp_path, capsys, args, message):
+    out = tmp_path / "run"
+    if "--out" not in message:
+        args = [*args, "--out", str(out)]
+    assert main(args) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+    assert not out.exists() and leftovers(tmp_path) == []
+
+
+def test_out_dir_not_writable(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    assert main(["generate", "--prompt", PROMPT, "--steps", "2", "--out", str(blocker / "run")]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("error: cannot write to"), err
+    assert main(["generate", "--prompt", PROMPT, "--steps", "2", "--out", str(blocker)]) == 2
+    assert "not a directory" in capsys.readouterr().err
+
+
+class _Pipe:
+    diffscope_name = "default"
+
+    def set_progress_bar_config(self, **kwargs):
+        pass
+
+
+def test_rerun_replaces_dir_and_failure_keeps_old_run(tmp_path, capsys, monkeypatch):
+    import analysis.models
+    import analysis.run
+
+    monkeypatch.setattr(analysis.models, "load_pipeline", lambda *a, **k: _Pipe())
+    monkeypatch.setattr(analysis.run, "generate", lambda pipe, config, measure_latency=True: fake_result())
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "stale.txt").write_text("old")
+    assert main(["generate", "--prompt", PROMPT, "--steps", "2", "--out", str(out)]) == 0
+    assert not (out / "stale.txt").exists() and (out / "run.json").exists()
+    before = (out / "run.json").read_text()
+    last = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert last["speedup"] == 2.0 and last["out"] == str(out)
+
+    def boom(pipe, config, measure_latency=True):
+        raise ValueError("tgate: gate_step must be below steps")
+
+    monkeypatch.setattr(analysis.run, "generate", boom)
+    assert main(["generate", "--prompt", PROMPT, "--steps", "2", "--out", str(out)]) == 2
+    assert capsys.readouterr().err.strip() == "error: tgate: gate_step must be below steps"
+    assert (out / "run.json").read_text() == before
+    assert leftovers(tmp_path) == []
+
+
+def test_help_and_train_default_parser(capsys):
+    assert main(["generate", "--help"]) == 0
+    assert "--capture-budget-mb" in capsys.readouterr().out
+    assert main(["train-default", "--help"]) == 0
+    assert "--unet-steps" in capsys.readouterr().out

@@ -1,0 +1,283 @@
+"""Data preparation shared by the plotly (interactive) and matplotlib (export) figures. Pure numpy/PIL.
+
+Inputs are the schema-shaped signal dicts of docs/signals.md (RunResult.signals[...]) or the dicts that
+`analysis.report.load_run` rebuilds from a saved run; arrays may be float16 and may hold NaN for steps a
+technique skipped.
+"""
+from __future__ import annotations
+
+import math
+import re
+from typing import Any, Sequence
+
+import numpy as np
+
+SPECIAL_TOKENS = ("<|startoftext|>", "<|endoftext|>", "<s>", "</s>", "[CLS]", "[SEP]")
+PAD = "<pad>"
+NORM_MODES = {"per-token": "per-token min-max (each map stretched to 0-1)",
+              "shared": "shared scale (0 to the largest value shown)"}
+MEAN_LAYER = "mean of all layers"
+
+ROLE_COLOURS = {"encoder": "#1f77b4", "bottleneck": "#2ca02c", "decoder": "#d62728"}
+_ROLE_SHADES = {"encoder": ["#08306b", "#2171b5", "#4292c6", "#6baed6", "#9ecae1"],
+                "bottleneck": ["#238b45", "#41ab5d", "#74c476"],
+                "decoder": ["#67000d", "#cb181d", "#ef3b2c", "#fb6a4a", "#fc9272"]}
+PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+           "#17becf"]
+
+
+def layer_label(name: str) -> str:
+    """'down_blocks.1.attentions.0.transformer_blocks.1.attn2' -> 'down1.a0.t1.attn2'."""
+    s = name
+    s = re.sub(r"down_blocks\.(\d+)", r"down\1", s)
+    s = re.sub(r"up_blocks\.(\d+)", r"up\1", s)
+    s = s.replace("mid_block", "mid")
+    s = re.sub(r"\.attentions\.(\d+)", r".a\1", s)
+    s = re.sub(r"\.transformer_blocks\.(\d+)", r".t\1", s)
+    return s
+
+
+def block_role(block: str, roles: dict | None = None) -> str:
+    if roles and block in roles:
+        return roles[block]
+    if block.startswith("down"):
+        return "encoder"
+    if block.startswith("mid"):
+        return "bottleneck"
+    return "decoder"
+
+
+def block_colours(blocks: Sequence[str], roles: dict | None = None) -> dict[str, str]:
+    """One colour per block, shades of its role's hue (encoder blue, bottleneck green, decoder red)."""
+    out: dict[str, str] = {}
+    count: dict[str, int] = {}
+    for b in blocks:
+        role = block_role(b, roles)
+        shades = _ROLE_SHADES.get(role, PALETTE)
+        out[b] = shades[count.get(role, 0) % len(shades)]
+        count[role] = count.get(role, 0) + 1
+    return out
+
+
+def token_entries(tokens: Sequence[str], special: bool = False) -> list[tuple[int, str]]:
+    """(index into the token axis, display label) of the tokens worth showing: never padding; start/end
+    tokens only with special=True. Repeated words get their position appended."""
+    entries = []
+    for i, tok in enumerate(tokens):
+        if tok == PAD or (not special and tok in SPECIAL_TOKENS):
+            continue
+        entries.append((i, tok))
+    seen: dict[str, int] = {}
+    for _, tok in entries:
+        seen[tok] = seen.get(tok, 0) + 1
+    return [(i, f"{tok} #{i}" if seen[tok] > 1 else tok) for i, tok in entries]
+
+
+def nearest_index(values: Sequence[int], value: int | None) -> int:
+    """Index of the kept step nearest to `value` (None: the last one)."""
+    values = list(values)
+    if not values:
+        raise ValueError("no steps were kept")
+    if value is None:
+        return len(values) - 1
+    return int(np.argmin([abs(v - value) for v in values]))
+
+
+def resize(a: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of a 2-D float map to (h, w); NaN maps stay NaN."""
+    a = np.asarray(a, dtype=np.float32)
+    if a.shape == tuple(size):
+        return a
+    if np.isnan(a).all():
+        return np.full(size, np.nan, dtype=np.float32)
+    from PIL import Image
+
+    img = Image.fromarray(np.nan_to_num(a), mode="F").resize((size[1], size[0]), Image.BILINEAR)
+    return np.asarray(img, dtype=np.float32)
+
+
+def resize_image(img: np.ndarray, side: int) -> np.ndarray:
+    img = np.asarray(img)
+    if img.shape[0] == side and img.shape[1] == side:
+        return img
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(img).resize((side, side), Image.BILINEAR))
+
+
+def cross_layers(attention_maps: dict) -> list[str]:
+    return list((attention_maps or {}).get("cross", {}) or {})
+
+
+def cross_maps(attention_maps: dict, layer: str, step: int | None, prompt: int = 0) -> tuple[np.ndarray, int]:
+    """(n_tokens, h, w) float32 maps of one cross-attention layer at the kept step nearest `step`, and that
+    step. layer=MEAN_LAYER averages every layer, resized to the finest resolution kept."""
+    steps = list(attention_maps.get("steps", []))
+    si = nearest_index(steps, step)
+    cross = attention_maps.get("cross") or {}
+    if not cross:
+        raise ValueError("no cross-attention maps were captured")
+    if layer == MEAN_LAYER or layer is None:
+        arrays = [np.asarray(a[si, prompt], dtype=np.float32) for a in cross.values()]
+        h = max(a.shape[-2] for a in arrays)
+        w = max(a.shape[-1] for a in arrays)
+        up = [np.stack([resize(m, (h, w)) for m in a]) for a in arrays]
+        with np.errstate(all="ignore"):
+            stack = np.stack(up)
+            valid = ~np.isnan(stack).all(axis=(1, 2, 3))
+            maps = stack[valid].mean(axis=0) if valid.any() else stack[0]
+    else:
+        if layer not in cross:
+            raise ValueError(f"layer {layer!r} was not captured")
+        maps = np.asarray(cross[layer][si, prompt], dtype=np.float32)
+    return maps, steps[si]
+
+
+def normalise(maps: np.ndarray, mode: str) -> tuple[np.ndarray, float, float]:
+    """(maps, zmin, zmax) for display. per-token: each map min-max to 0..1; shared: raw values on one
+    scale 0..max."""
+    maps = np.asarray(maps, dtype=np.float32)
+    if mode not in NORM_MODES:
+        raise ValueError(f"normalisation must be one of {', '.join(NORM_MODES)}, got {mode!r}")
+    if mode == "per-token":
+        with np.errstate(all="ignore"):
+            lo = np.nanmin(maps, axis=(-2, -1), keepdims=True)
+            hi = np.nanmax(maps, axis=(-2, -1), keepdims=True)
+            out = (maps - lo) / np.where(hi - lo > 0, hi - lo, 1)
+        return out.astype(np.float32), 0.0, 1.0
+    finite = maps[np.isfinite(maps)]
+    top = float(finite.max()) if finite.size else 1.0
+    return maps, 0.0, top if top > 0 else 1.0
+
+
+def grid_shape(n: int, cols: int) -> tuple[int, int]:
+    cols = max(1, min(cols, n))
+    return math.ceil(n / cols), cols
+
+
+def role_mean(values: np.ndarray, blocks: Sequence[str], roles: dict | None) -> dict[str, np.ndarray]:
+    values = np.asarray(values, dtype=np.float64)
+    out = {}
+    for role in ("encoder", "bottleneck", "decoder"):
+        idx = [i for i, b in enumerate(blocks) if block_role(b, roles) == role]
+        if idx:
+            with np.errstate(all="ignore"):
+                out[role] = np.nanmean(values[idx], axis=0)
+    return out
+
+
+def nanmean0(a: np.ndarray) -> np.ndarray:
+    a = np.asarray(a, dtype=np.float64)
+    with np.errstate(all="ignore"):
+        count = np.sum(~np.isnan(a), axis=0)
+        return np.where(count > 0, np.nansum(a, axis=0) / np.maximum(count, 1), np.nan)
+
+
+def token_rank_maps(token_rank: dict, step: int | None, prompt: int = 0,
+                    layers: Sequence[str] | None = None) -> tuple[list[tuple[str, np.ndarray]], int]:
+    """[(layer, (h, w) importance x h*w, so 1 = uniform)] at the kept step nearest `step`, and that step."""
+    steps = list(token_rank.get("steps", []))
+    si = nearest_index(steps, step)
+    out = []
+    for layer in layers or token_rank.get("layers", []):
+        s = np.asarray(token_rank["scores"][layer][si, prompt], dtype=np.float32)
+        out.append((layer, s * s.size))
+    return out, steps[si]
+
+
+def token_rank_concentration(token_rank: dict, prompt: int | None = None) -> tuple[list[str], list[int], np.ndarray]:
+    """(layers, steps, normalised entropy (n_layers, n_steps)); 1 = importance spread uniformly over the
+    tokens, 0 = one token holds all of it. prompt=None averages the prompts."""
+    layers = list(token_rank.get("layers", []))
+    steps = list(token_rank.get("steps", []))
+    rows = []
+    for layer in layers:
+        s = np.asarray(token_rank["scores"][layer], dtype=np.float64)
+        if prompt is not None:
+            s = s[:, prompt:prompt + 1]
+        flat = s.reshape(s.shape[0], s.shape[1], -1)
+        n = flat.shape[-1]
+        total = flat.sum(-1, keepdims=True)
+        p = flat / np.where(total > 0, total, 1)
+        with np.errstate(all="ignore"):
+            h = -np.sum(np.where(p > 0, p * np.log(np.where(p > 0, p, 1)), 0.0), axis=-1)
+            h = h / (math.log(n) if n > 1 else 1.0)
+        h = np.where(np.isnan(flat).any(-1), np.nan, h)
+        with np.errstate(all="ignore"):
+            rows.append(np.nanmean(h, axis=1))
+    return layers, steps, np.array(rows, dtype=np.float64).reshape(len(layers), len(steps))
+
+
+# --- quality vs latency rows --------------------------------------------------------------------------
+
+def _num(x: Any) -> float:
+    if x is None:
+        return math.nan
+    if isinstance(x, str):
+        return math.inf if x.strip().lower() in ("inf", "+inf", "infinity") else float(x)
+    return float(x)
+
+
+def tradeoff_rows(rows: Sequence[dict]) -> list[dict]:
+    """Normalised rows: label, kind ('baseline' | 'steps' | 'technique'), latency_s, psnr_db (inf allowed),
+    ssim, speedup (computed from the baseline row when missing)."""
+    out = []
+    for r in rows:
+        label = str(r.get("technique", r.get("label", "?")))
+        kind = r.get("kind")
+        if kind is None:
+            low = label.lower()
+            kind = "baseline" if low in ("baseline", "full compute", "none") else (
+                "steps" if low.startswith("steps") else "technique")
+        out.append({"label": label, "kind": kind, "latency_s": _num(r.get("latency_s")),
+                    "psnr_db": _num(r.get("psnr_db")), "ssim": _num(r.get("ssim")),
+                    "speedup": _num(r.get("speedup")), "steps": r.get("steps")})
+    base = [r for r in out if r["kind"] == "baseline" and math.isfinite(r["latency_s"])]
+    if base:
+        b = base[0]["latency_s"]
+        for r in out:
+            if math.isnan(r["speedup"]) and math.isfinite(r["latency_s"]) and r["latency_s"] > 0:
+                r["speedup"] = b / r["latency_s"]
+    return out
+
+
+def psnr_cap(rows: Sequence[dict]) -> float:
+    """Where to draw PSNR = inf: a little above the best finite PSNR."""
+    finite = [r["psnr_db"] for r in rows if math.isfinite(r["psnr_db"])]
+    return (max(finite) + 5.0) if finite else 60.0
+
+
+def technique_family(label: str) -> str:
+    return re.split(r"[:\s(]", label, maxsplit=1)[0]
+
+
+# --- counters --------------------------------------------------------------------------------------------
+
+def counter_rows(counters: dict) -> list[tuple[str, str, float | None, str]]:
+    """(plug-in, counter, numeric value or None, display text). Lists (per-step logs) are summed."""
+    rows = []
+    for plugin, values in (counters or {}).items():
+        if not isinstance(values, dict):
+            values = {"value": values}
+        for key, v in values.items():
+            if isinstance(v, (list, tuple, np.ndarray)):
+                arr = np.asarray(v)
+                if arr.dtype.kind in "biuf" and arr.size:
+                    total = float(np.nansum(arr))
+                    shown = ", ".join(str(x) for x in arr.ravel()[:12].tolist()) + (" ..." if arr.size > 12 else "")
+                    rows.append((plugin, key, total, f"{_fmt(total)} (per step: {shown})"))
+                else:
+                    rows.append((plugin, key, None, str(list(v))[:120]))
+            elif isinstance(v, (bool, np.bool_)):
+                rows.append((plugin, key, None, str(bool(v))))
+            elif isinstance(v, (int, float, np.integer, np.floating)):
+                rows.append((plugin, key, float(v), _fmt(float(v))))
+            else:
+                rows.append((plugin, key, None, str(v)[:120]))
+    return rows
+
+
+def _fmt(x: float) -> str:
+    if math.isfinite(x) and x == int(x):
+        return f"{int(x):,}"
+    return f"{x:.4g}"

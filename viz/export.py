@@ -1,0 +1,285 @@
+"""Static matplotlib versions of the app's figures, for lab slides and papers.
+
+Same inputs as `viz.plotly_figs` (schema-shaped dicts, docs/signals.md), a `matplotlib.figure.Figure` out;
+`save(fig, "fig.pdf")` or `fig.savefig(...)` writes PNG/PDF/SVG. Figures are built without pyplot (no
+global state, nothing to close, safe in threads) in a clean sans-serif style.
+
+    from analysis.report import load_run
+    from viz import export
+    data, signals = load_run("out/run1")
+    export.save(export.convergence_figure(signals["cross_attn_convergence"]), "convergence.pdf")
+"""
+from __future__ import annotations
+
+import functools
+import math
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg", force=False)
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+from viz import _data as D  # noqa: E402
+from viz._data import MEAN_LAYER, NORM_MODES  # noqa: E402
+
+STYLE = {
+    "font.family": "sans-serif",
+    "font.sans-serif": ["Inter", "IBM Plex Sans", "Helvetica", "Arial", "DejaVu Sans"],
+    "font.size": 9,
+    "axes.titlesize": 9,
+    "axes.labelsize": 9,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.grid": False,
+    "legend.fontsize": 7,
+    "legend.frameon": False,
+    "xtick.labelsize": 8,
+    "ytick.labelsize": 8,
+    "figure.dpi": 100,
+    "savefig.dpi": 200,
+    "savefig.bbox": "tight",
+    "pdf.fonttype": 42,  # embed TrueType: text stays editable in Illustrator/Keynote
+    "svg.fonttype": "none",
+}
+
+
+def styled(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with matplotlib.rc_context(STYLE):
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+def save(fig: Figure, path: str | Path, dpi: int = 200) -> Path:
+    """Write `fig` to `path`; the format follows the suffix (.png, .pdf, .svg)."""
+    path = Path(path)
+    with matplotlib.rc_context(STYLE):
+        fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    return path
+
+
+def _message(text: str) -> Figure:
+    fig = Figure(figsize=(5, 1.5))
+    ax = fig.add_subplot()
+    ax.axis("off")
+    ax.text(0.5, 0.5, text, ha="center", va="center", color="#666")
+    return fig
+
+
+def _step_title(step: int, timesteps) -> str:
+    if timesteps is not None and 0 <= step < len(timesteps):
+        return f"step {step} (t={timesteps[step]:g})"
+    return f"step {step}"
+
+
+def _grid(n: int, cols: int, cell: float = 1.6, extra_w: float = 0.8, extra_h: float = 0.7):
+    rows, ncols = D.grid_shape(n, cols)
+    fig = Figure(figsize=(ncols * cell + extra_w, rows * (cell + 0.25) + extra_h), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(rows, ncols, squeeze=False)).ravel()
+    for ax in axes[n:]:
+        ax.axis("off")
+    return fig, axes
+
+
+@styled
+def cross_attention_figure(attention_maps: dict, tokens: Sequence[str], step: int | None = None,
+                           layer: str = MEAN_LAYER, prompt: int = 0, norm: str = "per-token",
+                           image: np.ndarray | None = None, alpha: float = 0.55, special: bool = False,
+                           cols: int = 6, timesteps: Sequence[float] | None = None, cmap: str = "inferno") -> Figure:
+    if not attention_maps or not attention_maps.get("cross"):
+        return _message("No cross-attention maps were captured.")
+    maps, shown = D.cross_maps(attention_maps, layer, step, prompt)
+    entries = [(i, lab) for i, lab in D.token_entries(tokens, special=special) if i < maps.shape[0]]
+    if not entries:
+        return _message("The prompt has no tokens to show.")
+    values, zmin, zmax = D.normalise(np.stack([maps[i] for i, _ in entries]), norm)
+    fig, axes = _grid(len(entries), cols)
+    img = None
+    if image is not None:
+        img = np.asarray(image)
+    mappable = None
+    for ax, (_, lab), m in zip(axes, entries, values):
+        if img is not None:
+            ax.imshow(img, extent=(0, 1, 1, 0), interpolation="bilinear")
+            mappable = ax.imshow(m, extent=(0, 1, 1, 0), cmap=cmap, vmin=zmin, vmax=zmax, alpha=alpha,
+                                 interpolation="bilinear")
+        else:
+            mappable = ax.imshow(m, cmap=cmap, vmin=zmin, vmax=zmax, interpolation="nearest")
+        ax.set_title(lab)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for s in ax.spines.values():
+            s.set_visible(False)
+    bar = fig.colorbar(mappable, ax=list(axes[:len(entries)]), shrink=0.8, pad=0.02)
+    bar.set_label("0-1 per token" if norm == "per-token" else "attention mass")
+    layer_name = "mean of all layers" if layer in (None, MEAN_LAYER) else D.layer_label(layer)
+    fig.suptitle(f"Cross-attention per token · {layer_name} · {_step_title(shown, timesteps)}\n"
+                 f"normalisation: {NORM_MODES[norm]}", fontsize=9)
+    return fig
+
+
+@styled
+def convergence_figure(conv: dict, log_y: bool = False) -> Figure:
+    if not conv or not conv.get("layers"):
+        return _message("No cross-attention convergence was captured.")
+    steps = list(conv["steps"])
+    fig = Figure(figsize=(7.5, 2.8), layout="constrained")
+    axes = fig.subplots(1, 2)
+    for ax, key, title in ((axes[0], "output_l2", r"attention output $\|C_t - C_{t-1}\|_2$"),
+                           (axes[1], "probs_l2", r"attention probabilities $\|P_t - P_{t-1}\|_2$")):
+        arr = np.asarray(conv.get(key, []), dtype=np.float64)
+        if arr.size:
+            for i, layer in enumerate(conv["layers"]):
+                ax.plot(steps, arr[i], lw=0.9, alpha=0.55, color=D.PALETTE[i % len(D.PALETTE)],
+                        label=D.layer_label(layer))
+            ax.plot(steps, D.nanmean0(arr), lw=2.4, color="black", marker="o", ms=3, label="mean over layers")
+        ax.set_title(title)
+        ax.set_xlabel("denoising step t")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if log_y:
+            ax.set_yscale("log")
+    axes[0].set_ylabel("L2 distance to step t-1")
+    axes[1].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.suptitle("Cross-attention convergence (T-GATE)", fontsize=10)
+    return fig
+
+
+@styled
+def drift_figure(drift: dict, log_y: bool = False) -> Figure:
+    if not drift or not drift.get("blocks"):
+        return _message("No feature drift was captured.")
+    blocks = list(drift["blocks"])
+    roles = drift.get("role", {})
+    colours = D.block_colours(blocks, roles)
+    mse = np.asarray(drift.get("mse", []), dtype=np.float64)
+    frob = np.asarray(drift.get("frobenius", []), dtype=np.float64)
+    fig = Figure(figsize=(8, 3.6), layout="constrained")
+    ax1, ax2 = fig.subplots(1, 2, width_ratios=[1.3, 1])
+    if mse.size:
+        x = np.arange(1, mse.shape[1] + 1)
+        for i, b in enumerate(blocks):
+            role = D.block_role(b, roles)
+            ax1.plot(x, mse[i], color=colours[b], lw=1.5, marker="o", ms=2.5,
+                     ls="--" if role == "bottleneck" else "-", label=f"{b} ({role})")
+        ax1.set_xlabel("denoising step t")
+        ax1.set_ylabel(r"MSE$(F_t, F_{t-1})$")
+        ax1.set_title("feature change between steps")
+        if log_y:
+            ax1.set_yscale("log")
+        ax1.xaxis.set_major_locator(MaxNLocator(integer=True))
+        fig.legend(*ax1.get_legend_handles_labels(), loc="outside lower center", ncols=4)
+    if frob.size:
+        data = [row[np.isfinite(row)] for row in frob]
+        bp = ax2.boxplot(data, patch_artist=True, widths=0.6, medianprops=dict(color="black"))
+        for patch, b in zip(bp["boxes"], blocks):
+            patch.set_facecolor(colours[b])
+            patch.set_alpha(0.6)
+        ax2.set_xticks(range(1, len(blocks) + 1), blocks, rotation=40, ha="right")
+        ax2.set_ylabel(r"$\|F_t\|_F$")
+        ax2.set_title("Frobenius norm per step, per block")
+    fig.suptitle("Feature drift per UNet block (encoder blue, bottleneck green, decoder red)", fontsize=10)
+    return fig
+
+
+@styled
+def token_rank_figure(token_rank: dict, step: int | None = None, prompt: int = 0,
+                      layers: Sequence[str] | None = None, cols: int = 6,
+                      timesteps: Sequence[float] | None = None) -> Figure:
+    if not token_rank or not token_rank.get("layers"):
+        return _message("No token ranks were captured.")
+    maps, shown = D.token_rank_maps(token_rank, step, prompt, layers)
+    fig, axes = _grid(len(maps), cols)
+    finite = np.concatenate([m[np.isfinite(m)].ravel() for _, m in maps])
+    vmax = max(float(np.percentile(finite, 99)) if finite.size else 1.0, 1.0)
+    im = None
+    for ax, (layer, m) in zip(axes, maps):
+        im = ax.imshow(m, cmap="viridis", vmin=0, vmax=vmax, interpolation="nearest")
+        ax.set_title(D.layer_label(layer), fontsize=8)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.colorbar(im, ax=list(axes[:len(maps)]), shrink=0.8, pad=0.02).set_label("importance x N (1 = uniform)")
+    fig.suptitle(f"Token importance (G-WPR) · {_step_title(shown, timesteps)}", fontsize=10)
+    return fig
+
+
+@styled
+def token_rank_summary_figure(token_rank: dict, prompt: int | None = None) -> Figure:
+    if not token_rank or not token_rank.get("layers"):
+        return _message("No token ranks were captured.")
+    layers, steps, ent = D.token_rank_concentration(token_rank, prompt)
+    fig = Figure(figsize=(max(4, 0.35 * len(steps) + 2.5), 0.3 * len(layers) + 1.4), layout="constrained")
+    ax = fig.add_subplot()
+    im = ax.imshow(ent, aspect="auto", cmap="cividis", interpolation="nearest")
+    ax.set_yticks(range(len(layers)), [D.layer_label(l) for l in layers])
+    ax.set_xticks(range(len(steps)), steps)
+    ax.set_xlabel("denoising step")
+    fig.colorbar(im, ax=ax).set_label("normalised entropy")
+    ax.set_title("Token-importance concentration (1 = uniform)")
+    return fig
+
+
+@styled
+def tradeoff_figure(rows: Sequence[dict], title: str = "Quality vs latency") -> Figure:
+    data = D.tradeoff_rows(rows)
+    if not data:
+        return _message("No runs to compare.")
+    cap = D.psnr_cap(data)
+    fig = Figure(figsize=(8, 3.2), layout="constrained")
+    axes = fig.subplots(1, 2)
+    steps_rows = sorted([r for r in data if r["kind"] == "steps"], key=lambda r: r["latency_s"])
+    tech = [r for r in data if r["kind"] == "technique"]
+    base = [r for r in data if r["kind"] == "baseline"]
+    families = sorted({D.technique_family(r["label"]) for r in tech})
+    fam_colour = {f: D.PALETTE[(i + 1) % len(D.PALETTE)] for i, f in enumerate(families)}
+    for ax, metric in zip(axes, ("psnr_db", "ssim")):
+        def y(r):
+            v = r[metric]
+            return cap if (metric == "psnr_db" and math.isinf(v)) else v
+
+        if steps_rows:
+            ax.plot([r["latency_s"] for r in steps_rows], [y(r) for r in steps_rows], "--o", color="#888", mfc="none",
+                    ms=5, lw=1.4, label="step reduction")
+        for fam in families:
+            rs = [r for r in tech if D.technique_family(r["label"]) == fam]
+            ax.scatter([r["latency_s"] for r in rs], [y(r) for r in rs], s=40, color=fam_colour[fam], label=fam,
+                       edgecolor="white", zorder=3)
+        for r in base:
+            ax.scatter([r["latency_s"]], [y(r)], marker="*", s=160, color="black", label="baseline (full compute)",
+                       zorder=4)
+        ax.set_xlabel("latency (s, median)")
+        if metric == "psnr_db" and any(math.isinf(r["psnr_db"]) for r in data):
+            ax.axhline(cap, color="#bbb", lw=0.8, ls=":")
+            ax.annotate("∞ (identical)", (0.01, cap), xycoords=("axes fraction", "data"), fontsize=7, color="#888",
+                        va="bottom")
+    axes[0].set_ylabel("PSNR vs full compute (dB)")
+    axes[1].set_ylabel("SSIM vs full compute")
+    axes[1].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.suptitle(title, fontsize=10)
+    return fig
+
+
+@styled
+def counters_figure(counters: dict, title: str = "Work actually skipped") -> Figure:
+    rows = D.counter_rows(counters)
+    if not rows:
+        return _message("No counters: no technique was active.")
+    numeric = [r for r in rows if r[2] is not None]
+    fig = Figure(figsize=(6, 0.3 * len(numeric) + 1.2), layout="constrained")
+    ax = fig.add_subplot()
+    labels = [f"{r[0]} · {r[1]}" for r in numeric]
+    plugins = list(dict.fromkeys(r[0] for r in numeric))
+    colours = [D.PALETTE[plugins.index(r[0]) % len(D.PALETTE)] for r in numeric]
+    ax.barh(range(len(numeric)), [r[2] for r in numeric], color=colours)
+    ax.set_yticks(range(len(numeric)), labels)
+    ax.invert_yaxis()
+    for i, r in enumerate(numeric):
+        ax.annotate(r[3].split(" (")[0], (r[2], i), xytext=(3, 0), textcoords="offset points", va="center",
+                    fontsize=7)
+    ax.set_title(title)
+    return fig
