@@ -24,7 +24,7 @@ import gradio as gr
 import numpy as np
 
 from analysis.models import load_pipeline
-from analysis.run import RunConfig, generate, prompt_tokens
+from analysis.run import RunConfig, generate
 from viz import plotly_figs as P
 
 SCHEDULERS = ("ddim", "dpm", "euler")
@@ -137,29 +137,34 @@ def build_demo(pipe, probes=None) -> gr.Blocks:
     technique_choices = _technique_choices()
 
     def tokens_view(prompt):
+        """The prompt as the text encoder sees it: (token, label) spans, and a warning for words the default
+        model has never seen (they reach it as single characters)."""
         prompt = (prompt or "").strip()
         if not prompt:
             return [], ""
-        words = [t for t in prompt_tokens(pipe, (prompt,))[0] if t != "<pad>"]
+        tok = pipe.tokenizer
         unknown = []
         if model == "default":
             from analysis.toy.tokenizer import unknown_words
 
-            unknown = unknown_words(pipe.tokenizer, prompt)
-        unknown_set = {w.strip(".,!?;:").lower() for w in unknown}
-        spans = []
-        for tok in words:
-            if tok.startswith("<|"):
-                spans.append((tok, "special"))
-            elif unknown and tok.lower() in unknown_set:
-                spans.append((tok, "unknown word"))
-            else:
-                spans.append((tok, None))
+            unknown = unknown_words(tok, prompt)
+        unknown_set = {w.lower() for w in unknown}
+        spans = [(tok.bos_token or "<|startoftext|>", "special")]
+        for word in prompt.split():
+            label = "unknown word" if word.lower() in unknown_set else None
+            for piece in tok.tokenize(word):
+                spans.append((" ", None))
+                spans.append((piece.replace("</w>", ""), label))
+        spans += [(" ", None), (tok.eos_token or "<|endoftext|>", "special")]
+        n_tokens = sum(1 for text, _ in spans if text != " ")
         warning = ""
         if unknown:
             warning = ("⚠️ The default model has never seen " + ", ".join(f"**{w}**" for w in unknown)
                        + ": it reaches the model as single characters, so expect it to be ignored.")
-        return spans, warning
+        if n_tokens > tok.model_max_length:
+            warning += (f" ⚠️ The prompt has {n_tokens} tokens; the text encoder keeps the first "
+                        f"{tok.model_max_length}.")
+        return spans, warning.strip()
 
     def run_generate(prompt, negative, seed, steps, guidance, scheduler, step_norm, overlay, alpha, special,
                      conv_log, drift_log, progress=gr.Progress(track_tqdm=True)):

@@ -100,7 +100,11 @@ def _prepare_out(out: Path) -> Path:
     parent = out.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=parent))
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=parent))
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o777 & ~mask)  # mkdtemp makes it private; the run folder gets ordinary permissions
+        return tmp
     except OSError as err:
         raise UsageError(f"cannot write to {out}: {err.strerror or err}") from None
 
@@ -198,11 +202,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_generate(sub)
     _add_train(sub)
+    sub.add_parser("search-policy", help="PHAST: greedy search for an attention-map reuse policy "
+                   "(options: python -m analysis search-policy --help)", add_help=False)
     return parser
 
 
 def main(argv=None) -> int:
     """Run the CLI; returns the exit code (0 ok, 2 error: one 'error: ...' line on stderr)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["search-policy"]:  # its own parser and error handling: analysis/policy_search.py
+        from analysis.policy_search import main as search_policy
+
+        return search_policy(argv[1:])
     parser = build_parser()
     try:
         try:

@@ -199,9 +199,14 @@ def write_policy(path: Path, result: SearchResult, model: str, scheduler: str, g
     tmp.replace(path)
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one 'error: ...' line and exit code 2, like the rest of the CLI
+        raise ValueError(f"search-policy: {message}")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m analysis search-policy",
-                                description="PHAST: greedy search for an attention-map reuse policy")
+    p = _Parser(prog="python -m analysis search-policy",
+                description="PHAST: greedy search for an attention-map reuse policy")
     p.add_argument("--model", default="default")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--reuse-steps", type=int, default=None, help="number of R steps (default: (steps + 1) // 3)")
@@ -221,8 +226,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     try:
+        try:
+            args = build_parser().parse_args(argv)
+        except SystemExit as done:  # --help
+            return int(done.code or 0) if not isinstance(done.code, str) else 2
         if args.prompts < 1 or args.iterations < 0 or args.radius < 1 or args.max_run < 0:
             raise ValueError("search-policy: need --prompts >= 1, --iterations >= 0, --radius >= 1, --max-run >= 0")
         from analysis.models import load_pipeline

@@ -52,8 +52,9 @@ def gwpr(
     a = probs.to(compute_dtype)
     # x = N * s: starts at 1, and x <- (1 - d) + d * x^T A  (x^T A is A^T s as a row vector, no transpose).
     x = torch.ones(rows, 1, n, dtype=compute_dtype, device=probs.device)
+    teleport = x.new_full((1, 1, 1), 1.0 - damping)
     for _ in range(iterations):
-        x = torch.baddbmm(x.new_full((1, 1, 1), 1.0 - damping), x, a, beta=1.0, alpha=damping)
+        x = torch.baddbmm(teleport, x, a, beta=1.0, alpha=damping)
     scores = x.view(rows // heads, heads, n).float()
     if head_reduce == "mean":
         scores = scores.mean(dim=1)

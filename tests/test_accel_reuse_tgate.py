@@ -277,4 +277,7 @@ def test_policy_search_runs(toy):
     assert result.hurry_policy == "CCCR" and result.policy in ("CCCR", "CCRC") and result.evaluations == 2
     assert result.phast_psnr_db >= result.hurry_psnr_db and result.iterations <= 1
     assert result.held_out_hurry_psnr_db is not None and result.held_out_phast_psnr_db is not None
+    from analysis.__main__ import main as cli
+
     assert main(["--prompts", "0"]) == 2
+    assert cli(["search-policy", "--bogus"]) == 2  # the CLI forwards to policy_search.main

@@ -34,7 +34,8 @@ Combination rules (`check_with`): with `tgate`, reuse must be scope=self (T-GATE
 cross-attention output after its gate, so reused cross maps would never be used) and T-GATE must not cache
 self-attention (sp_interval=1, fi_interval=1), so each attention module has one owner. When T-GATE drops the
 CFG half of the batch, a map cached from a [uncond; cond] step is averaged over the halves, like T-GATE's
-own gate-step cache.
+own gate-step cache. atedm and fastdiff (parallel=true) refuse reuse in their own `check_with`. A cached
+map whose token counts no longer match the call is not used (the call computes).
 
 Counters: maps_computed / maps_reused count in-scope attention calls (exactly r * L reused for r R steps on
 L in-scope modules), maps_cached the calls whose probabilities were materialised for a later R step.
@@ -242,6 +243,9 @@ class ReuseHandle(AttentionPlugin, HandleBase):
         probs = self.maps.get(call.name)
         if probs is None:
             return None  # no map (e.g. the C step was served by another plug-in): compute
+        keys = call.encoder_hidden_states.shape[1] if call.is_cross else call.n_queries
+        if probs.shape[1:] != (call.n_queries, keys):
+            return None  # the token count changed since the map was computed: compute
         rows = call.hidden_states.shape[0] * call.attn.heads
         if probs.shape[0] != rows:
             if probs.shape[0] != 2 * rows:

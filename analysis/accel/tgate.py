@@ -29,8 +29,10 @@ irrelevant). Nothing is reused, no batch is dropped, every call runs the origina
 the baseline bit for bit. `TGateConfig.off()` returns it.
 
 Combinations (`check_with` on both sides): attention-map reuse must be scope=self and T-GATE must then not
-cache self-attention (see analysis/accel/reuse.py); read-only probes combine freely (they see the cached
-output as the call's output, and post-gate calls at batch 1 through the clock's `rows`).
+cache self-attention (see analysis/accel/reuse.py); atedm and fastdiff refuse tgate in their own
+`check_with` (pruned tokens and batched decoders do not fit a replayed output). Read-only probes combine
+freely: they see the cached output as the call's output, and after the gate the clock's `rows` is the
+halved batch (`clock.cfg_batch` is False), so they read every row as conditional.
 
 Counters: cross_attn_computed / cross_attn_reused and self_attn_computed / self_attn_reused count attention
 calls; unet_rows_saved sums the UNet batch rows not computed thanks to the CFG drop; cfg_dropped_steps.

@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 
 from analysis.probes._common import attach_clock, cond_slice, pool, to_cpu16
 
@@ -60,9 +61,11 @@ def pca_rgb(features: np.ndarray) -> np.ndarray:
     k = min(3, c, h * w)
     comps = np.zeros((h * w, 3))
     if k >= 1 and np.ptp(x, axis=0).max() > 0:
+        # covariance_eigh: one C x C eigendecomposition (pixels >> channels).
         with warnings.catch_warnings(), np.errstate(all="ignore"):
             warnings.simplefilter("ignore")
-            comps[:, :k] = PCA(n_components=k, svd_solver="full").fit_transform(x)
+            solver = "covariance_eigh" if h * w >= c else "full"
+            comps[:, :k] = PCA(n_components=k, svd_solver=solver).fit_transform(x)
     lo, hi = np.percentile(comps, 1, axis=0), np.percentile(comps, 99, axis=0)
     scale = np.where(hi > lo, hi - lo, 1.0)
     rgb = np.clip((comps - lo) / scale, 0.0, 1.0) * 255.0
@@ -132,8 +135,10 @@ class DriftProbe:
     def signals(self) -> dict[str, Any]:
         n = self.clock.num_steps
         pca: dict[str, dict[int, np.ndarray]] = {}
-        for (name, step), feat in self._pca.items():
-            pca.setdefault(name, {})[step] = pca_rgb(feat.float().numpy())
+        # One BLAS thread: OpenBLAS's spinning threads cost ~10x CPU on a busy machine for matrices this small.
+        with threadpool_limits(1):
+            for (name, step), feat in self._pca.items():
+                pca.setdefault(name, {})[step] = pca_rgb(feat.float().numpy())
         return {
             "feature_drift": {
                 "blocks": [name for name, _, _ in self.blocks],
