@@ -33,6 +33,8 @@ EXAMPLES = ["a large red circle on the left", "a small blue square at the top an
 CSS = """
 #diffscope-title h1 {margin-bottom: 0}
 #diffscope-status {min-height: 2.5em}
+/* small models make small images: scale them up without blurring */
+#diffscope-image img, #diffscope-compare img {image-rendering: pixelated; width: 100%; height: 100%; object-fit: contain}
 """
 THEME = gr.themes.Soft(primary_hue="indigo")
 
@@ -185,8 +187,12 @@ def build_demo(pipe, probes=None) -> gr.Blocks:
         rank_summary = P.token_rank_summary_figure(signals.get("token_rank"))
         kept = maps.get("steps") or []
         note = ""
-        if kept and len(kept) < config.accel_steps:
+        if maps.get("reductions"):
+            note = " Capture budget: " + "; ".join(map(str, maps["reductions"])) + "."
+        elif kept and len(kept) < config.accel_steps:
             note = f" Attention maps kept at {len(kept)} of {config.accel_steps} steps (memory budget)."
+        if maps.get("dropped_layers"):
+            note += " Not captured (budget): " + ", ".join(map(str, maps["dropped_layers"])) + "."
         fid = _fidelity_text(result.fidelity)
         status = (f"**{model}** · {config.steps} steps · {config.scheduler} · seed {config.seed} · "
                   f"instrumented run {_fmt_s(result.instrumented_latency_s)} (probes attached: not a speed "
@@ -224,7 +230,7 @@ def build_demo(pipe, probes=None) -> gr.Blocks:
         names = ", ".join(f"`{n}`" for n in result.config.get("accel", {}))
         table = "\n".join(f"| {k} | {v} |" for k, v in rows)
         metrics = (f"**Techniques:** {names} · median of {config.repeats} timed run(s) after a warm-up\n\n"
-                   f"| | |\n|---|---|\n{table}")
+                   f"| Measure | Value |\n|---|---|\n{table}")
         return ((_first_image(result.baseline_image), _first_image(result.image)), metrics,
                 P.counters_figure(result.counters), result)
 
@@ -265,11 +271,11 @@ def build_demo(pipe, probes=None) -> gr.Blocks:
                     compare_btn = gr.Button("Compare", variant="secondary")
             with gr.Column(scale=3, min_width=320):
                 image = gr.Image(label="Generated image (full compute)", type="numpy", interactive=False,
-                                 height=360, format="png")
+                                 height=360, format="png", elem_id="diffscope-image")
                 status = gr.Markdown(elem_id="diffscope-status")
                 with gr.Row():
                     export_btn = gr.Button("Export run (.zip)", size="sm")
-                    export_file = gr.File(label="Run export", interactive=False)
+                    export_file = gr.File(label="Run export", interactive=False, height=80)
         with gr.Tabs():
             with gr.Tab("Cross-attention"):
                 with gr.Row():
@@ -292,7 +298,8 @@ def build_demo(pipe, probes=None) -> gr.Blocks:
                 rank_plot = gr.Plot(label="Token importance maps")
                 rank_summary = gr.Plot(label="Token importance concentration")
             with gr.Tab("Compare"):
-                compare_images = gr.ImageSlider(label="Full compute vs accelerated", type="numpy", format="png")
+                compare_images = gr.ImageSlider(label="Full compute vs accelerated", type="numpy", format="png",
+                                                elem_id="diffscope-compare", max_height=420)
                 compare_metrics = gr.Markdown()
                 counters_plot = gr.Plot(label="Counters")
 

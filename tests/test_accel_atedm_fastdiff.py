@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from analysis import metrics
-from analysis.accel import unet_split
+from analysis.accel import parse_accel, unet_split
 from analysis.accel.atedm import ATEDMConfig
 from analysis.accel.fastdiff import PAPER_KEY_STEPS_50, FastDiffConfig
 from analysis.models import set_scheduler
@@ -101,6 +101,14 @@ def test_combination_rules():
     with pytest.raises(ValueError, match="parallel=false"):
         fast.check_with({"reuse": object()})
     FastDiffConfig(parallel=False).check_with({"reuse": object()})
+    # through the CLI syntax and RunConfig's check_combination, with the real other techniques
+    assert parse_accel("atedm:ratio=0.5,dsap=false") == ATEDMConfig(ratio=0.5, dsap=False)
+    assert parse_accel("fastdiff:key_steps=0+1+2+5,parallel=0") == FastDiffConfig(key_steps=(0, 1, 2, 5), parallel=False)
+    RunConfig(PROMPT, accel=(parse_accel("atedm"), parse_accel("fastdiff")))
+    RunConfig(PROMPT, accel=(parse_accel("reuse"), parse_accel("fastdiff:parallel=false")))
+    for pair in (("tgate", "fastdiff"), ("reuse", "atedm"), ("atedm", "tgate"), ("reuse", "fastdiff")):
+        with pytest.raises(ValueError, match="cannot be combined"):
+            RunConfig(PROMPT, accel=tuple(parse_accel(n) for n in pair))
 
 
 def test_unsupported_unet_extras_raise(sd15_pipe):
@@ -214,7 +222,7 @@ def test_dsap_prunes_less_early(sd15_pipe):
 
 @pytest.mark.parametrize("scheduler", ["ddim", "dpm"])
 def test_fastdiff_counters_and_parallel_matches_sequential(pipe, scheduler):
-    base, _, timesteps = _baseline(pipe, scheduler)
+    base = _baseline(pipe, scheduler)[0]
     before = _state(pipe)
     keys = (0, 2)
     par, cp, _ = _run(pipe, (FastDiffConfig(key_steps=keys, noise=False),), scheduler)

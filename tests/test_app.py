@@ -59,7 +59,9 @@ def test_generate_returns_image_and_figures_then_rerenders_from_state(client):
     assert len(_plot(drift)["data"]) > 0
     assert len(_plot(rank)["data"]) > 0
     assert len(_plot(rank_summary)["data"]) > 0
-    assert step == 2 and layer == "mean of all layers"
+    # component updates arrive as dicts: the step slider now spans the run, the layer list holds its layers
+    assert step["value"] == 2 and step["maximum"] == 2
+    assert layer["value"] == "mean of all layers" and len(layer["choices"]) > 1
     assert "instrumented" in status
     # step slider / layer dropdown re-render from the stored run, without running the model
     attn0, rank0 = client.predict(0, "mean of all layers", "shared", False, 0.5, True, api_name="/render_step")

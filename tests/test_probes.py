@@ -277,3 +277,55 @@ def test_memory_budget_reduces_resolution_then_steps(pipes):
     _, _, _, tiny, _ = run_once(pipe, config, (AttentionMapsConfig(budget_mb=0.001),), steps)
     tiny = tiny["attention_maps"]
     assert tiny["kept_bytes"] <= tiny["budget_bytes"] and len(tiny["steps"]) <= 1
+
+
+class _FakeTechnique(AttentionPlugin):
+    """Reuses step-0 self-attention probabilities from step 1 on, and replaces every cross-attention output
+    at step 2 by its step-1 value (T-GATE-like): probes must observe what was really used, and nothing
+    for calls that were skipped."""
+
+    observer = False
+
+    def __init__(self):
+        self.probs, self.outputs = {}, {}
+
+    def replace_output(self, call):
+        return self.outputs[call.name] if call.is_cross and call.step == 2 else None
+
+    def reuse_probs(self, call):
+        return self.probs[call.name] if not call.is_cross and call.step >= 1 else None
+
+    def wants_probs(self, call):
+        return not call.is_cross and call.step == 0
+
+    def on_probs(self, call, probs):
+        if not call.is_cross and call.step == 0:
+            self.probs[call.name] = probs
+
+    def on_output(self, call, output):
+        if call.is_cross and call.step == 1:
+            self.outputs[call.name] = output
+
+
+class _FakeTechniqueConfig:
+    name = "fake"
+
+    def attach(self, ctx):
+        ctx.seam()
+        ctx.attention().add(_FakeTechnique())
+        return HandleBase()
+
+
+def test_probes_see_reused_and_replaced_calls(pipes):
+    pipe = pipes("toy")
+    config = RunConfig(prompt=PROMPTS, steps=STEPS, guidance=5.0, size=64)
+    _, _, _, signals, _ = run_once(pipe, config, (_FakeTechniqueConfig(),) + default_probes(), STEPS)
+    rank = signals["token_rank"]["scores"]
+    for arr in rank.values():  # reused probabilities -> the same scores as at step 0
+        assert np.array_equal(arr[1], arr[0]) and np.array_equal(arr[2], arr[0])
+    conv = signals["cross_attn_convergence"]
+    assert np.isnan(conv["probs_l2"][:, 1]).all()  # step 2: cross-attention skipped, nothing observed
+    assert np.isfinite(conv["probs_l2"][:, 0]).all()
+    np.testing.assert_array_equal(conv["output_l2"][:, 1], 0.0)  # the cached output is the step-1 output
+    for arr in signals["attention_maps"]["cross"].values():
+        assert np.isnan(arr[2].astype(np.float32)).all() and np.isfinite(arr[:2].astype(np.float32)).all()

@@ -38,6 +38,11 @@ def empty_figure(message: str, height: int = 300) -> go.Figure:
     return fig
 
 
+def _int_ticks(n: int) -> dict:
+    """Whole-number ticks for a step axis (plotly would otherwise show 1.5, 2.5 on short runs)."""
+    return dict(tick0=0, dtick=1) if n <= 25 else dict(tickformat="d")
+
+
 def _step_title(step: int, timesteps: Sequence[float] | None) -> str:
     if timesteps is not None and 0 <= step < len(timesteps):
         return f"step {step} (t={timesteps[step]:g})"
@@ -138,7 +143,7 @@ def convergence_figure(conv: dict, log_y: bool = False) -> go.Figure:
             showlegend=(col == 1), line=dict(width=3.5, color="black"),
             hovertemplate="mean<br>step %{x}: %{y:.4g}<extra></extra>",
         ), row=1, col=col)
-    fig.update_xaxes(title_text="denoising step t")
+    fig.update_xaxes(title_text="denoising step t", **_int_ticks(len(steps)))
     fig.update_yaxes(title_text="L2 distance to step t−1", row=1, col=1)
     if log_y:
         fig.update_yaxes(type="log")
@@ -176,7 +181,7 @@ def drift_figure(drift: dict, log_y: bool = False) -> go.Figure:
                 y=frob[i], name=b, legendgroup=b, showlegend=False, marker_color=colours[b], boxpoints="all",
                 jitter=0.3, pointpos=0, hovertemplate=f"{b}<br>%{{y:.4g}}<extra></extra>",
             ), row=1, col=2)
-    fig.update_xaxes(title_text="denoising step t", row=1, col=1)
+    fig.update_xaxes(title_text="denoising step t", row=1, col=1, **_int_ticks(mse.shape[-1] if mse.size else 0))
     fig.update_yaxes(title_text="MSE(F<sub>t</sub>, F<sub>t−1</sub>)", row=1, col=1)
     fig.update_yaxes(title_text="‖F<sub>t</sub>‖<sub>F</sub>", row=1, col=2)
     fig.update_xaxes(tickangle=-40, row=1, col=2)
@@ -233,7 +238,7 @@ def token_rank_summary_figure(token_rank: dict, prompt: int | None = None) -> go
         colorbar=dict(title=dict(text="normalised<br>entropy", side="right"), thickness=12),
         hovertemplate="%{y}<br>step %{x}<br>entropy %{z:.3f}<extra></extra>",
     ))
-    fig.update_xaxes(title_text="denoising step", dtick=1 if len(steps) <= 30 else None)
+    fig.update_xaxes(title_text="denoising step", **_int_ticks(len(steps)))
     fig.update_yaxes(autorange="reversed")
     fig.update_layout(**_LAYOUT, height=max(260, 28 * len(layers) + 140),
                       title=dict(text="Token-importance concentration per layer and step "

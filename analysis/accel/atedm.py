@@ -15,9 +15,11 @@ attention never exposes the map, the pruning layers' attn1 runs as explicit soft
 
 Defaults:
 - `ratio = 0.63`: the paper's target pruning ratio (63% per secondary summaries of the paper; the paper
-  text itself was not reachable). With the first block / attn1, the ResNets and the DSAP early steps left
-  unpruned, 63% of the tokens in the remaining attention layers is consistent with the reported 38.8% FLOPs
-  saving on SD-XL.
+  text itself was not reachable). Back-of-envelope on SD-XL (our estimate, not the paper's): if its
+  transformer blocks are ~75% of the UNet FLOPs, ~60% in the 10-layer stages (9 of 10 blocks pruned) and
+  ~15% in the 2-layer ones (1 of 2 pruned), cutting 63% of their tokens saves ~0.6*0.9*0.63 + 0.15*0.5*0.63
+  = ~39% before DSAP, i.e. the reported 38.8% FLOPs saving is of that order. On SD 1.x (one layer per
+  block) only cross-attention and the feed-forward are pruned, so the same ratio saves much less.
 - DSAP (denoising-steps-aware pruning): "in early steps prune fewer tokens". Secondary summaries say the
   schedule leaves the first attention block of each down stage and the last one of each up stage unpruned
   in early steps; that is what `dsap=True` does during the first `dsap_fraction` of the steps (0.3, i.e.
@@ -27,6 +29,14 @@ Defaults:
 
 `ratio = 0` attaches nothing at all, so the image is the baseline bit for bit; a layer/step whose ratio is
 0 (DSAP) calls the original block and the original attention processor.
+
+Combinations: with `fastdiff` it works (encoder layers are pruned at key steps, decoder layers at every
+decoder call, per batch row, also in the batched parallel decoder, whose events count at the key step);
+`reuse` and `tgate` are refused (`check_with`): both replay per-token tensors (attention maps, attention
+outputs) from an earlier step, but the kept tokens differ from step to step.
+
+Counters: tokens_total / tokens_pruned (batch rows x tokens at the pruning points, overall and per attention
+block), pruned_fraction, pruning_events and events_per_step (pruning points that pruned, per step).
 """
 from __future__ import annotations
 
@@ -122,6 +132,7 @@ class ATEDMHandle:
         self.pending: dict[str, prune.Pruning] = {}  # layer -> pruning to undo after the last block
         self.events_per_step: list[int] = [0] * max(ctx.clock.num_steps, 0)
         self._patched: list[torch.nn.Module] = []
+        ctx.seam()  # the UNet seam advances the clock's step index, which DSAP and the counters read
         self._dispatcher = ctx.attention()
         self._plugin = self._dispatcher.add(_RankPlugin(self))
         try:

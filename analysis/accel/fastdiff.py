@@ -35,6 +35,17 @@ latents.
 "Off" is every step a key step (`stride=1`) with `noise=False`: the UNet's own forward runs at every step,
 bit for bit the baseline. Noise injection is a separate switch, not implied by propagation: with
 `noise=True` it changes the image even when every step is a key step (the paper ablates it separately).
+
+Combinations (`check_with`): `atedm` works (the decoder's attention blocks prune per row, also in the
+batched call). `reuse` works with `parallel=false` only: encoder attention modules simply are not called at
+non-key steps (a reuse step then takes the latest map that was computed), but one batched decoder call
+covering several steps cannot follow a per-step C/R policy. `tgate` is refused: after its gate the UNet
+batch is halved (the cached encoder features and precomputed predictions have the full CFG batch) and its
+cached attention outputs are sized for one step's batch, not the batched decoder's.
+
+Counters: encoder_passes / encoder_passes_skipped (steps with / without conv_in + down + mid), decoder_calls
+and decoder_rows (decoder invocations and the batch rows they ran; a full UNet call counts once),
+noise_injections, and the resolved key_steps.
 """
 from __future__ import annotations
 

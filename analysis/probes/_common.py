@@ -7,6 +7,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from analysis.attention import AttentionPlugin, AttnCall, attention_probs
 from analysis.clock import StepClock
 
 
@@ -87,9 +88,46 @@ def stack_steps(per_step: dict[int, Any], steps: list[int], like: torch.Tensor) 
     return torch.stack(rows)
 
 
-class AttentionProbe:
-    """Mixin for attention-probe handles: registers on the shared dispatcher, starts the step clock, and
-    unregisters in `detach()` (the dispatcher itself is removed by the run's ExitStack)."""
+def cond_probs(call: AttnCall, clock: StepClock) -> torch.Tensor:
+    """softmax(QK^T) of this call's conditional rows, (n_cond, heads, n_queries, n_keys), computed once per
+    call and shared by every probe (cached on the AttnCall object, which lives for one attention call).
+
+    When the dispatcher already has probabilities for the call (a technique asked for them, or reused
+    cached ones) those are sliced; otherwise only the conditional rows are computed, beside the original
+    processor's output (half the work of the whole CFG batch). UNet attention in SD 1.x/2.x/SDXL is
+    called without an attention mask, which is what this assumes.
+    """
+    cached = call.__dict__.get("_probe_cond_probs")
+    if cached is not None:
+        return cached
+    heads = call.attn.heads
+    full = call.__dict__.get("_probe_probs")
+    if full is not None:
+        batch = full.shape[0] // heads
+        p = full.view(batch, heads, full.shape[1], full.shape[2])[cond_slice(clock, batch)]
+    else:
+        hs, ehs = call.hidden_states, call.encoder_hidden_states
+        rows = cond_slice(clock, hs.shape[0])
+        probs = attention_probs(call.attn, hs[rows], None if ehs is None else ehs[rows])
+        p = probs.view(probs.shape[0] // heads, heads, probs.shape[1], probs.shape[2])
+    call.__dict__["_probe_cond_probs"] = p
+    return p
+
+
+class AttentionProbe(AttentionPlugin):
+    """Base of the attention-probe handles (an AttentionPlugin, observer): registers on the shared
+    dispatcher, starts the step clock, and unregisters in `detach()` (the dispatcher itself is removed by
+    the run's ExitStack).
+
+    Subclasses say which calls they need (`needs(call)`) and receive the conditional rows' probabilities
+    (`observe(call, probs)`, probs: (n_cond, heads, n_queries, n_keys)) and the module output
+    (`observe_output`). The probabilities are not requested through `wants_probs`, which would make the
+    dispatcher compute them for the whole CFG batch: `wants_probs` only notes that this call needs them and
+    `on_output` computes them for the conditional rows (once per call for all probes, see `cond_probs`).
+    Where the dispatcher has probabilities anyway (another plug-in wanted them, or they were reused from a
+    cache, so they are what the output was really computed with) those are used. A call whose output a
+    technique replaced (T-GATE's cache) never reaches `wants_probs` and is not observed.
+    """
 
     observer = True
 
@@ -97,14 +135,43 @@ class AttentionProbe:
         self.clock: StepClock = ctx.clock
         self.latent = attach_clock(ctx)
         self._seam = ctx.seam()
+        self._pending: AttnCall | None = None
         self._dispatcher = ctx.attention()
         self._dispatcher.add(self)
 
+    # --- subclass interface --------------------------------------------------------------------------
+    def needs(self, call: AttnCall) -> bool:
+        return False
+
+    def observe(self, call: AttnCall, probs: torch.Tensor) -> None:
+        pass
+
+    def observe_output(self, call: AttnCall, output: torch.Tensor) -> None:
+        pass
+
+    # --- dispatcher hooks (replace_output / reuse_probs: AttentionPlugin's no-ops) ----------------------
+    def wants_probs(self, call: AttnCall) -> bool:
+        if call.step < 0 or not self.needs(call):
+            return False
+        self._pending = call
+        return call.reused  # reused probabilities cost nothing and are the ones actually used
+
+    def on_probs(self, call: AttnCall, probs: torch.Tensor) -> None:
+        call.__dict__["_probe_probs"] = probs
+
+    def on_output(self, call: AttnCall, output: torch.Tensor) -> None:
+        if self._pending is call:
+            self._pending = None
+            self.observe(call, cond_probs(call, self.clock))
+        self.observe_output(call, output)
+
+    # --- handle --------------------------------------------------------------------------------------
     def detach(self) -> None:
         dispatcher = getattr(self, "_dispatcher", None)
         if dispatcher is not None and self in dispatcher.plugins:
             dispatcher.plugins.remove(self)
         self._dispatcher = None
+        self._pending = None
         seam = getattr(self, "_seam", None)
         if seam is not None and self.latent in seam.interceptors:
             seam.interceptors.remove(self.latent)

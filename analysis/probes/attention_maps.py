@@ -9,8 +9,9 @@ What is kept (schema: docs/signals.md):
   cell holds the probability mass of the key pixels it covers and a kept query cell the mean distribution
   of its query pixels, so every query row still sums to 1 over the kept keys.
 
-Every map is reduced on the device (head mean, adaptive average pooling) and moved to the CPU as float16
-before it is kept. The budget plan is made once, from the layer shapes seen at the first step (those maps
+Every map is reduced on the device (head mean, adaptive average pooling) and converted to float16 before it
+is kept; on an accelerator a step's maps move to the CPU together when the step is over (one
+synchronisation per step). The budget plan is made once, from the layer shapes seen at the first step (those maps
 are kept at native resolution until then, then reduced to the plan), in this order until all kept steps fit:
 1. drop the per-head cross maps;
 2. halve the self-attention query/key resolution, largest layer first, down to `min_res` per side;
@@ -18,7 +19,8 @@ are kept at native resolution until then, then reduced to the plan), in this ord
 4. if not even one step fits: halve the cross maps too (down to `min_res`), then drop layers (self-attention
    first, largest first) and keep the first step only.
 The signal records the plan: kept steps, per-layer native and kept resolutions, budget and kept bytes.
-After step 0 the probabilities are requested only for kept steps and layers, so skipped steps cost nothing.
+After the first step, probabilities are computed only for kept steps and layers (and only for the
+conditional rows, see analysis.probes._common.cond_probs), so steps the budget skips cost nothing.
 """
 from __future__ import annotations
 
@@ -27,8 +29,8 @@ from typing import Any, ClassVar
 
 import torch
 
-from analysis.attention import AttentionPlugin, AttnCall
-from analysis.probes._common import AttentionProbe, cond_slice, halve, pool, stack_steps, to_cpu16, token_grid
+from analysis.attention import AttnCall
+from analysis.probes._common import AttentionProbe, halve, pool, stack_steps, token_grid
 
 BYTES = 2  # float16
 
@@ -92,7 +94,7 @@ def _self_reduce(m: torch.Tensor, native, kept, keys_kept) -> torch.Tensor:
     return x.reshape(p, kept[0], kept[1], keys_kept[0], keys_kept[1])
 
 
-class AttentionMapsProbe(AttentionProbe, AttentionPlugin):
+class AttentionMapsProbe(AttentionProbe):
     def __init__(self, config: AttentionMapsConfig, ctx):
         self.config = config
         self.budget = int(config.budget_mb * 2**20)
@@ -102,13 +104,15 @@ class AttentionMapsProbe(AttentionProbe, AttentionPlugin):
         self._kept_set: set[int] = set()
         self.heads_on = config.cross and config.cross_heads
         self.reductions: list[str] = []
+        self._staged: list[tuple[dict, int]] = []  # (maps dict, step) still on the device
+        self._staged_step: int | None = None
         self._register(ctx)
 
-    # --- dispatcher hooks ---------------------------------------------------------------------------
-    def wants_probs(self, call: AttnCall) -> bool:
-        step = call.step
-        if step < 0 or not (self.config.cross if call.is_cross else self.config.self_maps):
+    # --- probe hooks ----------------------------------------------------------------------------------
+    def needs(self, call: AttnCall) -> bool:
+        if not (self.config.cross if call.is_cross else self.config.self_maps):
             return False
+        step = call.step
         if self.first_step is None:
             self.first_step = step
         if self.kept_steps is None:
@@ -118,36 +122,50 @@ class AttentionMapsProbe(AttentionProbe, AttentionPlugin):
         layer = self.layers.get(call.name)
         return layer is not None and not layer.dropped and step in self._kept_set
 
-    def on_probs(self, call: AttnCall, probs: torch.Tensor) -> None:
-        if not self.wants_probs(call):  # another plug-in asked for these probabilities
-            return
-        heads = call.attn.heads
-        batch = probs.shape[0] // heads
-        nq, nk = probs.shape[1], probs.shape[2]
-        p = probs.view(batch, heads, nq, nk)[cond_slice(self.clock, batch)]
+    def observe(self, call: AttnCall, p: torch.Tensor) -> None:
+        """p: (n_cond, heads, n_queries, n_keys)."""
+        prompts, heads, nq, nk = p.shape
         layer = self.layers.get(call.name)
         if layer is None:
             grid = token_grid(nq, self.latent.hw)
-            layer = _Layer(call.name, call.is_cross, grid, heads, p.shape[0], nk if call.is_cross else 0, grid, grid)
+            layer = _Layer(call.name, call.is_cross, grid, heads, prompts, nk if call.is_cross else 0, grid, grid)
             self.layers[call.name] = layer
-        if p.shape[0] != layer.prompts:
+        if prompts != layer.prompts:
             return
         step = call.step
         h, w = layer.native
         if layer.cross:
-            mean = p.mean(dim=1).transpose(1, 2).reshape(layer.prompts, nk, h, w)
-            layer.maps[step] = to_cpu16(pool(mean, layer.kept))
+            mean = p.mean(dim=1).transpose(1, 2).reshape(prompts, nk, h, w)
+            self._stage(layer.maps, step, pool(mean, layer.kept))
             if self.heads_on:
-                per_head = p.transpose(2, 3).reshape(layer.prompts, heads, nk, h, w)
-                layer.head_maps[step] = to_cpu16(pool(per_head, layer.kept))
+                per_head = p.transpose(2, 3).reshape(prompts, heads, nk, h, w)
+                self._stage(layer.head_maps, step, pool(per_head, layer.kept))
         else:
-            layer.maps[step] = to_cpu16(_self_reduce(p.mean(dim=1), layer.native, layer.kept, layer.keys_kept))
+            self._stage(layer.maps, step, _self_reduce(p.mean(dim=1), layer.native, layer.kept, layer.keys_kept))
+
+    def _stage(self, maps: dict, step: int, x: torch.Tensor) -> None:
+        """Keep a reduced map as float16. On an accelerator it waits on the device until its step is over and
+        then moves to the CPU with the rest of the step (one synchronisation per step, not one per call)."""
+        if step != self._staged_step:
+            self._flush()
+            self._staged_step = step
+        x = x.detach().to(dtype=torch.float16)
+        maps[step] = x
+        if x.device.type != "cpu":
+            self._staged.append((maps, step))
+
+    def _flush(self) -> None:
+        for maps, step in self._staged:
+            if step in maps:
+                maps[step] = maps[step].to("cpu")
+        self._staged.clear()
 
     # --- the budget plan -------------------------------------------------------------------------------
     def _per_step(self) -> int:
         return sum(layer.bytes_per_step(self.heads_on) for layer in self.layers.values())
 
     def _plan(self) -> None:
+        self._flush()
         cfg, layers = self.config, list(self.layers.values())
         n = max(self.clock.num_steps, 1)
         first = self.first_step or 0
@@ -222,6 +240,7 @@ class AttentionMapsProbe(AttentionProbe, AttentionPlugin):
 
     # --- results -------------------------------------------------------------------------------------------
     def signals(self) -> dict[str, Any]:
+        self._flush()
         if self.kept_steps is None:
             self._plan()
         steps = list(self.kept_steps or [])
@@ -261,5 +280,3 @@ class AttentionMapsProbe(AttentionProbe, AttentionPlugin):
             }
         }
 
-    def _release(self) -> None:
-        pass

@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from analysis.attention import AttentionPlugin, AttnCall
+from analysis.attention import AttnCall
 from analysis.probes._common import AttentionProbe, cond_slice
 
 
@@ -38,7 +38,7 @@ def _distance(cur: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
     return (cur.float() - prev.float()).flatten(1).norm(dim=1).mean()
 
 
-class ConvergenceProbe(AttentionProbe, AttentionPlugin):
+class ConvergenceProbe(AttentionProbe):
     def __init__(self, config: ConvergenceConfig, ctx):
         self.config = config
         self.layers: list[str] = []
@@ -48,18 +48,13 @@ class ConvergenceProbe(AttentionProbe, AttentionPlugin):
         self._probs_d: dict[tuple[str, int], torch.Tensor] = {}
         self._register(ctx)
 
-    def wants_probs(self, call: AttnCall) -> bool:
-        return self.config.probs and call.is_cross and call.step >= 0
+    def needs(self, call: AttnCall) -> bool:
+        return self.config.probs and call.is_cross
 
-    def on_probs(self, call: AttnCall, probs: torch.Tensor) -> None:
-        if not self.wants_probs(call):
-            return
-        heads = call.attn.heads
-        batch = probs.shape[0] // heads
-        cur = probs.view(batch, heads, probs.shape[1], probs.shape[2])[cond_slice(self.clock, batch)].mean(dim=1)
-        self._record(call, cur, self._prev_probs, self._probs_d)
+    def observe(self, call: AttnCall, p: torch.Tensor) -> None:
+        self._record(call, p.mean(dim=1), self._prev_probs, self._probs_d)
 
-    def on_output(self, call: AttnCall, output: torch.Tensor) -> None:
+    def observe_output(self, call: AttnCall, output: torch.Tensor) -> None:
         if not call.is_cross or call.step < 0 or not torch.is_tensor(output):
             return
         if call.name not in self._prev_out and call.name not in self.layers:

@@ -10,8 +10,8 @@ from typing import Any, ClassVar
 
 import torch
 
-from analysis.attention import AttentionPlugin, AttnCall
-from analysis.probes._common import AttentionProbe, cond_slice, stack_steps, token_grid
+from analysis.attention import AttnCall
+from analysis.probes._common import AttentionProbe, stack_steps, token_grid
 from analysis.token_rank import HEAD_REDUCTIONS, gwpr
 
 
@@ -39,7 +39,7 @@ class TokenRankConfig:
         return TokenRankProbe(self, ctx)
 
 
-class TokenRankProbe(AttentionProbe, AttentionPlugin):
+class TokenRankProbe(AttentionProbe):
     def __init__(self, config: TokenRankConfig, ctx):
         self.config = config
         self._steps = set(config.steps)
@@ -47,18 +47,11 @@ class TokenRankProbe(AttentionProbe, AttentionPlugin):
         self.seen_steps: set[int] = set()
         self._register(ctx)
 
-    def wants_probs(self, call: AttnCall) -> bool:
-        step = call.step
-        return not call.is_cross and step >= 0 and (not self._steps or step in self._steps)
+    def needs(self, call: AttnCall) -> bool:
+        return not call.is_cross and (not self._steps or call.step in self._steps)
 
-    def on_probs(self, call: AttnCall, probs: torch.Tensor) -> None:
-        if not self.wants_probs(call):
-            return
-        heads = call.attn.heads
-        batch = probs.shape[0] // heads
-        n = probs.shape[1]
-        p = probs.view(batch, heads, n, n)[cond_slice(self.clock, batch)]
-        prompts = p.shape[0]
+    def observe(self, call: AttnCall, p: torch.Tensor) -> None:
+        prompts, heads, n, _ = p.shape
         scores = gwpr(p.reshape(prompts * heads, n, n), heads, self.config.iterations, self.config.damping,
                       self.config.head_reduce)
         h, w = token_grid(n, self.latent.hw)

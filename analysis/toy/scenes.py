@@ -23,7 +23,8 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 }
 SHAPES = ("circle", "square", "triangle")
 SIZES: dict[str, int] = {"small": 12, "large": 22}  # side / diameter in pixels
-# Object centres; far enough apart that two large objects never overlap.
+# Object centres. A large centre object and a large edge object can overlap by a few pixels (the later one
+# is drawn on top); the fidelity scorer handles the occlusion.
 POSITIONS: dict[str, tuple[int, int]] = {
     "left": (13, 32),
     "right": (51, 32),

@@ -1,0 +1,98 @@
+"""Do the captured signals mean something on the default model? `python -m benchmarks.eval_signals`.
+
+For single-object prompts, with every probe attached:
+- attention localisation: the share of the colour word's and the shape word's cross-attention mass that
+  falls on the object (the generated image's foreground), divided by the object's share of the image
+  area (1.0 = no better than uniform; the target is >= 2);
+- cross-attention convergence (T-GATE's observation): mean L2 change of the attn2 outputs over the last
+  quarter of the steps divided by that over the first quarter (target < 0.10);
+- feature drift (Faster-Diffusion's observation): mean adjacent-step MSE of the encoder (down) blocks
+  divided by that of the decoder (up) blocks (target: well below 1).
+Prints one JSON object on its last line.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from skimage import color
+
+from analysis.models import load_pipeline
+from analysis.probes import default_probes
+from analysis.run import RunConfig, generate
+from analysis.toy import scenes
+from analysis.toy.fidelity import FOREGROUND_DELTA_E, estimate_background
+
+
+def foreground_mask(image: np.ndarray) -> np.ndarray:
+    lab = color.rgb2lab(image)
+    bg = color.rgb2lab(estimate_background(image)[None, None, :] / 255.0)[0, 0]
+    return np.linalg.norm(lab - bg, axis=-1) > FOREGROUND_DELTA_E
+
+
+def token_map(cross: dict[str, np.ndarray], token: int, size: int) -> np.ndarray:
+    """The token's cross-attention mass averaged over layers and steps, upsampled to the image size."""
+    maps = []
+    for arr in cross.values():
+        m = torch.from_numpy(arr[:, 0, token].astype(np.float32)).mean(0)  # steps -> (h, w)
+        m = F.interpolate(m[None, None], size=(size, size), mode="bilinear", align_corners=False)[0, 0]
+        maps.append(m / m.sum().clamp_min(1e-12))
+    return torch.stack(maps).mean(0).numpy()
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model", default="default")
+    parser.add_argument("--prompts", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--guidance", type=float, default=5.0)
+    args = parser.parse_args(argv)
+
+    pipe = load_pipeline(args.model)
+    pipe.set_progress_bar_config(disable=True)
+    rng = np.random.default_rng(5)
+    ratios: dict[str, list[float]] = {"colour": [], "shape": []}
+    convergence, drift = [], []
+    for i in range(args.prompts):
+        obj = scenes.sample_object(rng, str(rng.choice(list(scenes.POSITIONS))))
+        prompt = obj.phrase()
+        result = generate(pipe, RunConfig(prompt, seed=i, steps=args.steps, guidance=args.guidance,
+                                          probes=default_probes()), measure_latency=False)
+        image = result.image[0]
+        mask = foreground_mask(image)
+        if mask.sum() < 20:  # the model drew nothing: no object to localise
+            continue
+        area_share = mask.mean()
+        tokens = result.tokens[0]
+        for kind, word in (("colour", obj.colour), ("shape", obj.shape)):
+            m = token_map(result.signals["attention_maps"]["cross"], tokens.index(word), image.shape[0])
+            ratios[kind].append(float(m[mask].sum() / area_share))
+        conv = result.signals["cross_attn_convergence"]["output_l2"].mean(0)
+        q = max(1, len(conv) // 4)
+        convergence.append(float(conv[-q:].mean() / conv[:q].mean()))
+        fd = result.signals["feature_drift"]
+        mse = fd["mse"]
+        enc = [j for j, b in enumerate(fd["blocks"]) if fd["role"][b] == "encoder"]
+        dec = [j for j, b in enumerate(fd["blocks"]) if fd["role"][b] == "decoder"]
+        drift.append(float(mse[enc].mean() / mse[dec].mean()))
+        print(f"{i}: {prompt}: colour x{ratios['colour'][-1]:.2f} shape x{ratios['shape'][-1]:.2f} "
+              f"late/early {convergence[-1]:.3f} enc/dec {drift[-1]:.3f}", flush=True)
+    report = {
+        "model": args.model, "steps": args.steps, "prompts": args.prompts, "objects_found": len(convergence),
+        "colour_mass_over_area_median": statistics.median(ratios["colour"]),
+        "shape_mass_over_area_median": statistics.median(ratios["shape"]),
+        "colour_ratio_ge_2_fraction": float(np.mean(np.array(ratios["colour"]) >= 2)),
+        "shape_ratio_ge_2_fraction": float(np.mean(np.array(ratios["shape"]) >= 2)),
+        "cross_attn_late_over_early_median": statistics.median(convergence),
+        "encoder_over_decoder_drift_median": statistics.median(drift),
+    }
+    print(json.dumps(report))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
