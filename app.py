@@ -46,11 +46,10 @@ def _model_name(pipe) -> str:
 
 
 def _technique_choices() -> list[tuple[str, str]]:
-    from analysis import accel
+    from analysis.accel import list_techniques
 
-    accel._load_all()  # registers every technique module
     out = []
-    for name in sorted(accel.TECHNIQUES):
+    for name in sorted(list_techniques()):
         label = "steps (half the steps: plain step reduction)" if name == "steps" else name
         out.append((label, name))
     return out

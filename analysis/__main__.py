@@ -204,16 +204,35 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     sub.add_parser("search-policy", help="PHAST: greedy search for an attention-map reuse policy "
                    "(options: python -m analysis search-policy --help)", add_help=False)
+    sub.add_parser("bench", help="technique speed-ups, compute breakdown, quality at equal latency; "
+                   "with --capture: probe overhead (options: python -m analysis bench [--capture] --help)",
+                   add_help=False)
     return parser
+
+
+def _passthrough(argv: list[str]):
+    """Subcommands with their own parser and error handling; None if argv is not one of them."""
+    if argv[:1] == ["search-policy"]:
+        from analysis.policy_search import main as search_policy
+
+        return search_policy(argv[1:])
+    if argv[:1] == ["bench"]:
+        if "--capture" in argv:
+            from benchmarks.bench_capture import main as bench_capture
+
+            return bench_capture([a for a in argv[1:] if a != "--capture"])
+        from analysis.bench import main as bench
+
+        return bench(argv[1:])
+    return None
 
 
 def main(argv=None) -> int:
     """Run the CLI; returns the exit code (0 ok, 2 error: one 'error: ...' line on stderr)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["search-policy"]:  # its own parser and error handling: analysis/policy_search.py
-        from analysis.policy_search import main as search_policy
-
-        return search_policy(argv[1:])
+    code = _passthrough(argv)
+    if code is not None:
+        return code
     parser = build_parser()
     try:
         try:

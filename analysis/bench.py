@@ -46,11 +46,19 @@ on its last line. Four parts:
    explicitly (its map ranks the tokens) on pruning calls. `efficiency_vs_expected` = measured / expected.
 
 4. Quality at equal latency (`quality`, default model; --prompts N on any model): for N shapes-world prompts
-   (analysis.toy.scenes.evaluation_scenes + caption), every technique and a sweep of reduced step counts;
-   per prompt the PSNR to the full-compute image (analysis.metrics.psnr), fidelity on the default model, and
-   the step-reduction PSNR at the technique's latency (linear interpolation in relative latency between the
-   neighbouring step counts; outside the swept range the closest count, flagged). psnr_minus_steps_psnr =
-   technique PSNR - that, median over prompts (positive = better than plain step reduction at equal cost).
+   (analysis.toy.scenes.evaluation_scenes + caption), every technique and a sweep of reduced step counts
+   (0.3 N .. N-1); per prompt the PSNR to the full-compute image (analysis.metrics.psnr), fidelity on the
+   default model, and the step-reduction PSNR at the technique's latency: a line fitted to the sweep's
+   relative latency against the step count gives the equal-latency count n*, and the prompt's PSNR is
+   interpolated linearly between the neighbouring counts (outside the sweep: the closest count, flagged).
+   psnr_minus_steps_psnr = technique PSNR - that, median over prompts (positive = better than plain step
+   reduction at equal cost). Also with process CPU time instead of wall clock (`*_cpu`).
+
+Timing on a shared CPU. With more runnable processes than cores, multi-threaded kernels stall on preempted
+threads (2 threads measured 5x slower than 1 here), so the default on an oversubscribed CPU is 1 torch
+thread (`--threads` overrides). The breakdown then times with the thread's CPU time (every kernel runs on the
+calling thread), which preemption does not inflate; part 2 reports wall clock (the honest number, DESIGN.md)
+and, beside it, the process CPU time of the same calls (`measured_speedup_cpu`, `efficiency_cpu`).
 """
 from __future__ import annotations
 
@@ -126,13 +134,23 @@ def shapes_prompts(n: int, seed: int = 0) -> list[str]:
 # --- timing primitives -----------------------------------------------------------------------------------
 
 class _Clock:
-    def __init__(self, device: torch.device):
+    """perf_counter (with torch.cuda.synchronize on GPU), or this thread's CPU time (time.thread_time) for the
+    breakdown on a 1-thread CPU run: every kernel then runs on the calling thread, and CPU time does not count
+    the time the OS scheduler gives to other processes (on a shared machine wall-clock per-module timings
+    mostly measure preemption)."""
+
+    def __init__(self, device: torch.device, cpu_time: bool = False):
         self.sync = device.type == "cuda"
+        self.cpu_time = cpu_time and not self.sync
 
     def __call__(self) -> float:
         if self.sync:
             torch.cuda.synchronize()
-        return time.perf_counter()
+        return time.thread_time() if self.cpu_time else time.perf_counter()
+
+
+def breakdown_clock_is_cpu(device: torch.device) -> bool:
+    return device.type == "cpu" and torch.get_num_threads() == 1
 
 
 class ModuleTimer:
@@ -263,7 +281,7 @@ def pipeline_breakdown(pipe, config, steps: int) -> tuple[dict, tuple]:
     """One baseline pipeline call with coarse hooks. Returns (timings, captured UNet inputs of the middle step)."""
     from analysis.run import run_once
 
-    now = _Clock(pipe.device)
+    now = _Clock(pipe.device, breakdown_clock_is_cpu(pipe.device))
     acc = {"unet": 0.0, "text_encoder": 0.0, "vae_decode": 0.0, "scheduler": 0.0}
     calls = {"unet": 0}
     captured: list = []
@@ -305,14 +323,21 @@ def pipeline_breakdown(pipe, config, steps: int) -> tuple[dict, tuple]:
                 handles.append(module.register_forward_hook(partial(post, "text_encoder")))
         undo.append(wrap(pipe.vae, "decode", "vae_decode"))
         undo.append(wrap(pipe.scheduler, "step", "scheduler"))
+        thread_start = time.thread_time()
         _, total, _, _, _ = run_once(pipe, config, (), steps)
+        thread_total = time.thread_time() - thread_start
     finally:
         for h in handles:
             h.remove()
         for u in undo:
             u()
+    wall_total = total
+    if now.cpu_time:
+        total = thread_total
     other = max(0.0, total - sum(acc.values()))
-    out = {"total_s": total, "unet_calls": calls["unet"], **{f"{k}_s": v for k, v in acc.items()}, "other_s": other}
+    out = {"clock": "thread CPU time" if now.cpu_time else "wall (perf_counter)", "total_s": total,
+           "wall_s": wall_total, "unet_calls": calls["unet"], **{f"{k}_s": v for k, v in acc.items()},
+           "other_s": other}
     out["shares"] = {k: (v / total if total else 0.0) for k, v in {**acc, "other": other}.items()}
     out["non_unet_share"] = 1.0 - out["shares"]["unet"]
     out["loop_share"] = out["shares"]["unet"] + out["shares"]["scheduler"]
@@ -322,7 +347,7 @@ def pipeline_breakdown(pipe, config, steps: int) -> tuple[dict, tuple]:
 
 def unet_breakdown(unet, inputs, calls: int) -> dict:
     """Fused and explicit passes over direct UNet calls on `inputs`, alternating; per-call means."""
-    now = _Clock(unet.device)
+    now = _Clock(unet.device, breakdown_clock_is_cpu(unet.device))
     groups = _unet_modules(unet)
     modules = {}
     for g in groups.values():
@@ -356,7 +381,9 @@ def unet_breakdown(unet, inputs, calls: int) -> dict:
     for key, v in flat.items():
         n, p = key.split("|")
         parts_mean.setdefault(n, {})[p] = v
-    return _analyse(unet, groups, fused, expl, parts_mean, timer.kinds, timer.queries, calls)
+    out = _analyse(unet, groups, fused, expl, parts_mean, timer.kinds, timer.queries, calls)
+    out["clock"] = "thread CPU time" if now.cpu_time else "wall (perf_counter)"
+    return out
 
 
 def _analyse(unet, groups, fused, expl, parts, kinds, queries, calls) -> dict:
@@ -603,7 +630,8 @@ class Job:
     steps: int
     images: np.ndarray | None = None
     counters: dict | None = None
-    latencies: list = dataclasses.field(default_factory=list)
+    latencies: list = dataclasses.field(default_factory=list)  # wall clock of the pipeline call (run_once)
+    cpu: list = dataclasses.field(default_factory=list)  # process CPU time around the same call
 
 
 def make_jobs(specs: list[str], steps: int, base_config) -> list[Job]:
@@ -630,7 +658,9 @@ def run_jobs(pipe, config, jobs: list[Job], repeats: int, tag: str = "") -> None
     for r in range(repeats):
         order = jobs[r % len(jobs):] + jobs[: r % len(jobs)]
         for job in order:
+            cpu = time.process_time()
             images, seconds, counters, _, _ = run_once(pipe, config, job.plugins, job.steps)
+            job.cpu.append(time.process_time() - cpu)
             job.latencies.append(seconds)
             job.counters = counters
         _log(f"{tag}round {r + 1}/{repeats}: " + ", ".join(f"{j.label} {j.latencies[-1]:.2f}s" for j in jobs))
@@ -654,13 +684,16 @@ def speed(pipe, config, specs, steps, repeats, b: dict | None) -> dict:
     jobs = make_jobs(specs, steps, config)
     run_jobs(pipe, config, jobs, repeats)
     base = jobs[0]
-    base_med = statistics.median(base.latencies)
-    out = {"baseline": {"latency_s": base_med, "latencies_s": base.latencies}, "techniques": {}}
+    base_med, base_cpu = statistics.median(base.latencies), statistics.median(base.cpu)
+    out = {"baseline": {"latency_s": base_med, "latencies_s": base.latencies, "cpu_s": base_cpu,
+                        "cpus_s": base.cpu},
+           "techniques": {}}
     for job in jobs[1:]:
-        med = statistics.median(job.latencies)
+        med, cpu = statistics.median(job.latencies), statistics.median(job.cpu)
         measured = base_med / med
         entry = {"name": job.name, "config": dataclasses.asdict(job.config), "steps": job.steps,
                  "latency_s": med, "latencies_s": job.latencies, "measured_speedup": measured,
+                 "cpu_s": cpu, "cpus_s": job.cpu, "measured_speedup_cpu": base_cpu / cpu if cpu else None,
                  "psnr_db": metrics.json_number(metrics.psnr(base.images, job.images)),
                  "counters": job.counters}
         if b is not None:
@@ -669,10 +702,22 @@ def speed(pipe, config, specs, steps, repeats, b: dict | None) -> dict:
             entry["saved_s"] = cm["saved_fraction"] * base_med
             entry["efficiency"] = measured / cm["ideal_speedup"]
             entry["efficiency_vs_expected"] = measured / cm["expected_speedup"]
+            if entry["measured_speedup_cpu"]:
+                entry["efficiency_cpu"] = entry["measured_speedup_cpu"] / cm["ideal_speedup"]
         out["techniques"][job.label] = entry
-        _log(f"{job.label}: measured {measured:.3f}x" + (
+        _log(f"{job.label}: measured {measured:.3f}x (CPU time {entry['measured_speedup_cpu'] or 0:.3f}x)" + (
             f", ideal {entry['ideal_speedup']:.3f}x, efficiency {entry['efficiency']:.3f}" if b is not None else ""))
     return out
+
+
+def _fit_line(points: list[tuple[float, float]]) -> tuple[float, float]:
+    """Least-squares y = a + b x."""
+    xs = np.array([p[0] for p in points], dtype=float)
+    ys = np.array([p[1] for p in points], dtype=float)
+    if len(points) < 2 or np.ptp(xs) == 0:
+        return float(ys.mean()) if len(ys) else 0.0, 0.0
+    b, a = np.polyfit(xs, ys, 1)
+    return float(a), float(b)
 
 
 def _interp(points: list[tuple[float, float]], x: float) -> tuple[float, bool]:
@@ -689,7 +734,21 @@ def _interp(points: list[tuple[float, float]], x: float) -> tuple[float, bool]:
     return ys[-1], True
 
 
+def _med(xs):
+    xs = [x for x in xs if x is not None and not (isinstance(x, float) and math.isnan(x))]
+    return statistics.median(xs) if xs else None
+
+
 def quality(pipe, prompts: list[str], base_config, specs, steps, repeats, with_fidelity: bool) -> dict:
+    """Part 4: per prompt, PSNR (and fidelity) of every technique and of a sweep of reduced step counts.
+
+    Equal latency: the step sweep's latency relative to the prompt's baseline is fitted (over all prompts) by a
+    line in the step count n (latency is affine in n; the fit removes the timing noise of single points);
+    a technique's equal-latency step count n* solves line(n*) = its median relative latency; the step-reduction
+    PSNR at n* interpolates the prompt's PSNR linearly between the neighbouring counts (so linearly in latency).
+    Outside the swept counts the closest count is used and the prompt is counted in `extrapolated_prompts`; a
+    technique no faster than the baseline (n* >= N) has no step-reduction counterpart (difference null).
+    Done with wall clock (primary) and with process CPU time (`*_cpu`, immune to other processes' load)."""
     from analysis import metrics
 
     counts = list(range(max(1, round(0.3 * steps)), steps))
@@ -701,69 +760,83 @@ def quality(pipe, prompts: list[str], base_config, specs, steps, repeats, with_f
         jobs = make_jobs(techniques + sweep, steps, config)
         run_jobs(pipe, config, jobs, repeats, tag=f"quality {i + 1}/{len(prompts)}: ")
         base = jobs[0]
-        base_lat = statistics.median(base.latencies)
-        row = {"prompt": prompt, "baseline_latency_s": base_lat, "techniques": {}, "steps": {}}
+        base_lat, base_cpu = statistics.median(base.latencies), statistics.median(base.cpu)
+        row = {"prompt": prompt, "baseline_latency_s": base_lat, "baseline_cpu_s": base_cpu, "techniques": {},
+               "steps": {}}
         if with_fidelity:
             from analysis.toy.fidelity import attribute_accuracy
 
             row["baseline_fidelity"] = attribute_accuracy(list(base.images), [prompt])["overall"]
-        curve = []
         for job in jobs[1:]:
-            lat = statistics.median(job.latencies)
-            psnr = metrics.psnr(base.images, job.images)
-            d = {"latency_s": lat, "relative_latency": lat / base_lat, "speedup": base_lat / lat, "psnr_db": psnr}
+            lat, cpu = statistics.median(job.latencies), statistics.median(job.cpu)
+            d = {"latency_s": lat, "relative_latency": lat / base_lat, "speedup": base_lat / lat,
+                 "relative_cpu": cpu / base_cpu if base_cpu else None, "speedup_cpu": base_cpu / cpu if cpu else None,
+                 "psnr_db": metrics.psnr(base.images, job.images)}
             if with_fidelity:
                 from analysis.toy.fidelity import attribute_accuracy
 
                 d["fidelity"] = attribute_accuracy(list(job.images), [prompt])["overall"]
-            if job.label in sweep:
-                row["steps"][job.steps] = d
-                curve.append((d["relative_latency"], psnr))
-            else:
-                row["techniques"][job.label] = d
-        for label, d in row["techniques"].items():
-            if curve:
-                sp, outside = _interp(curve, d["relative_latency"])
-                closest = min(row["steps"].items(), key=lambda kv: abs(kv[1]["relative_latency"] - d["relative_latency"]))
-                d.update(steps_psnr_db=sp, steps_psnr_extrapolated=outside, closest_steps=closest[0],
-                         closest_steps_psnr_db=closest[1]["psnr_db"], psnr_minus_steps_psnr=d["psnr_db"] - sp)
+            (row["steps"] if job.label in sweep else row["techniques"])[job.steps if job.label in sweep else job.label] = d
         per_prompt.append(row)
 
-    def med(xs):
-        xs = [x for x in xs if x is not None and not (isinstance(x, float) and math.isnan(x))]
-        return statistics.median(xs) if xs else None
-
-    def mean_finite(xs):
-        xs = [x for x in xs if x is not None and math.isfinite(x)]
-        return statistics.fmean(xs) if xs else None
+    fits = {}
+    for clock, key in (("wall", "relative_latency"), ("cpu", "relative_cpu")):
+        pts = [(n, r["steps"][n][key]) for r in per_prompt for n in counts if r["steps"][n][key] is not None]
+        pts += [(steps, 1.0)] * len(per_prompt)  # the baseline itself
+        fits[clock] = _fit_line(pts) if counts else (0.0, 0.0)
 
     summary = {}
     for label in techniques:
         rows = [r["techniques"][label] for r in per_prompt]
-        summary[label] = {
-            "median_speedup": med([r["speedup"] for r in rows]),
-            "median_psnr_db": metrics.json_number(med([r["psnr_db"] for r in rows])),
-            "mean_finite_psnr_db": mean_finite([r["psnr_db"] for r in rows]),
-            "fidelity": med([r.get("fidelity") for r in rows]) if with_fidelity else None,
-            "median_steps_psnr_db": med([r.get("steps_psnr_db") for r in rows]),
-            "median_psnr_minus_steps_psnr": metrics.json_number(med([r.get("psnr_minus_steps_psnr") for r in rows])),
-            "extrapolated_prompts": sum(bool(r.get("steps_psnr_extrapolated")) for r in rows),
+        entry = {
+            "median_speedup": _med([r["speedup"] for r in rows]),
+            "median_speedup_cpu": _med([r["speedup_cpu"] for r in rows]),
+            "median_psnr_db": metrics.json_number(_med([r["psnr_db"] for r in rows])),
+            "mean_finite_psnr_db": _mean_finite([r["psnr_db"] for r in rows]),
+            "fidelity": _med([r.get("fidelity") for r in rows]) if with_fidelity else None,
         }
-    steps_curve = {n: {"median_relative_latency": med([r["steps"][n]["relative_latency"] for r in per_prompt]),
-                       "median_psnr_db": med([r["steps"][n]["psnr_db"] for r in per_prompt]),
-                       "fidelity": med([r["steps"][n].get("fidelity") for r in per_prompt]) if with_fidelity else None}
+        for clock, key, suffix in (("wall", "relative_latency", ""), ("cpu", "relative_cpu", "_cpu")):
+            a, b = fits[clock]
+            rel = _med([r[key] for r in rows])
+            if not counts or rel is None or b <= 0:
+                entry.update({f"equal_latency_steps{suffix}": None, f"median_steps_psnr_db{suffix}": None,
+                              f"median_psnr_minus_steps_psnr{suffix}": None, f"extrapolated_prompts{suffix}": None})
+                continue
+            n_star = (rel - a) / b
+            if n_star >= steps:  # no faster than the baseline: at equal latency step reduction is the full image
+                entry.update({f"equal_latency_steps{suffix}": n_star, f"median_steps_psnr_db{suffix}": "inf",
+                              f"median_psnr_minus_steps_psnr{suffix}": None,
+                              f"extrapolated_prompts{suffix}": len(rows)})
+                continue
+            diffs, steps_psnr, outside = [], [], 0
+            for r, t in zip(per_prompt, rows):
+                sp, out = _interp([(n, r["steps"][n]["psnr_db"]) for n in counts], n_star)
+                outside += out
+                steps_psnr.append(sp)
+                diffs.append(t["psnr_db"] - sp)
+            entry.update({f"equal_latency_steps{suffix}": n_star, f"median_steps_psnr_db{suffix}": _med(steps_psnr),
+                          f"median_psnr_minus_steps_psnr{suffix}": _med(diffs),
+                          f"extrapolated_prompts{suffix}": outside})
+        summary[label] = entry
+    steps_curve = {n: {"median_relative_latency": _med([r["steps"][n]["relative_latency"] for r in per_prompt]),
+                       "median_relative_cpu": _med([r["steps"][n]["relative_cpu"] for r in per_prompt]),
+                       "median_psnr_db": _med([r["steps"][n]["psnr_db"] for r in per_prompt]),
+                       "fidelity": _med([r["steps"][n].get("fidelity") for r in per_prompt]) if with_fidelity else None}
                    for n in counts}
     return {
         "prompts": prompts,
-        "baseline_fidelity": med([r.get("baseline_fidelity") for r in per_prompt]) if with_fidelity else None,
+        "baseline_fidelity": _med([r.get("baseline_fidelity") for r in per_prompt]) if with_fidelity else None,
         "techniques": summary,
         "steps_curve": steps_curve,
+        "latency_fit": {clock: {"intercept": a, "per_step": b} for clock, (a, b) in fits.items()},
         "per_prompt": _jsonable(per_prompt),
-        "method": "per prompt: PSNR to the full-compute image; step-reduction PSNR at the technique's latency by "
-                  "linear interpolation in latency relative to the prompt's baseline between neighbouring step "
-                  "counts (clamped to the closest count outside the swept range: steps_psnr_extrapolated); "
-                  "psnr_minus_steps_psnr = technique - step reduction, median over prompts",
+        "method": " ".join(quality.__doc__.split("\n\n", 1)[1].split()),
     }
+
+
+def _mean_finite(xs):
+    xs = [x for x in xs if x is not None and math.isfinite(x)]
+    return statistics.fmean(xs) if xs else None
 
 
 # --- main -------------------------------------------------------------------------------------------------
@@ -797,12 +870,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--breakdown-calls", type=int, default=None, metavar="N",
                    help="timed UNet calls per breakdown pass (default: max(2, repeats))")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="torch CPU threads (default: torch's, or 1 when the CPU is oversubscribed: with more runnable "
+                        "processes than cores, multi-threaded kernels stall on descheduled threads and timings blow up)")
     return p
 
 
-def main(argv=None) -> int:
-    import json
+def _choose_threads(requested: int | None) -> tuple[int, str]:
+    if requested is not None:
+        return max(1, requested), "--threads"
+    if torch.cuda.is_available():
+        return torch.get_num_threads(), "torch default (GPU run)"
+    cores = os.cpu_count() or 1
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        load = 0.0
+    if torch.get_num_threads() > 1 and load > cores - 0.5:
+        return 1, f"1-minute load average {load:.1f} on {cores} cores: oversubscribed, 1 thread"
+    return torch.get_num_threads(), "torch default"
 
+
+def main(argv=None) -> int:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
     args = build_parser().parse_args(argv)
@@ -821,8 +910,30 @@ def main(argv=None) -> int:
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    _log(f"loading model {args.model}")
-    pipe = load_model(args.model)
+    threads_before = torch.get_num_threads()
+    threads, reason = _choose_threads(args.threads)
+    torch.set_num_threads(threads)
+    try:
+        return _run(args, specs, prompts_n, prompt, config, threads, reason, wall)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _run(args, specs, prompts_n, prompt, config, threads, reason, wall) -> int:
+    import json
+
+    _log(f"loading model {args.model} ({threads} torch thread(s): {reason})")
+    import diffusers.utils.logging
+    import transformers.utils.logging
+
+    for lib in (diffusers.utils.logging, transformers.utils.logging):
+        lib.set_verbosity_error()
+        lib.disable_progress_bar()
+    try:
+        pipe = load_model(args.model)
+    except (ValueError, OSError) as err:
+        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
     from diffusers.utils import logging as dlogging
 
     dlogging.set_verbosity_error()
@@ -830,6 +941,7 @@ def main(argv=None) -> int:
         "bench": "diffscope-bench/1", "model": args.model, "steps": args.steps, "repeats": args.repeats,
         "size": args.size or pipe.unet.config.sample_size * pipe.vae_scale_factor, "prompt": prompt,
         "device": str(pipe.device), "dtype": str(pipe.unet.dtype), "torch_threads": torch.get_num_threads(),
+        "threads_reason": reason,
         "torch": torch.__version__, "machine": platform.machine(), "cpu_count": os.cpu_count(),
     }
     calls = args.breakdown_calls or max(2, args.repeats)

@@ -15,7 +15,7 @@ def _last_json(text: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def bench_json(capsys_module=None):
+def bench_json():
     import contextlib
     import io
 

@@ -42,6 +42,12 @@ def _load_all() -> None:
     from analysis.accel import atedm, fastdiff, reuse, tgate  # noqa: F401
 
 
+def list_techniques() -> dict[str, type]:
+    """Every registered technique: name -> Config class."""
+    _load_all()
+    return dict(TECHNIQUES)
+
+
 def _convert(value: str, annotation, field_name: str, technique: str):
     text = str(annotation)
     try:

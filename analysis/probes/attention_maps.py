@@ -11,8 +11,9 @@ What is kept (schema: docs/signals.md):
 
 Every map is reduced on the device (head mean, adaptive average pooling) and converted to float16 before it
 is kept; on an accelerator a step's maps move to the CPU together when the step is over (one
-synchronisation per step). The budget plan is made once, from the layer shapes seen at the first step (those maps
-are kept at native resolution until then, then reduced to the plan), in this order until all kept steps fit:
+synchronisation per step). The budget plan is made once, from the layer shapes seen at the first step (that step's maps are reduced
+to the plan when it is made; meanwhile only reductions the plan is certain to make are applied), in this
+order until all kept steps fit:
 1. drop the per-head cross maps;
 2. halve the self-attention query/key resolution, largest layer first, down to `min_res` per side;
 3. keep evenly spaced steps (first and last included) instead of all of them;
@@ -80,7 +81,8 @@ class _Layer:
 
 
 def _self_reduce(m: torch.Tensor, native, kept, keys_kept) -> torch.Tensor:
-    """m: (P, Nq, Nk) head-averaged self-attention -> (P, hq', wq', hk', wk')."""
+    """m: (P, Nq, Nk) head-averaged self-attention, queries and keys both on the grid `native`
+    -> (P, hq', wq', hk', wk') at `kept` (queries) and `keys_kept` (keys)."""
     p = m.shape[0]
     hq, wq = native
     x = m.reshape(p * hq * wq, hq, wq)  # keys on their grid (self-attention: same grid as the queries)
@@ -130,6 +132,7 @@ class AttentionMapsProbe(AttentionProbe):
             grid = token_grid(nq, self.latent.hw)
             layer = _Layer(call.name, call.is_cross, grid, heads, prompts, nk if call.is_cross else 0, grid, grid)
             self.layers[call.name] = layer
+            self._first_step_bounds(layer)
         if prompts != layer.prompts:
             return
         step = call.step
@@ -142,6 +145,24 @@ class AttentionMapsProbe(AttentionProbe):
                 self._stage(layer.head_maps, step, pool(per_head, layer.kept))
         else:
             self._stage(layer.maps, step, _self_reduce(p.mean(dim=1), layer.native, layer.kept, layer.keys_kept))
+
+    def _first_step_bounds(self, layer: _Layer) -> None:
+        """Bound what the first step holds before the plan exists, with reductions the plan is sure to make:
+        a self-attention layer that alone would not fit the budget over all steps is halved now (the plan
+        halves the largest layer first, so it would get there anyway), and once the layers seen so far
+        exceed the budget the per-head cross maps go (the plan drops them first)."""
+        n = max(self.clock.num_steps - (self.first_step or 0), 1)
+        if not layer.cross:
+            while layer.bytes_per_step(False) * n > self.budget:
+                smaller = halve(layer.kept, self.config.min_res)
+                if smaller == layer.kept:
+                    break
+                layer.kept = layer.keys_kept = smaller
+        if self.heads_on and self._per_step() * n > self.budget:
+            self.heads_on = False
+            self.reductions.append("dropped per-head cross maps")
+            for other in self.layers.values():
+                other.head_maps.clear()
 
     def _stage(self, maps: dict, step: int, x: torch.Tensor) -> None:
         """Keep a reduced map as float16. On an accelerator it waits on the device until its step is over and
@@ -174,7 +195,10 @@ class AttentionMapsProbe(AttentionProbe):
         if self._per_step() * n > self.budget and self.heads_on:
             self.heads_on = False
             self.reductions.append("dropped per-head cross maps")
-        downsampled = False
+        downsampled = any(not l.cross and l.kept != l.native for l in layers)  # first-step bounds
+        if self.heads_on is False:
+            for layer in layers:
+                layer.head_maps.clear()
         while self._per_step() * n > self.budget:
             cands = [l for l in layers if not l.cross and not l.dropped and halve(l.kept, cfg.min_res) != l.kept]
             if not cands:
@@ -206,12 +230,11 @@ class AttentionMapsProbe(AttentionProbe):
             n_keep = 1 if self._per_step() > 0 else 0
         if n_keep >= n:
             kept = total_steps
-        elif n_keep == 1:
-            kept = [first]
-        elif n_keep == 0:
-            kept = []
+        elif n_keep <= 1:
+            kept = [first] if n_keep == 1 else []
         else:
             kept = sorted({total_steps[round(i * (n - 1) / (n_keep - 1))] for i in range(n_keep)})
+        if len(kept) < n:
             self.reductions.append(f"kept {len(kept)} of {n} steps")
         self.kept_steps = kept
         self._kept_set = set(kept)
@@ -229,9 +252,10 @@ class AttentionMapsProbe(AttentionProbe):
                 m = layer.maps[step].float()
                 if layer.cross:
                     layer.maps[step] = pool(m, layer.kept).half()
-                else:
-                    flat = m.reshape(layer.prompts, layer.native[0] * layer.native[1], -1)
-                    layer.maps[step] = _self_reduce(flat, layer.native, layer.kept, layer.keys_kept).half()
+                else:  # stored at the first-step resolution (queries and keys on the same grid)
+                    grid = (m.shape[1], m.shape[2])
+                    flat = m.reshape(layer.prompts, grid[0] * grid[1], -1)
+                    layer.maps[step] = _self_reduce(flat, grid, layer.kept, layer.keys_kept).half()
             if not self.heads_on:
                 layer.head_maps.clear()
             else:
