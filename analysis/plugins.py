@@ -44,6 +44,7 @@ class RunContext:
 
     def attention(self) -> AttentionDispatcher:
         if self._attention is None:
+            self.seam()  # the seam advances the clock that every attention plug-in reads
             self._attention = AttentionDispatcher(self.unet, self.clock).attach()
             self.stack.callback(self._attention.detach)
         return self._attention

@@ -25,8 +25,8 @@ def cond_slice(clock: StepClock, batch: int) -> slice:
 
 
 class LatentSize:
-    """Seam interceptor that records the latent (H, W) and batch of the current UNet call, so attention
-    probes can lay a flat token axis back onto its 2-D grid. Innermost when attached after techniques."""
+    """Seam interceptor that records the latent (H, W) of the current UNet call, so attention probes can lay
+    a flat token axis back onto its 2-D grid."""
 
     def __init__(self) -> None:
         self.hw: tuple[int, int] | None = None
@@ -75,10 +75,6 @@ def pool(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 def halve(size: tuple[int, int], minimum: int) -> tuple[int, int]:
     """Half the resolution, not below `minimum` per side (sides already below it stay)."""
     return tuple(max(min(minimum, d), (d + 1) // 2) for d in size)  # type: ignore[return-value]
-
-
-def to_cpu16(x: torch.Tensor) -> torch.Tensor:
-    return x.detach().to(dtype=torch.float16).to("cpu")
 
 
 def stack_steps(per_step: dict[int, Any], steps: list[int], like: torch.Tensor) -> torch.Tensor:

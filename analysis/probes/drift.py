@@ -5,8 +5,8 @@ decoder; a down block returns (hidden, res_samples), its hidden state is used), 
 - mse[t-1] = (1/(d*s^2)) ||F_t - F_{t-1}||^2 (Fig. 3a), averaged over prompts;
 - frobenius[t] = Frobenius norm of the channel-averaged map (Fig. 3b), averaged over prompts;
 - pca: the first prompt's features at the chosen steps (default first, middle, last), pooled to at most
-  `pca_res` per side on the device and kept on the CPU as float16; after the run, the top-3 PCA components
-  over pixels (sklearn) become an RGB image (each component stretched between its 1st and 99th percentile).
+  `pca_res` per side on the device and kept as float16; after the run, the top-3 PCA components over
+  pixels (sklearn) become an RGB image (each component stretched between its 1st and 99th percentile).
 Only the previous step's feature per block is kept on the device; scalars stay there until the run ends.
 A block a technique skipped at some step (encoder propagation) leaves NaN there.
 """
@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
 
-from analysis.probes._common import attach_clock, cond_slice, pool, to_cpu16
+from analysis.probes._common import attach_clock, cond_slice, pool
 
 
 @dataclass(frozen=True)
@@ -105,7 +105,8 @@ class DriftProbe:
             hh, ww = f.shape[-2:]
             scale = min(1.0, self.config.pca_res / max(hh, ww))
             size = (max(1, round(hh * scale)), max(1, round(ww * scale)))
-            self._pca[(name, step)] = to_cpu16(pool(f[0], size))
+            # kept on the device (float16, at most pca_res per side) until the run ends: no sync in the loop
+            self._pca[(name, step)] = pool(f[0], size).to(dtype=torch.float16, copy=True)
 
     def detach(self) -> None:
         for hook in self._hooks:
@@ -138,7 +139,7 @@ class DriftProbe:
         # One BLAS thread: OpenBLAS's spinning threads cost ~10x CPU on a busy machine for matrices this small.
         with threadpool_limits(1):
             for (name, step), feat in self._pca.items():
-                pca.setdefault(name, {})[step] = pca_rgb(feat.float().numpy())
+                pca.setdefault(name, {})[step] = pca_rgb(feat.float().cpu().numpy())
         return {
             "feature_drift": {
                 "blocks": [name for name, _, _ in self.blocks],
