@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from analysis.attention import AttentionPlugin
+from analysis.plugins import HandleBase
 from analysis.run import RunConfig, generate, run_once
 
 
@@ -25,19 +26,7 @@ class _BoomConfig:
 
     def attach(self, ctx):
         ctx.attention().add(_Boom())
-        ctx.seam()
-
-        class H:
-            def detach(self):
-                pass
-
-            def counters(self):
-                return {}
-
-            def signals(self):
-                return {}
-
-        return H()
+        return HandleBase()
 
 
 def test_baseline_is_deterministic(toy_pipe):
@@ -70,19 +59,7 @@ def test_dispatcher_without_plugins_is_bit_identical(toy_pipe):
 
         def attach(self, ctx):
             ctx.attention()
-            ctx.seam()
-
-            class H:
-                def detach(self):
-                    pass
-
-                def counters(self):
-                    return {}
-
-                def signals(self):
-                    return {}
-
-            return H()
+            return HandleBase()
 
     ref = run_once(toy_pipe, cfg, (), 3)[0]
     hooked, _, counters, _, _ = run_once(toy_pipe, cfg, (Attach(),), 3)
