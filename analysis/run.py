@@ -186,6 +186,14 @@ def prompt_tokens(pipe, prompts: tuple[str, ...]) -> list[list[str]]:
 
 
 _BASELINE_CACHE: dict[tuple, tuple[np.ndarray, list[float]]] = {}
+_BASELINE_CACHE_SIZE = 16  # full-compute images kept for repeated requests (the app's Compare reruns)
+
+
+def _cache_baseline(key: tuple, value: tuple[np.ndarray, list[float]]) -> None:
+    _BASELINE_CACHE.pop(key, None)
+    _BASELINE_CACHE[key] = value
+    while len(_BASELINE_CACHE) > _BASELINE_CACHE_SIZE:
+        _BASELINE_CACHE.pop(next(iter(_BASELINE_CACHE)))
 
 
 def _baseline_key(pipe, config: RunConfig, steps: int) -> tuple:
@@ -233,13 +241,13 @@ def generate(pipe, config: RunConfig, measure_latency: bool = True) -> RunResult
     for _ in range(config.repeats if measure_latency else 0):
         baseline_image, t, _, _, timesteps = run_once(pipe, config, (), config.steps)
         base_lat.append(t)
-        _BASELINE_CACHE[key] = (baseline_image, timesteps)
+        _cache_baseline(key, (baseline_image, timesteps))
         if accelerated:
             image, t, counters, _, acc_timesteps = run_once(pipe, config, techniques, accel_steps)
             acc_lat.append(t)
     if key not in _BASELINE_CACHE:
         img, _, _, _, ts = run_once(pipe, config, (), config.steps)
-        _BASELINE_CACHE[key] = (img, ts)
+        _cache_baseline(key, (img, ts))
     baseline_image, timesteps = _BASELINE_CACHE[key]
     if accelerated and image is None and not config.probes:
         image, _, counters, _, acc_timesteps = run_once(pipe, config, techniques, accel_steps)
