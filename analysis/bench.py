@@ -894,7 +894,10 @@ def _choose_threads(requested: int | None) -> tuple[int, str]:
 def main(argv=None) -> int:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as done:  # --help, or a usage error (argparse already printed it): return, never exit
+        return done.code if isinstance(done.code, int) else 2
     if args.steps < 1 or args.repeats < 1:
         print("error: --steps and --repeats must be at least 1", file=sys.stderr)
         return 2

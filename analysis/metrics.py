@@ -24,7 +24,9 @@ def ssim(reference: np.ndarray, image: np.ndarray) -> float:
 
 
 def json_number(x: float | None) -> float | str | None:
-    """JSON has no infinity: identical images report PSNR as the string "inf"."""
+    """JSON has no infinity: identical images report PSNR as the string "inf" (and -inf as "-inf")."""
     if x is None:
         return None
-    return "inf" if math.isinf(x) else float(x)
+    if math.isinf(x):
+        return "inf" if x > 0 else "-inf"
+    return float(x)
