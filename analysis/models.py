@@ -6,6 +6,7 @@ train-default`); where it is missing, a random-weight pipeline of the same archi
 """
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -86,6 +87,7 @@ def load_pipeline(name: str = "default", scheduler: str = "ddim", device: str | 
 
 # --- random-weight pipelines --------------------------------------------------------------------------
 
+@functools.lru_cache(maxsize=1)
 def _toy_tokenizer():
     import tempfile
 

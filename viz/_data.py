@@ -166,6 +166,15 @@ def role_mean(values: np.ndarray, blocks: Sequence[str], roles: dict | None) -> 
     return out
 
 
+def drift_arrays(drift: dict) -> tuple[list[str], dict[str, str], np.ndarray, np.ndarray]:
+    """(blocks, colour per block, mse (blocks, steps-1), frobenius (blocks, steps)) of a feature_drift signal."""
+    blocks = list(drift["blocks"])
+    colours = block_colours(blocks, drift.get("role", {}))
+    mse = np.asarray(drift.get("mse", []), dtype=np.float64)
+    frob = np.asarray(drift.get("frobenius", []), dtype=np.float64)
+    return blocks, colours, mse, frob
+
+
 def nanmean0(a: np.ndarray) -> np.ndarray:
     a = np.asarray(a, dtype=np.float64)
     with np.errstate(all="ignore"):

@@ -154,11 +154,8 @@ def convergence_figure(conv: dict, log_y: bool = False) -> Figure:
 def drift_figure(drift: dict, log_y: bool = False) -> Figure:
     if not drift or not drift.get("blocks"):
         return _message("No feature drift was captured.")
-    blocks = list(drift["blocks"])
     roles = drift.get("role", {})
-    colours = D.block_colours(blocks, roles)
-    mse = np.asarray(drift.get("mse", []), dtype=np.float64)
-    frob = np.asarray(drift.get("frobenius", []), dtype=np.float64)
+    blocks, colours, mse, frob = D.drift_arrays(drift)
     fig = Figure(figsize=(8, 3.6), layout="constrained")
     ax1, ax2 = fig.subplots(1, 2, width_ratios=[1.3, 1])
     if mse.size:

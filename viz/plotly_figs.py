@@ -159,11 +159,8 @@ def drift_figure(drift: dict, log_y: bool = False) -> go.Figure:
     encoder / bottleneck / decoder. Right: per-block box plot of the Frobenius norm over steps (Fig. 3b)."""
     if not drift or not drift.get("blocks"):
         return empty_figure("No feature drift was captured.")
-    blocks = list(drift["blocks"])
     roles = drift.get("role", {})
-    colours = D.block_colours(blocks, roles)
-    mse = np.asarray(drift.get("mse", []), dtype=np.float64)
-    frob = np.asarray(drift.get("frobenius", []), dtype=np.float64)
+    blocks, colours, mse, frob = D.drift_arrays(drift)
     fig = make_subplots(rows=1, cols=2, column_widths=[0.58, 0.42], horizontal_spacing=0.1,
                         subplot_titles=("feature change between steps (MSE)", "Frobenius norm per step, per block"))
     if mse.size:
