@@ -79,3 +79,36 @@ def test_default_model_loads_offline_and_is_deterministic():
     run = lambda: pipe("a large red circle on the left", num_inference_steps=5, guidance_scale=5,  # noqa: E731
                        generator=torch.Generator().manual_seed(1), output_type="np").images
     assert np.array_equal(run(), run())
+
+
+@pytest.mark.parametrize("prediction_type", ["v_prediction", "epsilon"])
+def test_loss_weight_is_min_one_plus_snr_on_the_x0_error(prediction_type):
+    """Whatever the model predicts, weight * (prediction error)^2 equals min(1 + snr, gamma) * (x0 error)^2."""
+    from analysis.toy import architecture
+    from analysis.toy.train import _snr, loss_weight
+
+    sched = architecture.make_scheduler()
+    t = torch.tensor([0, 10, 200, 500, 900, 999])
+    x0, noise = torch.randn(6, 4, 2, 2, generator=torch.Generator().manual_seed(0)).double(), torch.randn(6, 4, 2, 2).double()
+    error = 1e-3 * torch.randn(6, 4, 2, 2).double()
+    ab = sched.alphas_cumprod[t].double().view(-1, 1, 1, 1)
+    x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
+    if prediction_type == "v_prediction":
+        x0_hat = ab.sqrt() * x_t - (1 - ab).sqrt() * (ab.sqrt() * noise - (1 - ab).sqrt() * x0 + error)
+    else:
+        t, x0_hat, x_t, ab, x0, error = t[:-1], None, x_t[:-1], ab[:-1], x0[:-1], error[:-1]  # eps undefined at SNR 0
+        x0_hat = (x_t - (1 - ab).sqrt() * (noise[:-1] + error)) / ab.sqrt()
+    snr = _snr(sched, t).double()
+    weighted = loss_weight(snr, prediction_type, 5.0) * error.square().mean(dim=(1, 2, 3))
+    expected = torch.clamp(1 + snr, max=5.0) * (x0_hat - x0).square().mean(dim=(1, 2, 3))
+    torch.testing.assert_close(weighted, expected, rtol=1e-6, atol=0)
+
+
+def test_default_schedule_has_zero_terminal_snr_and_starts_sampling_at_t_max():
+    # Why: with SD 1.5's schedule the pure-noise step still shows the layout, and position words are ignored.
+    pipe = load_pipeline("default")
+    sched = pipe.scheduler
+    assert sched.config.prediction_type == "v_prediction"
+    assert float(sched.alphas_cumprod[-1]) == 0.0
+    sched.set_timesteps(30)
+    assert int(sched.timesteps[0]) == sched.config.num_train_timesteps - 1

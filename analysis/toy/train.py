@@ -4,8 +4,11 @@ Three stages, each resumable from `work_dir`:
 1. the autoencoder (64x64x3 <-> 16x16x4), trained on random 32x32 crops (it is fully convolutional, and
    crops cost a quarter of full frames);
 2. a fixed pool of scenes encoded once into latents, so the UNet stage never runs the encoder;
-3. UNet + text encoder jointly, epsilon prediction with min-SNR-5 loss weighting, constant learning rate
-   after warm-up and an EMA of the weights (a constant rate means any step count is a complete recipe).
+3. UNet + text encoder jointly on a zero-terminal-SNR schedule with v-prediction (why: see
+   `architecture.make_scheduler`), loss weighted so that, measured as an error on the clean latent x0, every
+   timestep counts min(1 + SNR, snr_gamma) (a min-SNR variant that stays positive at SNR 0, where the
+   layout is decided), constant learning rate after warm-up and an EMA of the weights (a constant rate
+   means any step count is a complete recipe).
 Every batch, noise draw and dropout decision is derived from (seed, step), so a resumed run equals an
 uninterrupted one. The EMA weights are exported in the stock Stable Diffusion layout.
 """
@@ -39,9 +42,9 @@ class TrainConfig:
     vae_lr: float = 1e-3
     vae_kl_weight: float = 1e-6
     n_scenes: int = 40_000
-    unet_steps: int = 3_500
+    unet_steps: int = 6_000
     batch: int = 64
-    lr: float = 4e-4
+    lr: float = 5e-4
     warmup: int = 200
     ema_decay: float = 0.999
     caption_dropout: float = 0.1
@@ -114,6 +117,21 @@ def _snr(scheduler, timesteps: torch.Tensor) -> torch.Tensor:
     return alphas_cumprod / (1 - alphas_cumprod)
 
 
+def loss_weight(snr: torch.Tensor, prediction_type: str, gamma: float) -> torch.Tensor:
+    """Per-sample weight on the prediction's MSE so that the implied x0-error weight is min(1 + snr, gamma).
+
+    An x0 error d is an epsilon error sqrt(snr) * d and a v error sqrt(1 + snr) * d, hence the divisions.
+    Plain min-SNR (min(snr, gamma)) gives the pure-noise step weight 0; at zero terminal SNR that is the step
+    that must learn the layout from the prompt alone, so the floor here is 1.
+    """
+    x0_weight = torch.clamp(1.0 + snr, max=gamma)
+    if prediction_type == "v_prediction":
+        return x0_weight / (1.0 + snr)
+    if prediction_type == "epsilon":
+        return x0_weight / snr.clamp(min=1e-8)
+    raise ValueError(f"unsupported prediction_type {prediction_type!r}")
+
+
 def export(cfg: TrainConfig, vae, text_encoder, unet, tokenizer, scheduler, ema: EMAModel, params, step: int) -> None:
     ema.store(params)
     ema.copy_to(params)
@@ -152,6 +170,7 @@ def train(cfg: TrainConfig) -> Path:
     text_encoder = architecture.make_text_encoder(len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id)
     unet = architecture.make_unet()
     scheduler = architecture.make_scheduler()
+    prediction_type = scheduler.config.prediction_type
     params = list(unet.parameters()) + list(text_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
     lr_at = lambda step: cfg.lr * min(1.0, (step + 1) / cfg.warmup)  # noqa: E731
@@ -182,13 +201,12 @@ def train(cfg: TrainConfig) -> Path:
         noise = torch.randn(x0.shape, generator=torch_rng)
         timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (cfg.batch,), generator=torch_rng)
         noisy = scheduler.add_noise(x0, noise, timesteps)
+        target = scheduler.get_velocity(x0, noise, timesteps) if prediction_type == "v_prediction" else noise
 
         text = text_encoder(batch_ids)[0]
         pred = unet(noisy, timesteps, text).sample
-        # min-SNR-gamma weighting for epsilon prediction (Hang et al. 2023): min(snr, gamma) / snr
-        snr = _snr(scheduler, timesteps)
-        weight = torch.clamp(snr, max=cfg.snr_gamma) / snr
-        loss = (weight * (pred - noise).square().mean(dim=(1, 2, 3))).mean()
+        weight = loss_weight(_snr(scheduler, timesteps), prediction_type, cfg.snr_gamma)
+        loss = (weight * (pred - target).square().mean(dim=(1, 2, 3))).mean()
 
         for group in opt.param_groups:
             group["lr"] = lr_at(step)
