@@ -42,7 +42,7 @@ class TrainConfig:
     vae_lr: float = 1e-3
     vae_kl_weight: float = 1e-6
     n_scenes: int = 40_000
-    unet_steps: int = 6_000
+    unet_steps: int = 3_500
     batch: int = 64
     lr: float = 5e-4
     warmup: int = 200
