@@ -34,14 +34,14 @@ def foreground_mask(image: np.ndarray) -> np.ndarray:
     return np.linalg.norm(lab - bg, axis=-1) > FOREGROUND_DELTA_E
 
 
-def token_map(cross: dict[str, np.ndarray], token: int, size: int) -> np.ndarray:
-    """The token's cross-attention mass averaged over layers and steps, upsampled to the image size."""
-    maps = []
-    for arr in cross.values():
+def layer_maps(cross: dict[str, np.ndarray], token: int, size: int) -> dict[str, np.ndarray]:
+    """Per layer, the token's cross-attention mass averaged over steps, upsampled to the image size, sum 1."""
+    maps = {}
+    for name, arr in cross.items():
         m = torch.from_numpy(arr[:, 0, token].astype(np.float32)).mean(0)  # steps -> (h, w)
         m = F.interpolate(m[None, None], size=(size, size), mode="bilinear", align_corners=False)[0, 0]
-        maps.append(m / m.sum().clamp_min(1e-12))
-    return torch.stack(maps).mean(0).numpy()
+        maps[name] = (m / m.sum().clamp_min(1e-12)).numpy()
+    return maps
 
 
 def main(argv=None) -> int:
@@ -56,6 +56,7 @@ def main(argv=None) -> int:
     pipe.set_progress_bar_config(disable=True)
     rng = np.random.default_rng(5)
     ratios: dict[str, list[float]] = {"colour": [], "shape": []}
+    layer_ratios: dict[str, dict[str, list[float]]] = {}
     convergence, drift = [], []
     for i in range(args.prompts):
         obj = scenes.sample_object(rng, str(rng.choice(list(scenes.POSITIONS))))
@@ -69,8 +70,11 @@ def main(argv=None) -> int:
         area_share = mask.mean()
         tokens = result.tokens[0]
         for kind, word in (("colour", obj.colour), ("shape", obj.shape)):
-            m = token_map(result.signals["attention_maps"]["cross"], tokens.index(word), image.shape[0])
+            per_layer = layer_maps(result.signals["attention_maps"]["cross"], tokens.index(word), image.shape[0])
+            m = np.mean(list(per_layer.values()), axis=0)
             ratios[kind].append(float(m[mask].sum() / area_share))
+            for name, lm in per_layer.items():
+                layer_ratios.setdefault(name, {"colour": [], "shape": []})[kind].append(float(lm[mask].sum() / area_share))
         conv = result.signals["cross_attn_convergence"]["output_l2"].mean(0)
         q = max(1, len(conv) // 4)
         convergence.append(float(conv[-q:].mean() / conv[:q].mean()))
@@ -87,6 +91,8 @@ def main(argv=None) -> int:
         "shape_mass_over_area_median": statistics.median(ratios["shape"]),
         "colour_ratio_ge_2_fraction": float(np.mean(np.array(ratios["colour"]) >= 2)),
         "shape_ratio_ge_2_fraction": float(np.mean(np.array(ratios["shape"]) >= 2)),
+        "per_layer_mass_over_area_median": {name: {k: statistics.median(v) for k, v in r.items()}
+                                            for name, r in layer_ratios.items()},
         "cross_attn_late_over_early_median": statistics.median(convergence),
         "encoder_over_decoder_drift_median": statistics.median(drift),
     }
