@@ -142,3 +142,18 @@ def test_interp_clamps_and_flags():
     assert _interp(pts, 0.625) == (25.0, False)
     assert _interp(pts, 0.4) == (20.0, True)
     assert _interp(pts, 1.2) == (40.0, True)
+
+
+def test_atedm_costs_covers_every_attention_block_at_its_grid(capsys):
+    from benchmarks.atedm_costs import main
+
+    assert main(["--calls", "1"]) == 0
+    report = _last_json(capsys.readouterr().out)
+    blocks = report["blocks"]
+    # the default model: attention at 16x16 (down 0, up 2), 8x8 (down 1, up 1) and the 4x4 mid block
+    assert {b["tokens"] for b in blocks.values()} == {256, 64, 16}
+    assert blocks["mid_block.attentions.0"]["tokens"] == 16 and blocks["down_blocks.0.attentions.0"]["tokens"] == 256
+    for b in blocks.values():
+        assert b["pruned"] == int(0.63 * b["tokens"])
+        assert math.isclose(b["net_us"], b["saving_us"] - b["overhead_us"])
+        assert all(b[k] > 0 for k in ("attn1_sdpa_us", "attn1_explicit_us", "gwpr_us", "plan_us"))
