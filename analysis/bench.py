@@ -21,7 +21,10 @@ on its last line. Four parts:
 
 2. Honest speed (`techniques[*].measured_speedup`). After one warm-up run of every configuration, `--repeats`
    rounds, each running the baseline and every technique once (the order rotates per round), all in this
-   process, through `analysis.run.run_once` (wall clock of the full pipeline call, no probes). Medians.
+   process, through `analysis.run.run_once` (wall clock of the full pipeline call, no probes). Medians; also
+   the per-round paired speed-ups (`paired_speedup`, quartiles `paired_q1`/`paired_q3`), and a `noise_floor`:
+   a second baseline run in every round, whose paired speed-up is 1 up to the machine's noise, so a technique
+   whose quartiles sit inside the floor's has an effect this run cannot resolve.
 
 3. Ideal speedup from counted work (`techniques[*].ideal_speedup`): the technique's `counters()` from its
    run times the per-component costs of part 1, in units of one baseline UNet call u, converted to pipeline
@@ -678,22 +681,39 @@ def default_specs(steps: int) -> list[str]:
     return specs
 
 
+def paired_speedup(base_latencies: list[float], latencies: list[float]) -> dict:
+    """Per-round speed-ups (baseline / technique, the two runs of one round are minutes apart at most), their
+    median and quartiles: robust to the slow drift of a shared machine, which moves both runs of a round."""
+    ratios = [b / t for b, t in zip(base_latencies, latencies) if t > 0]
+    if not ratios:
+        return {"paired_speedups": [], "paired_speedup": None, "paired_q1": None, "paired_q3": None}
+    q1, _, q3 = statistics.quantiles(ratios, n=4, method="inclusive") if len(ratios) > 1 else (ratios[0],) * 3
+    return {"paired_speedups": ratios, "paired_speedup": statistics.median(ratios), "paired_q1": q1, "paired_q3": q3}
+
+
 def speed(pipe, config, specs, steps, repeats, b: dict | None) -> dict:
     from analysis import metrics
 
     jobs = make_jobs(specs, steps, config)
-    run_jobs(pipe, config, jobs, repeats)
+    # A second, identical baseline in every round: its speed-up over the baseline is 1 by construction, so its
+    # spread is the smallest effect this machine can resolve with these repeats.
+    floor = Job("noise_floor", "baseline", None, (), steps)
+    run_jobs(pipe, config, jobs + [floor], repeats)
     base = jobs[0]
     base_med, base_cpu = statistics.median(base.latencies), statistics.median(base.cpu)
     out = {"baseline": {"latency_s": base_med, "latencies_s": base.latencies, "cpu_s": base_cpu,
                         "cpus_s": base.cpu},
+           "noise_floor": {"latencies_s": floor.latencies, **paired_speedup(base.latencies, floor.latencies)},
            "techniques": {}}
+    _log(f"noise floor (baseline vs itself): paired median {out['noise_floor']['paired_speedup']:.3f}x, "
+         f"quartiles {out['noise_floor']['paired_q1']:.3f}-{out['noise_floor']['paired_q3']:.3f}")
     for job in jobs[1:]:
         med, cpu = statistics.median(job.latencies), statistics.median(job.cpu)
         measured = base_med / med
         entry = {"name": job.name, "config": dataclasses.asdict(job.config), "steps": job.steps,
                  "latency_s": med, "latencies_s": job.latencies, "measured_speedup": measured,
                  "cpu_s": cpu, "cpus_s": job.cpu, "measured_speedup_cpu": base_cpu / cpu if cpu else None,
+                 **paired_speedup(base.latencies, job.latencies),
                  "psnr_db": metrics.json_number(metrics.psnr(base.images, job.images)),
                  "counters": job.counters}
         if b is not None:
@@ -954,6 +974,7 @@ def _run(args, specs, prompts_n, prompt, config, threads, reason, wall) -> int:
         _log(f"speed: {len(specs)} techniques x {args.repeats} repeats: {', '.join(specs)}")
         sp = speed(pipe, config, specs, args.steps, args.repeats, b)
         result["baseline"] = sp["baseline"]
+        result["noise_floor"] = sp["noise_floor"]
         result["techniques"] = sp["techniques"]
         result["cost_model"] = {
             "units": "saved work in baseline UNet calls u (timed in `breakdown`), converted to pipeline time with "

@@ -64,6 +64,20 @@ def test_every_technique_has_measured_and_ideal_speedups(bench_json):
     assert techniques["steps:steps=1"]["steps"] == 1
     assert bench_json["baseline"]["latency_s"] > 0
     assert "cost_model" in bench_json
+    # paired per-round speed-ups line up with the rounds; the noise floor is the baseline against itself
+    floor = bench_json["noise_floor"]
+    assert len(floor["latencies_s"]) == len(bench_json["baseline"]["latencies_s"]) == len(floor["paired_speedups"])
+    for t in [floor, *techniques.values()]:
+        assert t["paired_q1"] <= t["paired_speedup"] <= t["paired_q3"]
+
+
+def test_paired_speedup_is_per_round():
+    from analysis.bench import paired_speedup
+
+    out = paired_speedup([2.0, 4.0, 3.0], [1.0, 4.0, 2.0])
+    assert out["paired_speedups"] == [2.0, 1.0, 1.5] and out["paired_speedup"] == 1.5
+    assert (out["paired_q1"], out["paired_q3"]) == (1.25, 1.75)
+    assert paired_speedup([], [])["paired_speedup"] is None
 
 
 def test_quality_section(bench_json):
