@@ -70,6 +70,23 @@ def block_costs(transformer, n_tokens: int, text: torch.Tensor, ratio: float, ca
     return out
 
 
+def _attention_blocks(unet, text: torch.Tensor) -> dict[str, tuple[torch.nn.Module, int]]:
+    """Every Transformer2DModel with its token count at the native latent size, read off one UNet call."""
+    blocks, handles = {}, []
+    for name, module in unet.named_modules():
+        if type(module).__name__ == "Transformer2DModel":
+            def record(mod, args, name=name):
+                blocks[name] = (mod, args[0].shape[-2] * args[0].shape[-1])
+            handles.append(module.register_forward_pre_hook(record))
+    side = unet.config.sample_size
+    try:
+        unet(torch.randn(text.shape[0], unet.config.in_channels, side, side), 999, text)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return blocks
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="default")
@@ -80,25 +97,11 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     pipe = load_pipeline(args.model)
     unet = pipe.unet
-    side = unet.config.sample_size
     text = torch.randn(2, pipe.tokenizer.model_max_length, unet.config.cross_attention_dim)
-    # Each block's grid: the latent side divided by 2 per down stage above it (the mid block: the last stage).
-    n_down = len(unet.config.down_block_types)
     report = {"model": args.model, "ratio": args.ratio, "threads": args.threads, "blocks": {}}
     with torch.inference_mode():
-        for name, module in unet.named_modules():
-            if type(module).__name__ != "Transformer2DModel":
-                continue
-            parts = name.split(".")
-            if parts[0] == "down_blocks":
-                level = int(parts[1])
-            elif parts[0] == "up_blocks":
-                level = n_down - 1 - int(parts[1])
-            else:
-                level = n_down - 1
-            n_tokens = (side // 2**level) ** 2
-            report["blocks"][name] = block_costs(module, n_tokens, text, args.ratio, args.calls)
-            b = report["blocks"][name]
+        for name, (module, n_tokens) in _attention_blocks(unet, text).items():
+            report["blocks"][name] = b = block_costs(module, n_tokens, text, args.ratio, args.calls)
             print(f"{name}: {n_tokens} tokens x {b['channels']} ch: saving {b['saving_us']:.0f} us, overhead "
                   f"{b['overhead_us']:.0f} us (explicit attn1 +{b['attn1_explicit_us'] - b['attn1_sdpa_us']:.0f}, "
                   f"G-WPR {b['gwpr_us']:.0f}, plan {b['plan_us']:.0f}, gather {b['gather_restore_us']:.0f}), "

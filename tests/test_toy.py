@@ -96,8 +96,8 @@ def test_loss_weight_is_min_one_plus_snr_on_the_x0_error(prediction_type):
     if prediction_type == "v_prediction":
         x0_hat = ab.sqrt() * x_t - (1 - ab).sqrt() * (ab.sqrt() * noise - (1 - ab).sqrt() * x0 + error)
     else:
-        t, x0_hat, x_t, ab, x0, error = t[:-1], None, x_t[:-1], ab[:-1], x0[:-1], error[:-1]  # eps undefined at SNR 0
-        x0_hat = (x_t - (1 - ab).sqrt() * (noise[:-1] + error)) / ab.sqrt()
+        t, x_t, ab, x0, noise, error = t[:-1], x_t[:-1], ab[:-1], x0[:-1], noise[:-1], error[:-1]  # eps undefined at SNR 0
+        x0_hat = (x_t - (1 - ab).sqrt() * (noise + error)) / ab.sqrt()
     snr = _snr(sched, t).double()
     weighted = loss_weight(snr, prediction_type, 5.0) * error.square().mean(dim=(1, 2, 3))
     expected = torch.clamp(1 + snr, max=5.0) * (x0_hat - x0).square().mean(dim=(1, 2, 3))
