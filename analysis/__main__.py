@@ -210,21 +210,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Subcommands with their own parser and error handling: name -> "module:function(argv) -> exit code".
+PASSTHROUGH = {
+    "search-policy": "analysis.policy_search:main",
+    "bench": "analysis.bench:main",
+    "sweep": "analysis.eval.sweep:main",
+    "sensitivity": "analysis.eval.sensitivity:main",
+}
+
+
 def _passthrough(argv: list[str]):
-    """Subcommands with their own parser and error handling; None if argv is not one of them."""
-    if argv[:1] == ["search-policy"]:
-        from analysis.policy_search import main as search_policy
+    """Run argv if it names a PASSTHROUGH subcommand; None otherwise."""
+    import importlib
 
-        return search_policy(argv[1:])
-    if argv[:1] == ["bench"]:
-        if "--capture" in argv:
-            from benchmarks.bench_capture import main as bench_capture
+    if argv[:1] == ["bench"] and "--capture" in argv:
+        from benchmarks.bench_capture import main as bench_capture
 
-            return bench_capture([a for a in argv[1:] if a != "--capture"])
-        from analysis.bench import main as bench
-
-        return bench(argv[1:])
-    return None
+        return bench_capture([a for a in argv[1:] if a != "--capture"])
+    target = PASSTHROUGH.get(argv[0]) if argv else None
+    if target is None:
+        return None
+    module, _, function = target.partition(":")
+    return getattr(importlib.import_module(module), function)(argv[1:])
 
 
 def main(argv=None) -> int:
