@@ -1,352 +1,486 @@
-"""DiffScope: watch what happens inside a text-to-image diffusion pipeline, and what acceleration costs.
+"""DiffScope: flip a training-free acceleration technique or turn its knob, and watch the image, its quality and
+its latency move against the same-seed full-compute image, with the trade-off plotted beside the images.
 
-Gradio UI only: layout, events and formatting. Every number comes from `analysis` (one `generate` call per
-event), every figure from `viz.plotly_figs`. The pipeline is loaded once, at import, from
-$DIFFSCOPE_MODEL ("default" = the embedded shapes-world model). `build_demo(pipe)` builds the UI for any
-pipeline, so tests can run it on a tiny random one.
+Gradio UI only: layout, events and formatting. Runs come from `analysis.live` (cached baselines, timed
+accelerated runs, the pipeline lock, Stop), figures from `viz`. `build_demo(pipe)` builds the UI for any
+pipeline, so tests run it on a tiny random one; the module-level app loads $DIFFSCOPE_MODEL ("default" = the
+embedded shapes-world model).
 
-Events (all usable from `gradio_client`):
-- /generate: one capture run (probes attached, no timing) -> image, four signal figures;
-- /compare: baseline vs the ticked techniques, timed (warm-up + median of repeats) -> images, metrics,
-  counters;
-- /tokens: the prompt's tokens, with words the default model has never seen;
-- /export: the last run as a zip (run.json, images, signals.npz; same files as the CLI).
+Events usable from gradio_client (state is per session; the client keeps its own session):
+- /run: the request + every technique setting -> full-compute, accelerated and difference images, numbers,
+  trade-off plot, runs table, status. Changing a technique toggle or knob in the browser fires the same event.
+- /frontier, /inside: the chained follow-ups (step-reduction frontier; probe runs for the "Inside" tabs);
+- /equal_latency, /measure, /stop, /export, /show_run, /tokens, /availability, /load_model.
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
-import shutil
 import tempfile
 from pathlib import Path
 
 import gradio as gr
 import numpy as np
 
+from analysis import live
 from analysis.models import load_pipeline
-from analysis.run import RunConfig, generate
+from analysis.run import RunStopped
+from ui.inside import InsideTabs
+from ui.techniques import ORDER as TECHNIQUE_ORDER, TechniquePanel
+from ui.tokens import token_spans, truncation_note
 from viz import plotly_figs as P
+from viz.images import difference_image, first_image, upscale
+from viz.tradeoff import tradeoff_figure
 
 SCHEDULERS = ("ddim", "dpm", "euler")
+SEED_MAX = 2**63 - 1
 NORM_CHOICES = [("per-token min-max", "per-token"), ("shared scale", "shared")]
-EXAMPLES = ["a large red circle on the left", "a small blue square at the top and a yellow triangle on the right"]
+VIEWS = ["full compute", "accelerated", "both"]
+Y_CHOICES = [("closeness to full compute (PSNR)", "psnr"), ("prompt fidelity", "fidelity")]
+EXAMPLES = [["a large red circle on the left", "0"],
+            ["a small blue square at the top and a yellow triangle on the right", "1"],
+            ["a large green triangle in the center", "2"]]
+RUN_COLUMNS = ["#", "techniques", "latency (s)", "speed-up", "ideal", "PSNR (dB)", "SSIM", "fidelity"]
 CSS = """
 #diffscope-title h1 {margin-bottom: 0}
-#diffscope-status {min-height: 2.5em}
-/* small models make small images: scale them up without blurring */
-#diffscope-image img, #diffscope-compare img {image-rendering: pixelated; width: 100%; height: 100%; object-fit: contain}
+.diffscope-image img {image-rendering: pixelated; object-fit: contain}
+.diffscope-unavailable {color: #b45309; font-size: 0.9em}
 """
 THEME = gr.themes.Soft(primary_hue="indigo")
 
+class ModelSlot:
+    """The one pipeline every session shares, replaceable from the model box. `call` runs an
+    `analysis.live` function on it under the pipeline lock, on the GPU worker when on a ZeroGPU Space."""
 
-# --- helpers (formatting only) --------------------------------------------------------------------------
+    def __init__(self, pipe):
+        self.pipe = pipe
 
-def _model_name(pipe) -> str:
-    return getattr(pipe, "diffscope_name", "custom")
+    @property
+    def name(self) -> str:
+        return getattr(self.pipe, "diffscope_name", "custom")
 
-
-def _technique_choices() -> list[tuple[str, str]]:
-    from analysis.accel import list_techniques
-
-    out = []
-    for name in sorted(list_techniques()):
-        label = "steps (half the steps: plain step reduction)" if name == "steps" else name
-        out.append((label, name))
-    return out
-
-
-def _technique_configs(names, steps: int) -> tuple:
-    from analysis.accel import parse_accel
-
-    configs = []
-    for name in names or []:
-        spec = f"steps:steps={max(1, int(steps) // 2)}" if name == "steps" else name
-        configs.append(parse_accel(spec))
-    return tuple(configs)
+    def call(self, fn_name: str, *args, stop: live.StopToken | None = None):
+        with live.pipeline_lock(self.pipe):
+            if ZERO_GPU:
+                # The worker is another process: the stop token cannot follow it, results come back pickled.
+                _DEVICE["pipe"] = self.pipe
+                return on_device(fn_name, *args)
+            return getattr(live, fn_name)(self.pipe, *args, stop=stop)
 
 
-def _config(prompt, negative, seed, steps, guidance, scheduler, **extra) -> RunConfig:
+_DEVICE: dict = {}
+try:
+    import spaces
+
+    ZERO_GPU = bool(os.environ.get("SPACES_ZERO_GPU"))
+except ImportError:
+    spaces, ZERO_GPU = None, False
+
+
+def on_device(fn_name: str, *args):
+    """live.<fn_name>(pipe, *args) where the accelerator is; returns plain, picklable data."""
+    return getattr(live, fn_name)(_DEVICE["pipe"], *args)
+
+
+if spaces is not None:
+    on_device = spaces.GPU(duration=120)(on_device)
+
+
+STORE = live.SessionStore()
+
+
+# --- input parsing (item 9 of the live-app issue: whole numbers or refused) ------------------------------
+
+def whole_number(value, what: str, low: int, high: int) -> int:
+    text = str(value).strip() if value is not None else ""
+    try:
+        number = int(text) if text.lstrip("+-").isdigit() else float(text)
+    except ValueError:
+        raise gr.Error(f"{what} must be a whole number, got {text or 'nothing'!r}.", title="Invalid setting") from None
+    if isinstance(number, float):
+        if not math.isfinite(number) or not number.is_integer():
+            raise gr.Error(f"{what} must be a whole number, got {text}.", title="Invalid setting")
+        number = int(number)
+    if not low <= number <= high:
+        bound = "2^63-1" if high == SEED_MAX else str(high)
+        raise gr.Error(f"{what} must be between {low} and {bound}, got {text}.", title="Invalid setting")
+    return number
+
+
+def make_request(slot: ModelSlot, prompt, negative, seed, steps, guidance, scheduler) -> live.Request:
     if prompt is None or not str(prompt).strip():
         raise gr.Error("Please enter a prompt.", title="No prompt")
-    if seed is None or steps is None or guidance is None:
-        raise gr.Error("Seed, steps and guidance must all be set.")
-    if float(seed) != int(seed) or int(seed) < 0:
-        raise gr.Error(f"The seed must be a whole number of at least 0, got {seed}.")
-    try:
-        return RunConfig(prompt=str(prompt).strip(), negative_prompt=negative or "", seed=int(seed),
-                         steps=int(steps), guidance=float(guidance), scheduler=scheduler or "ddim", **extra)
-    except ValueError as err:
-        raise gr.Error(str(err), title="Invalid setting") from None
+    if guidance is None:
+        raise gr.Error("Guidance must be set.", title="Invalid setting")
+    return live.Request(model=slot.name, prompt=str(prompt).strip(), negative_prompt=negative or "",
+                        seed=whole_number(seed, "The seed", 0, SEED_MAX),
+                        steps=whole_number(steps, "Steps", 1, 1000), guidance=float(guidance),
+                        scheduler=scheduler or "ddim")
 
 
-def _first_image(images) -> np.ndarray:
-    arr = np.asarray(images)
-    return arr[0] if arr.ndim == 4 else arr
+def readable_errors(n_outputs: int):
+    """Every failure reaches the user as a readable gr.Error; a stopped or superseded run leaves the outputs as
+    they are (n_outputs skips) and says so only when the user pressed Stop."""
+    def wrap(fn):
+        @functools.wraps(fn)
+        def handler(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except gr.Error:
+                raise
+            except RunStopped as err:
+                if "superseded" not in str(err):
+                    gr.Info(f"Run {err}; every hook is off, the next run starts clean.")
+                skips = tuple(gr.skip() for _ in range(n_outputs))
+                return skips if n_outputs != 1 else skips[0]
+            except ValueError as err:
+                raise gr.Error(str(err), title="Invalid setting") from None
+            except Exception as err:  # noqa: BLE001 - anything else still deserves a message a person can read
+                raise gr.Error(f"{type(err).__name__}: {err}", title="Run failed") from None
+        return handler
+    return wrap
 
 
-def _fmt_s(x) -> str:
-    return "n/a" if x is None else f"{x:.3f} s"
+# --- formatting -------------------------------------------------------------------------------------------
+
+def _pct(x) -> str:
+    return "n/a" if x is None else f"{x:.0%}"
 
 
-def _fmt_psnr(x) -> str:
-    if x is None:
-        return "n/a"
-    return "∞ (identical)" if math.isinf(x) else f"{x:.2f} dB"
+def _psnr(x) -> str:
+    return "n/a" if x is None else ("∞ (identical)" if math.isinf(x) else f"{x:.1f} dB")
 
 
-def _fidelity_text(fidelity) -> str:
-    if not fidelity:
-        return ""
-    overall = fidelity.get("overall")
-    base = fidelity.get("baseline")
-    if overall is None:
-        return ""
-    text = f"prompt fidelity {overall:.0%}"
-    if base is not None:
-        text += f" (full compute {base:.0%})"
+def _fidelity(quality: dict) -> float | None:
+    return ((quality or {}).get("fidelity") or {}).get("overall")
+
+
+def numbers_markdown(baseline: live.Baseline, run: live.LiveRun | None) -> str:
+    lo, hi = baseline.noise
+    n = len(baseline.latencies)
+    rows = [("latency", f"{baseline.latency_s:.3f} s (median of {n}; spread {lo:.2f}-{hi:.2f}x)",
+             "—" if run is None else f"{run.latency_s:.3f} s (1 run, {run.steps_run} steps)")]
+    if run is not None:
+        ideal = (run.ideal or {}).get("ideal_speedup")
+        band = f"noise band {run.speedup_band[0]:.2f}-{run.speedup_band[1]:.2f}x"
+        sp = f"**{run.speedup:.2f}x** measured ({band})" + (f" · ideal {ideal:.2f}x from counted work" if ideal else "")
+        if run.careful:
+            c = run.careful
+            sp += (f"<br>careful: **{c['paired_speedup']:.2f}x** (quartiles {c['paired_q1']:.2f}-{c['paired_q3']:.2f}x,"
+                   f" {c['rounds']} interleaved pairs)")
+        rows.append(("speed-up", "1.00x", sp))
+        rows.append(("PSNR / SSIM vs full compute", "∞ / 1", f"{_psnr(run.psnr_db)} / {run.ssim:.4f}"))
+    fid_b = _fidelity(baseline.quality)
+    if fid_b is not None or (run is not None and _fidelity(run.quality) is not None):
+        rows.append(("prompt fidelity", _pct(fid_b), "—" if run is None else _pct(_fidelity(run.quality))))
+    table = "\n".join(f"| {a} | {b} | {c} |" for a, b, c in rows)
+    text = f"| | full compute | accelerated |\n|---|---|---|\n{table}"
+    if run is not None:
+        skipped = live.skipped_summary(run.counters)
+        if skipped:
+            text += "\n\n**Skipped:** " + "; ".join(skipped)
+        if run.speedup_band[0] <= 1.0 <= run.speedup_band[1]:
+            text += ("\n\n*The measured speed-up is inside this machine's timing noise: press **Measure carefully** "
+                     "for a paired number.*")
     return text
 
 
-def _attention_fig(result, step, layer, norm, overlay, alpha, special):
-    if result is None:
-        return P.empty_figure("Generate an image to see its cross-attention maps.")
-    maps = (result.signals or {}).get("attention_maps")
-    tokens = result.tokens[0] if result.tokens else []
-    image = _first_image(result.image) if overlay else None
-    return P.cross_attention_figure(maps, tokens, step=None if step is None else int(step), layer=layer or P.MEAN_LAYER,
-                                    norm=norm or "per-token", image=image, alpha=float(alpha),
-                                    special=bool(special), timesteps=result.timesteps)
+def runs_table(session: live.Session) -> list[list]:
+    out = []
+    for r in reversed(session.runs):
+        ideal = (r.ideal or {}).get("ideal_speedup")
+        out.append([r.id, r.label, round(r.latency_s, 3), round(r.speedup, 2), None if ideal is None else round(ideal, 2),
+                    "inf" if math.isinf(r.psnr_db) else round(r.psnr_db, 1), round(r.ssim, 4),
+                    None if r.fidelity is None else round(r.fidelity, 2)])
+    return out
 
 
-def _rank_fig(result, step):
-    if result is None:
-        return P.empty_figure("Generate an image to see token importance.")
-    return P.token_rank_figure((result.signals or {}).get("token_rank"), step=None if step is None else int(step),
-                               timesteps=result.timesteps)
+def plot_rows(session: live.Session, baseline: live.Baseline | None, current_id: int | None) -> list[dict]:
+    rows = []
+    for r in session.runs:
+        row = r.row()
+        row["current"] = r.id == current_id
+        row["same_baseline"] = baseline is not None and r.request == baseline.request
+        rows.append(row)
+    return rows
 
 
-# --- the UI ---------------------------------------------------------------------------------------------
+def shipped_rows(slot: ModelSlot, steps: int) -> list[dict]:
+    """The shipped default-model sweep at this step count, when it exists (drawn faintly behind)."""
+    if slot.name != "default":
+        return []
+    try:
+        from analysis.eval.sweep import load_shipped
+    except ImportError:
+        return []
+    try:
+        return load_shipped(steps=steps)
+    except (FileNotFoundError, ValueError):
+        return []
+
+
+def tradeoff(slot, session, baseline, current_id, y) -> "object":
+    if baseline is None:
+        return P.empty_figure("Generate an image to start the trade-off plot.")
+    return tradeoff_figure(plot_rows(session, baseline, current_id), baseline.frontier,
+                           shipped_rows(slot, baseline.request.steps), baseline.latency_s, y=y or "psnr")
+
+
+def images(baseline: live.Baseline, run: live.LiveRun | None):
+    base = first_image(baseline.image)
+    if run is None:
+        return upscale(base), None, None
+    acc = first_image(run.image)
+    diff, _ = difference_image(base, acc)
+    return upscale(base), upscale(acc), upscale(diff)
+
+
+# --- the UI -----------------------------------------------------------------------------------------------
 
 def build_demo(pipe, probes=None) -> gr.Blocks:
     """The DiffScope UI around `pipe`. `probes` defaults to `analysis.probes.default_probes()`."""
-    if probes is None:
-        from analysis.probes import default_probes
+    from analysis.probes import default_probes
 
-        probes = default_probes()
-    probes = tuple(probes)
-    model = _model_name(pipe)
-    technique_choices = _technique_choices()
+    probes = tuple(default_probes() if probes is None else probes)
+    slot = ModelSlot(pipe)
+    panel = TechniquePanel()
 
+    def session_of(request: gr.Request) -> live.Session:
+        return STORE.get(getattr(request, "session_hash", None) or "anonymous")
+
+    # -- tokens
     def tokens_view(prompt):
-        """The prompt as the text encoder sees it: (token, label) spans, and a warning for words the default
-        model has never seen (they reach it as single characters)."""
-        prompt = (prompt or "").strip()
-        if not prompt:
-            return [], ""
-        tok = pipe.tokenizer
-        unknown = []
-        if model == "default":
-            from analysis.toy.tokenizer import unknown_words
+        return token_spans(slot.pipe, slot.name, prompt)
 
-            unknown = unknown_words(tok, prompt)
-        unknown_set = {w.lower() for w in unknown}
-        spans = [(tok.bos_token or "<|startoftext|>", "special")]
-        for word in prompt.split():
-            label = "unknown word" if word.lower() in unknown_set else None
-            for piece in tok.tokenize(word):
-                spans.append((" ", None))
-                spans.append((piece.replace("</w>", ""), label))
-        spans += [(" ", None), (tok.eos_token or "<|endoftext|>", "special")]
-        n_tokens = sum(1 for text, _ in spans if text != " ")
-        warning = ""
-        if unknown:
-            warning = ("⚠️ The default model has never seen " + ", ".join(f"**{w}**" for w in unknown)
-                       + ": it reaches the model as single characters, so expect it to be ignored.")
-        if n_tokens > tok.model_max_length:
-            warning += (f" ⚠️ The prompt has {n_tokens} tokens; the text encoder keeps the first "
-                        f"{tok.model_max_length}.")
-        return spans, warning.strip()
-
-    def run_generate(prompt, negative, seed, steps, guidance, scheduler, step_norm, overlay, alpha, special,
-                     conv_log, drift_log, progress=gr.Progress(track_tqdm=True)):
-        config = _config(prompt, negative, seed, steps, guidance, scheduler, probes=probes)
-        progress(0, desc="generating")
+    # -- the live run
+    @readable_errors(8)
+    def run_live(request: gr.Request, prompt, negative, seed, steps, guidance, scheduler, y, *knobs):
+        req = make_request(slot, prompt, negative, seed, steps, guidance, scheduler)
+        accel = panel.configs(knobs, req.steps)
+        session = session_of(request)
+        token = session.start(supersede=True)
         try:
-            result = generate(pipe, config, measure_latency=False)
-        except ValueError as err:
-            raise gr.Error(str(err)) from None
-        signals = result.signals or {}
-        maps = signals.get("attention_maps") or {}
-        layers = [P.MEAN_LAYER] + list((maps.get("cross") or {}))
-        last = config.accel_steps - 1
-        attn = _attention_fig(result, last, P.MEAN_LAYER, step_norm, overlay, alpha, special)
-        conv = P.convergence_figure(signals.get("cross_attn_convergence"), log_y=bool(conv_log))
-        drift = P.drift_figure(signals.get("feature_drift"), log_y=bool(drift_log))
-        rank = _rank_fig(result, last)
-        rank_summary = P.token_rank_summary_figure(signals.get("token_rank"))
-        kept = maps.get("steps") or []
-        note = ""
-        if maps.get("reductions"):
-            note = " Capture budget: " + "; ".join(map(str, maps["reductions"])) + "."
-        elif kept and len(kept) < config.accel_steps:
-            note = f" Attention maps kept at {len(kept)} of {config.accel_steps} steps (memory budget)."
-        if maps.get("dropped_layers"):
-            note += " Not captured (budget): " + ", ".join(map(str, maps["dropped_layers"])) + "."
-        fid = _fidelity_text(result.fidelity)
-        status = (f"**{model}** · {config.steps} steps · {config.scheduler} · seed {config.seed} · "
-                  f"instrumented run {_fmt_s(result.instrumented_latency_s)} (probes attached: not a speed "
-                  f"measurement; use **Compare**)." + (f" {fid.capitalize()}." if fid else "") + note)
-        return (_first_image(result.image), attn, conv, drift, rank, rank_summary,
-                gr.update(minimum=0, maximum=max(last, 0), value=max(last, 0), step=1),
-                gr.update(choices=layers, value=P.MEAN_LAYER), status, result)
+            baseline = session.baseline(req)
+            cached = baseline is not None
+            if not cached:
+                baseline = session.keep_baseline(slot.call("measure_baseline", req, stop=token))
+            run = session.add_run(slot.call("run_accelerated", baseline, accel, stop=token)) if accel else None
+        finally:
+            session.finish(token)
+        session.current = (baseline.request, None if run is None else run.id)
+        cut = truncation_note(slot.pipe, req.prompt)
+        if cut:
+            gr.Warning(cut)
+        full, acc, diff = images(baseline, run)
+        status = (f"**{slot.name}** · {req.steps} steps · {req.scheduler} · seed {req.seed} · full compute "
+                  + ("cached" if cached else f"timed {len(baseline.latencies)}x") + ". "
+                  + ("" if run else "Switch a technique on to compare."))
+        return (full, acc, diff, numbers_markdown(baseline, run),
+                tradeoff(slot, session, baseline, None if run is None else run.id, y), runs_table(session), status,
+                gr.update(interactive=run is not None))
 
-    def run_compare(prompt, negative, seed, steps, guidance, scheduler, techniques, repeats,
-                    progress=gr.Progress(track_tqdm=True)):
-        if not techniques:
-            raise gr.Error("Tick at least one technique under Techniques to compare against full compute.")
+    @readable_errors(1)
+    def run_frontier(y, request: gr.Request = None):
+        session = session_of(request)
+        current = getattr(session, "current", None)
+        if current is None:
+            return gr.skip()
+        baseline = session.baseline(current[0])
+        if baseline is None:
+            return gr.skip()
+        ensure_frontier(session, baseline)
+        return tradeoff(slot, session, baseline, current[1], y)
+
+    def ensure_frontier(session, baseline) -> None:
+        if baseline.frontier is None:
+            token = session.start()
+            try:
+                baseline.frontier = slot.call("compute_frontier", baseline, stop=token)
+            finally:
+                session.finish(token)
+
+    def redraw_tradeoff(y, request: gr.Request = None):
+        session = session_of(request)
+        current = getattr(session, "current", None)
+        baseline = session.baseline(current[0]) if current else None
+        return tradeoff(slot, session, baseline, current[1] if current else None, y)
+
+    @readable_errors(len(TECHNIQUE_ORDER) + 1)
+    def equal_latency(request: gr.Request = None):
+        session = session_of(request)
+        current = getattr(session, "current", None)
+        run = session.run(current[1]) if current and current[1] else None
+        if run is None:
+            raise gr.Error("Switch a technique on first: equal latency matches the current accelerated run.")
+        baseline = session.baseline(run.request)
+        ensure_frontier(session, baseline)
+        n = live.equal_latency_steps(baseline, run.latency_s)
+        gr.Info(f"Step reduction at {n} of {run.request.steps} steps has the measured latency of {run.label} "
+                f"({run.latency_s:.3f} s); other techniques switched off to compare.")
+        return panel.steps_updates(n)
+
+    @readable_errors(2)
+    def measure(y, request: gr.Request = None, progress=gr.Progress()):
+        session = session_of(request)
+        current = getattr(session, "current", None)
+        run = session.run(current[1]) if current and current[1] else None
+        if run is None:
+            raise gr.Error("Switch a technique on first: there is no accelerated run to measure.")
+        baseline = session.baseline(run.request)
+        token = session.start()
+        progress(0, desc=f"{live.CAREFUL_ROUNDS} interleaved pairs")
         try:
-            accel = _technique_configs(techniques, steps or 1)
-        except ValueError as err:
-            raise gr.Error(str(err), title="Invalid technique") from None
-        config = _config(prompt, negative, seed, steps, guidance, scheduler, accel=accel,
-                         repeats=int(repeats or 1))
-        progress(0, desc="timing baseline and accelerated runs")
+            run.careful = slot.call("measure_carefully", baseline, run, stop=token)
+        finally:
+            session.finish(token)
+        return numbers_markdown(baseline, run), runs_table(session)
+
+    def stop(request: gr.Request = None):
+        n = session_of(request).stop("stopped by the user")
+        return f"Stop requested ({n} run{'s' if n != 1 else ''} ending at the next denoising step)."
+
+    def show_run(evt: gr.SelectData, y, request: gr.Request = None):
+        session = session_of(request)
+        row = evt.row_value if evt is not None else None
+        run = session.run(int(row[0])) if row else None
+        if run is None:
+            raise gr.Error("That run is no longer kept (a session keeps its newest runs).")
+        baseline = session.baseline(run.request)
+        if baseline is None:
+            raise gr.Error("That run's full-compute baseline is no longer cached; generate it again.")
+        session.current = (run.request, run.id)
+        full, acc, diff = images(baseline, run)
+        return full, acc, diff, numbers_markdown(baseline, run), tradeoff(slot, session, baseline, run.id, y)
+
+    @readable_errors(1)
+    def export(y, request: gr.Request = None):
+        from ui.export import figure_pack
+
+        session = session_of(request)
+        current = getattr(session, "current", None)
+        if current is None:
+            raise gr.Error("Generate first: there is no run to export.")
+        baseline = session.baseline(current[0])
+        run = session.run(current[1]) if current[1] else None
+        return figure_pack(Path(tempfile.mkdtemp(prefix="diffscope-export-")), slot.name, baseline, run,
+                           plot_rows(session, baseline, current[1]), shipped_rows(slot, baseline.request.steps),
+                           y or "psnr")
+
+    def load_model(name):
+        from analysis.models import ModelLoadError
+
+        name = (name or "").strip()
+        if not name or name == slot.name:
+            return f"Model: **{slot.name}**"
         try:
-            result = generate(pipe, config, measure_latency=True)
-        except ValueError as err:
-            raise gr.Error(str(err)) from None
-        sp = result.speedup
-        rows = [
-            ("Latency, full compute", _fmt_s(result.baseline_latency_s)),
-            ("Latency, accelerated", _fmt_s(result.latency_s)),
-            ("Speed-up", "n/a" if sp is None else f"{sp:.2f}×"),
-            ("PSNR vs full compute", _fmt_psnr(result.psnr_db)),
-            ("SSIM vs full compute", "n/a" if result.ssim is None else f"{result.ssim:.4f}"),
-        ]
-        fid = _fidelity_text(result.fidelity)
-        if fid:
-            rows.append(("Prompt fidelity", fid.replace("prompt fidelity ", "")))
-        names = ", ".join(f"`{n}`" for n in result.config.get("accel", {}))
-        table = "\n".join(f"| {k} | {v} |" for k, v in rows)
-        metrics = (f"**Techniques:** {names} · median of {config.repeats} timed run(s) after a warm-up\n\n"
-                   f"| Measure | Value |\n|---|---|\n{table}")
-        return ((_first_image(result.baseline_image), _first_image(result.image)), metrics,
-                P.counters_figure(result.counters), result)
+            with live.pipeline_lock(slot.pipe):
+                new = load_pipeline(name)
+                new.set_progress_bar_config(disable=True)
+                slot.pipe = new
+        except ModelLoadError as err:
+            raise gr.Error(f"{err}. The current model ({slot.name}) stays loaded.", title="Model not loaded") from None
+        return f"Model: **{slot.name}**"
 
-    def run_export(result):
-        if result is None:
-            raise gr.Error("Generate or compare first: there is no run to export.")
-        from analysis.report import write_run
-
-        work = Path(tempfile.mkdtemp(prefix="diffscope-export-"))
-        write_run(result, work / "run")
-        archive = shutil.make_archive(str(work / "diffscope-run"), "zip", root_dir=work / "run")
-        return archive
+    def on_unload(request: gr.Request = None):
+        STORE.drop(getattr(request, "session_hash", None) or "anonymous")
 
     with gr.Blocks(title="DiffScope") as demo:
-        last_run = gr.State(None)
-        gr.Markdown("# DiffScope\nLook inside a text-to-image diffusion model step by step, and see what "
-                    f"training-free acceleration saves and costs. Model: **{model}**.", elem_id="diffscope-title")
+        gr.Markdown("# DiffScope\nSwitch a training-free acceleration technique on, turn its knobs, and watch the "
+                    "image, its quality and its latency move against the same-seed full-compute image.",
+                    elem_id="diffscope-title")
         with gr.Row():
-            with gr.Column(scale=2, min_width=320):
-                prompt = gr.Textbox(label="Prompt", value=EXAMPLES[0], lines=2, max_lines=4,
-                                    placeholder="a large red circle on the left")
+            with gr.Column(scale=2, min_width=340):
+                prompt = gr.Textbox(label="Prompt", value=EXAMPLES[0][0], lines=2, max_lines=4)
                 tokens = gr.HighlightedText(label="Tokens", show_legend=True, combine_adjacent=False,
-                                            color_map={"special": "#d0d0d0", "unknown word": "#f59e0b"})
+                                            color_map={"special": "#d0d0d0", "unknown word": "#f59e0b",
+                                                       "cut off": "#ef4444"})
                 token_warning = gr.Markdown()
                 negative = gr.Textbox(label="Negative prompt", value="", lines=1)
                 with gr.Row():
-                    seed = gr.Number(label="Seed", value=0, precision=0, minimum=0)
+                    seed = gr.Textbox(label="Seed", value="0", max_lines=1,
+                                      info="a whole number from 0 to 2^63-1")
                     scheduler = gr.Dropdown(label="Scheduler", choices=list(SCHEDULERS), value="ddim")
                 with gr.Row():
                     steps = gr.Slider(label="Steps", minimum=1, maximum=100, step=1, value=20)
                     guidance = gr.Slider(label="Guidance scale", minimum=0, maximum=20, step=0.5, value=5.0)
-                generate_btn = gr.Button("Generate", variant="primary")
-                with gr.Accordion("Techniques", open=False):
-                    techniques = gr.CheckboxGroup(label="Techniques", choices=technique_choices, value=[],
-                                                  info="Each at its paper defaults. Compare times the full-compute "
-                                                       "baseline and the accelerated run in this process.")
-                    repeats = gr.Slider(label="Timed repeats", minimum=1, maximum=10, step=1, value=3)
-                    compare_btn = gr.Button("Compare", variant="secondary")
-            with gr.Column(scale=3, min_width=320):
-                image = gr.Image(label="Generated image (full compute)", type="numpy", interactive=False,
-                                 height=360, format="png", elem_id="diffscope-image")
-                status = gr.Markdown(elem_id="diffscope-status")
                 with gr.Row():
-                    export_btn = gr.Button("Export run (.zip)", size="sm")
-                    export_file = gr.File(label="Run export", interactive=False, height=80)
-        with gr.Tabs():
-            with gr.Tab("Cross-attention"):
+                    run_btn = gr.Button("Generate", variant="primary")
+                    stop_btn = gr.Button("Stop", variant="stop")
+                gr.Examples(EXAMPLES, [prompt, seed], label="Examples (default model)")
+                gr.Markdown("### Techniques\nEach toggle or knob re-runs only the accelerated generation.")
+                panel.render()
                 with gr.Row():
-                    step = gr.Slider(label="Step", minimum=0, maximum=19, step=1, value=19)
-                    layer = gr.Dropdown(label="Layer", choices=[P.MEAN_LAYER], value=P.MEAN_LAYER)
-                    norm = gr.Radio(label="Normalisation", choices=NORM_CHOICES, value="per-token")
+                    measure_btn = gr.Button("Measure carefully", size="sm", interactive=False)
+                    export_btn = gr.Button("Export figures + slide", size="sm")
+                export_files = gr.File(label="Export", file_count="multiple", interactive=False, height=90)
+                with gr.Accordion("Model", open=False):
+                    model_box = gr.Textbox(label="Model", value=slot.name,
+                                           info="'default', a local folder, or a Hub id (needs the Hub)")
+                    model_status = gr.Markdown(f"Model: **{slot.name}**")
+            with gr.Column(scale=3, min_width=420):
                 with gr.Row():
-                    overlay = gr.Checkbox(label="Overlay on image", value=True)
-                    alpha = gr.Slider(label="Overlay alpha", minimum=0.0, maximum=1.0, step=0.05, value=0.55)
-                    special = gr.Checkbox(label="Show start/end tokens", value=False)
-                attn_plot = gr.Plot(label="Cross-attention maps")
-            with gr.Tab("Convergence"):
-                conv_log = gr.Checkbox(label="Log scale (convergence)", value=True)
-                conv_plot = gr.Plot(label="Cross-attention convergence")
-            with gr.Tab("Feature drift"):
-                drift_log = gr.Checkbox(label="Log scale (drift)", value=False)
-                drift_plot = gr.Plot(label="Feature drift")
-            with gr.Tab("Token rank"):
-                gr.Markdown("Maps follow the **Step** slider of the Cross-attention tab.")
-                rank_plot = gr.Plot(label="Token importance maps")
-                rank_summary = gr.Plot(label="Token importance concentration")
-            with gr.Tab("Compare"):
-                compare_images = gr.ImageSlider(label="Full compute vs accelerated", type="numpy", format="png",
-                                                elem_id="diffscope-compare", max_height=420)
-                compare_metrics = gr.Markdown()
-                counters_plot = gr.Plot(label="Counters")
+                    full_img = gr.Image(label="Full compute", type="numpy", interactive=False, format="png",
+                                        height=260, elem_classes="diffscope-image")
+                    acc_img = gr.Image(label="Accelerated", type="numpy", interactive=False, format="png",
+                                       height=260, elem_classes="diffscope-image")
+                    diff_img = gr.Image(label="Difference |full - accelerated|", type="numpy", interactive=False,
+                                        format="png", height=260, elem_classes="diffscope-image")
+                numbers = gr.Markdown()
+                y_axis = gr.Radio(label="Quality axis", choices=Y_CHOICES, value="psnr")
+                tradeoff_plot = gr.Plot(label="Quality vs latency", elem_id="diffscope-tradeoff")
+                runs = gr.Dataframe(headers=RUN_COLUMNS, label="Runs of this session (select one to show it)",
+                                    interactive=False, max_height=220, wrap=True)
+                status = gr.Markdown()
+        inside = InsideTabs(slot, probes, session_of)
 
-        gpu = dict(concurrency_limit=1, concurrency_id="pipeline")
+        request_inputs = [prompt, negative, seed, steps, guidance, scheduler]
+        live_outputs = [full_img, acc_img, diff_img, numbers, tradeoff_plot, runs, status, measure_btn]
+        knobs = panel.inputs()
+        run_event = gr.on(
+            triggers=[run_btn.click, prompt.submit, seed.submit, steps.release, guidance.release, scheduler.input,
+                      negative.submit] + panel.triggers(),
+            fn=run_live, inputs=request_inputs + [y_axis] + knobs, outputs=live_outputs, api_name="run",
+            trigger_mode="always_last", concurrency_limit=1, concurrency_id="live")
+        frontier_event = run_event.success(run_frontier, y_axis, tradeoff_plot, api_name="frontier",
+                                           concurrency_limit=1, concurrency_id="follow-up", show_progress="hidden")
+        inside_event = frontier_event.then(inside.refresh, inside.inputs, inside.outputs, api_name="inside",
+                                           concurrency_limit=1, concurrency_id="follow-up", show_progress="hidden")
+        def availability(steps_v, *values):
+            return panel.availability(steps_v, *values, model=slot.name)
+
+        gr.on(triggers=panel.availability_triggers() + [steps.release], fn=availability, inputs=[steps] + knobs,
+              outputs=panel.availability_outputs(), api_name="availability", show_progress="hidden", queue=False)
+        demo.load(availability, [steps] + knobs, panel.availability_outputs(), api_visibility="private",
+                  queue=False)
+        y_axis.input(redraw_tradeoff, y_axis, tradeoff_plot, api_visibility="private", show_progress="hidden")
+        eq = panel.equal_latency_button.click(equal_latency, None, panel.steps_outputs(), api_name="equal_latency",
+                                              concurrency_limit=1, concurrency_id="live")
+        eq.success(run_live, request_inputs + [y_axis] + knobs, live_outputs, api_visibility="private",
+                   concurrency_limit=1, concurrency_id="live")
+        measure_event = measure_btn.click(measure, y_axis, [numbers, runs], api_name="measure",
+                                          concurrency_limit=1, concurrency_id="live")
+        stop_btn.click(stop, None, status, api_name="stop", cancels=[run_event, frontier_event, inside_event,
+                                                                     measure_event], queue=False)
+        runs.select(show_run, y_axis, [full_img, acc_img, diff_img, numbers, tradeoff_plot], api_name="show_run")
+        export_btn.click(export, y_axis, export_files, api_name="export")
+        model_box.submit(load_model, model_box, model_status, api_name="load_model", concurrency_limit=1,
+                         concurrency_id="live")
         prompt.change(tokens_view, prompt, [tokens, token_warning], api_name="tokens", show_progress="hidden")
         demo.load(tokens_view, prompt, [tokens, token_warning], api_visibility="private", show_progress="hidden")
-        generate_btn.click(
-            run_generate,
-            [prompt, negative, seed, steps, guidance, scheduler, norm, overlay, alpha, special, conv_log, drift_log],
-            [image, attn_plot, conv_plot, drift_plot, rank_plot, rank_summary, step, layer, status, last_run],
-            api_name="generate", **gpu,
-        )
-        prompt.submit(
-            run_generate,
-            [prompt, negative, seed, steps, guidance, scheduler, norm, overlay, alpha, special, conv_log, drift_log],
-            [image, attn_plot, conv_plot, drift_plot, rank_plot, rank_summary, step, layer, status, last_run],
-            api_visibility="private", **gpu,
-        )
-        compare_btn.click(
-            run_compare, [prompt, negative, seed, steps, guidance, scheduler, techniques, repeats],
-            [compare_images, compare_metrics, counters_plot, last_run], api_name="compare", **gpu,
-        )
-
-        def rerender_step(result, step_v, layer_v, norm_v, overlay_v, alpha_v, special_v):
-            return (_attention_fig(result, step_v, layer_v, norm_v, overlay_v, alpha_v, special_v),
-                    _rank_fig(result, step_v))
-
-        def rerender_attention(result, step_v, layer_v, norm_v, overlay_v, alpha_v, special_v):
-            return _attention_fig(result, step_v, layer_v, norm_v, overlay_v, alpha_v, special_v)
-
-        view_inputs = [last_run, step, layer, norm, overlay, alpha, special]
-        step.release(rerender_step, view_inputs, [attn_plot, rank_plot], api_name="render_step",
-                     show_progress="hidden")
-        for control in (layer, norm, overlay, special):
-            control.input(rerender_attention, view_inputs, attn_plot, api_visibility="private",
-                          show_progress="hidden")
-        alpha.release(rerender_attention, view_inputs, attn_plot, api_visibility="private", show_progress="hidden")
-        conv_log.input(lambda r, lg: P.convergence_figure(((r.signals or {}) if r else {}).get("cross_attn_convergence"),
-                                                          log_y=lg), [last_run, conv_log], conv_plot,
-                       api_visibility="private", show_progress="hidden")
-        drift_log.input(lambda r, lg: P.drift_figure(((r.signals or {}) if r else {}).get("feature_drift"), log_y=lg),
-                        [last_run, drift_log], drift_plot, api_visibility="private", show_progress="hidden")
-        export_btn.click(run_export, last_run, export_file, api_name="export")
+        demo.unload(on_unload)
     return demo
 
 
-PIPE = load_pipeline(os.environ.get("DIFFSCOPE_MODEL", "default"))
-demo = build_demo(PIPE)
+def _startup():
+    pipe = load_pipeline(os.environ.get("DIFFSCOPE_MODEL", "default"))
+    pipe.set_progress_bar_config(disable=True)
+    if os.environ.get("DIFFSCOPE_WARMUP", "1") != "0":
+        live.warm_up(pipe, live.Request(model=getattr(pipe, "diffscope_name", "custom"), prompt=EXAMPLES[0][0]))
+    return pipe
 
-if __name__ == "__main__":
-    demo.launch(theme=THEME, css=CSS)
+
+if __name__ == "__main__" or os.environ.get("SPACE_ID"):
+    demo = build_demo(_startup())
+    if __name__ == "__main__":
+        demo.launch(theme=THEME, css=CSS)

@@ -14,7 +14,7 @@ import dataclasses
 import statistics
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -129,9 +129,18 @@ def _to_uint8(images: np.ndarray) -> np.ndarray:
     return (np.clip(images, 0, 1) * 255).round().astype(np.uint8)
 
 
-def run_once(pipe, config: RunConfig, plugins: tuple, steps: int) -> tuple[np.ndarray, float, dict, dict, list[float]]:
+class RunStopped(Exception):
+    """A run ended early at a denoising step because its `stop` callable returned true (Stop pressed, the
+    browser tab closed, or a newer request superseded it). Its hooks are already off when this propagates."""
+
+
+def run_once(pipe, config: RunConfig, plugins: tuple, steps: int,
+             stop: Callable[[], bool] | None = None) -> tuple[np.ndarray, float, dict, dict, list[float]]:
     """One generation with `plugins` attached; every hook is removed on the way out, whatever happens.
-    Returns (images uint8, seconds, counters per plug-in, signals per plug-in, timesteps)."""
+    `stop` is polled before the run and after every denoising step; when it returns true the run raises
+    RunStopped. Returns (images uint8, seconds, counters per plug-in, signals per plug-in, timesteps)."""
+    if stop is not None and stop():
+        raise RunStopped(getattr(stop, "reason", "stopped"))
     clock = StepClock()
     clock.reset(steps, len(config.prompts), config.guidance > 1.0)
     counters: dict[str, Any] = {}
@@ -143,6 +152,8 @@ def run_once(pipe, config: RunConfig, plugins: tuple, steps: int) -> tuple[np.nd
             handle = plugin.attach(ctx)
             stack.callback(handle.detach)
             handles.append((plugin, handle))
+        if stop is not None:
+            ctx.on_step_end(_stop_check(stop))
         kwargs = _pipe_kwargs(pipe, config, steps)
         if ctx.step_end_fns:
             kwargs.update(callback_on_step_end=ctx.step_end_callback, callback_on_step_end_tensor_inputs=["latents"])
@@ -164,6 +175,15 @@ def run_once(pipe, config: RunConfig, plugins: tuple, steps: int) -> tuple[np.nd
     if clock.row_log:
         counters.setdefault("unet", {})["batch_rows"] = list(clock.row_log)
     return _to_uint8(images), seconds, counters, signals, timesteps
+
+
+def _stop_check(stop: Callable[[], bool]):
+    def check(step_index: int, timestep: float, latents):
+        if stop():
+            raise RunStopped(f"{getattr(stop, 'reason', 'stopped')} at step {step_index + 1}")
+        return None
+
+    return check
 
 
 def prompt_tokens(pipe, prompts: tuple[str, ...]) -> list[list[str]]:

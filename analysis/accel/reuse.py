@@ -90,6 +90,23 @@ def hurry_policy(steps: int, reuse_steps: int, max_run: int = 2) -> str:
     return "".join(out)
 
 
+def strided_policy(steps: int, reuse_steps: int) -> str:
+    """The uniform counterpoint to HURRY: the R steps spread evenly over steps 1..N-1 (CRCR... when
+    reuse_steps is about half the steps), the comparison Hunter et al. make against late reuse."""
+    if not 0 <= reuse_steps < steps:
+        raise ValueError(f"reuse: strided needs 0 <= reuse_steps < steps ({steps}), got {reuse_steps}")
+    out = ["C"] * steps
+    gap = (steps - 1) / reuse_steps if reuse_steps else 0.0
+    for j in range(reuse_steps):
+        out[min(steps - 1, max(1, int(1 + (j + 0.5) * gap)))] = "R"
+    if out.count("R") != reuse_steps:  # rounding collided two R steps: fill the latest free slots
+        for i in range(steps - 1, 0, -1):
+            if out.count("R") == reuse_steps:
+                break
+            out[i] = "R"
+    return "".join(out)
+
+
 def longest_run(policy: str) -> int:
     return max((len(m) for m in re.findall("R+", policy)), default=0)
 

@@ -1,0 +1,191 @@
+"""The techniques panel: one block per technique with an on/off toggle and its main knobs at the paper's
+defaults. Configs are built from the technique config dataclasses (never from CLI strings), and every
+combination the engine would refuse is shown as unavailable, with the engine's own reason, before anyone
+clicks.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import gradio as gr
+
+from analysis.accel import StepsConfig, list_techniques
+from analysis.accel.reuse import strided_policy
+
+ORDER = ("reuse", "tgate", "atedm", "fastdiff", "steps")
+TITLES = {
+    "reuse": "Attention-map reuse (HURRY / PHAST, Hunter et al.)",
+    "tgate": "T-GATE (Liu et al.)",
+    "atedm": "AT-EDM token pruning (Wang et al.)",
+    "fastdiff": "Faster-Diffusion encoder propagation (Li et al.)",
+    "steps": "Step reduction (the baseline to beat)",
+}
+REUSE_POLICIES = [("HURRY: late reuse", "hurry"), ("PHAST: searched", "phast"), ("strided: evenly spread", "strided"),
+                  ("custom C/R string", "custom")]
+FASTDIFF_PRESETS = [("paper key steps (non-uniform)", "paper"), ("uniform stride", "stride")]
+
+
+@dataclass
+class Block:
+    name: str
+    toggle: gr.Checkbox
+    knobs: list  # components, in the order `_config` reads them
+    note: gr.Markdown
+
+
+class TechniquePanel:
+    def __init__(self):
+        self.blocks: dict[str, Block] = {}
+        self.equal_latency_button: gr.Button | None = None
+
+    # -- layout
+    def render(self) -> None:
+        T = list_techniques()
+        tgate_default = T["tgate"]()
+        atedm_default, fast_default = T["atedm"](), T["fastdiff"]()
+        for name in ORDER:
+            with gr.Group():
+                with gr.Row(equal_height=True):
+                    toggle = gr.Checkbox(label=TITLES[name], value=False, scale=3, elem_id=f"toggle-{name}")
+                    note = gr.Markdown(elem_classes="diffscope-unavailable", elem_id=f"note-{name}")
+                with gr.Row():
+                    if name == "reuse":
+                        knobs = [
+                            gr.Dropdown(REUSE_POLICIES, value="hurry", label="policy", min_width=140),
+                            gr.Slider(0, 50, value=7, step=1, label="reuse steps (R)",
+                                      info="paper default: about a third of the steps"),
+                            gr.Radio(["self", "cross", "both"], value="both", label="scope"),
+                            gr.Textbox(label="custom policy", placeholder="CCCCRCRR... one letter per step",
+                                       max_lines=1),
+                        ]
+                    elif name == "tgate":
+                        gate = tgate_default.gate_step if isinstance(tgate_default.gate_step, int) else 8
+                        knobs = [
+                            gr.Slider(1, 100, value=gate, step=1, label="gate step",
+                                      info="paper: about 0.4 of the steps (10 of 25)"),
+                            gr.Slider(1, 10, value=tgate_default.sp_interval, step=1,
+                                      label="self-attention interval before the gate"),
+                            gr.Slider(1, 10, value=tgate_default.fi_interval, step=1,
+                                      label="self-attention interval after the gate"),
+                        ]
+                    elif name == "atedm":
+                        knobs = [
+                            gr.Slider(0.0, 0.9, value=atedm_default.ratio, step=0.01, label="pruning ratio"),
+                            gr.Checkbox(value=atedm_default.dsap, label="DSAP (prune less early)"),
+                        ]
+                    elif name == "fastdiff":
+                        knobs = [
+                            gr.Radio(FASTDIFF_PRESETS, value="paper", label="key steps"),
+                            gr.Slider(2, 10, value=2, step=1, label="stride (uniform)"),
+                            gr.Checkbox(value=fast_default.parallel, label="parallel decoding"),
+                            gr.Checkbox(value=fast_default.noise, label="prior noise injection"),
+                        ]
+                    else:
+                        knobs = [gr.Slider(1, 100, value=10, step=1, label="steps")]
+                        self.equal_latency_button = gr.Button("Equal latency", size="sm", min_width=110)
+            self.blocks[name] = Block(name, toggle, knobs, note)
+
+    def inputs(self) -> list:
+        out = []
+        for b in self.blocks.values():
+            out += [b.toggle] + b.knobs
+        return out
+
+    def triggers(self) -> list:
+        """The user's own changes (not programmatic updates): sliders on release, the rest on input."""
+        out = []
+        for b in self.blocks.values():
+            out.append(b.toggle.input)
+            for k in b.knobs:
+                out.append(k.release if isinstance(k, gr.Slider) else (k.submit if isinstance(k, gr.Textbox) else k.input))
+        return out
+
+    def availability_triggers(self) -> list:
+        return self.triggers()
+
+    def availability_outputs(self) -> list:
+        out = []
+        for b in self.blocks.values():
+            out += [b.toggle, b.note]
+        return out
+
+    def steps_outputs(self) -> list:
+        return [b.toggle for b in self.blocks.values()] + [self.blocks["steps"].knobs[0]]
+
+    def steps_updates(self, n: int) -> tuple:
+        """Step reduction alone at n steps (the equal-latency comparison); other toggles off, knobs kept."""
+        return tuple(gr.update(value=(b.name == "steps")) for b in self.blocks.values()) + (gr.update(value=n),)
+
+    # -- configs
+    def _split(self, values) -> dict[str, tuple[bool, list]]:
+        values = list(values)
+        out, i = {}, 0
+        for b in self.blocks.values():
+            n = 1 + len(b.knobs)
+            out[b.name] = (bool(values[i]), values[i + 1:i + n])
+            i += n
+        return out
+
+    @staticmethod
+    def _config(name: str, knobs: list, steps: int):
+        T = list_techniques()
+        if name == "reuse":
+            policy, r, scope, custom = knobs
+            r = int(r)
+            if policy == "custom":
+                text = (custom or "").strip().upper()
+                if not text:
+                    raise ValueError("reuse: type a custom policy, one C (compute) or R (reuse) per step")
+                return T["reuse"](policy=text, scope=scope)
+            if policy == "strided":
+                return T["reuse"](policy=strided_policy(steps, r), scope=scope)
+            return T["reuse"](policy=policy, reuse_steps=r, scope=scope)
+        if name == "tgate":
+            gate, sp, fi = (int(v) for v in knobs)
+            return T["tgate"](gate_step=gate, sp_interval=sp, fi_interval=fi)
+        if name == "atedm":
+            ratio, dsap = knobs
+            return T["atedm"](ratio=float(ratio), dsap=bool(dsap))
+        if name == "fastdiff":
+            preset, stride, parallel, noise = knobs
+            return T["fastdiff"](stride=int(stride) if preset == "stride" else 0, parallel=bool(parallel),
+                                 noise=bool(noise))
+        return StepsConfig(steps=int(knobs[0]))
+
+    def configs(self, values, steps: int) -> tuple:
+        """The techniques switched on, as config dataclasses in panel order (ValueError: a knob is invalid)."""
+        return tuple(self._config(name, knobs, steps) for name, (on, knobs) in self._split(values).items() if on)
+
+    # -- what the engine accepts
+    def availability(self, steps, *values, model: str = "default") -> tuple:
+        """For each block: its toggle (not clickable when the engine refuses it next to the techniques already
+        on) and a note with the engine's reason."""
+        from analysis.live import validate_accel
+
+        try:
+            steps = int(steps)
+        except (TypeError, ValueError):
+            steps = 20
+        split = self._split(values)
+        updates = []
+        for name, (on, knobs) in split.items():
+            others = []
+            for other, (other_on, other_knobs) in split.items():
+                if other != name and other_on:
+                    try:
+                        others.append(self._config(other, other_knobs, steps))
+                    except ValueError:
+                        pass  # that block shows its own reason
+            reason = ""
+            try:
+                validate_accel(tuple(others) + (self._config(name, knobs, steps),), steps, model)
+            except ValueError as err:
+                reason = str(err)
+            if reason and not on:
+                updates += [gr.update(interactive=False), f"unavailable: {reason}"]
+            elif reason:
+                updates += [gr.update(interactive=True), f"⚠ {reason}"]
+            else:
+                updates += [gr.update(interactive=True), ""]
+        return tuple(updates)
+
