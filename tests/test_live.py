@@ -1,0 +1,146 @@
+"""analysis.live: the session cache, stopping a run, the frontier and equal-latency arithmetic (no UI)."""
+from __future__ import annotations
+
+import dataclasses
+import math
+import threading
+
+import numpy as np
+import pytest
+
+from analysis import live
+from analysis.accel import StepsConfig, list_techniques
+from analysis.accel.reuse import strided_policy
+from analysis.run import RunStopped
+
+T = list_techniques()
+PROMPT = "a large red circle on the left"
+
+
+@pytest.fixture()
+def request_(toy_pipe):
+    toy_pipe.diffscope_name = "default"
+    return live.Request(model="default", prompt=PROMPT, steps=4)
+
+
+def test_baseline_is_cached_per_request_and_bounded(toy_pipe, request_):
+    session = live.Session()
+    b, cached = live.get_baseline(toy_pipe, session, request_)
+    assert not cached and len(b.latencies) == live.BASELINE_TIMED_RUNS
+    again, cached = live.get_baseline(toy_pipe, session, request_)
+    assert cached and again is b
+    for seed in range(1, live.MAX_BASELINES + 2):
+        session.keep_baseline(live.Baseline(live.Request("default", PROMPT, seed=seed), b.image, [], [1.0], {}, []))
+    assert len(session.baselines) == live.MAX_BASELINES and session.baseline(request_) is None
+
+
+def test_runs_are_numbered_and_only_the_newest_keep_signals():
+    session = live.Session()
+    for _ in range(live.MAX_RUNS + 3):
+        run = live.LiveRun(0, None, (), "x", np.zeros((1, 2, 2, 3), np.uint8), 1, 1.0, {}, [], math.inf, 1.0, {},
+                           1.0, (1.0, 1.0), None, signals={"big": 1})
+        session.add_run(run)
+    assert len(session.runs) == live.MAX_RUNS and session.runs[-1].id == live.MAX_RUNS + 3
+    assert [r.signals is not None for r in session.runs].count(True) == live.SIGNAL_SLOTS
+
+
+def test_store_drops_least_recent_session_and_stops_its_runs():
+    store = live.SessionStore(max_sessions=2)
+    first = store.get("a")
+    token = first.start()
+    store.get("b"), store.get("c")
+    assert len(store) == 2 and token()
+
+
+def test_accelerated_run_against_the_cached_baseline(toy_pipe, request_):
+    session = live.Session()
+    b, _ = live.get_baseline(toy_pipe, session, request_)
+    run = session.add_run(live.run_accelerated(toy_pipe, b, (T["tgate"](gate_step=2),)))
+    assert run.id == 1 and run.label == "tgate(gate_step=2)" and run.steps_run == 4
+    assert run.speedup == pytest.approx(b.latency_s / run.latency_s)
+    assert run.speedup_band[0] <= run.speedup <= run.speedup_band[1]
+    assert run.counters["tgate"]["cfg_dropped_steps"] == 2
+    # the off setting reproduces the baseline bit for bit
+    off = live.run_accelerated(toy_pipe, b, (T["tgate"].off(4),))
+    assert np.array_equal(off.image, b.image) and math.isinf(off.psnr_db)
+
+
+def test_stop_ends_the_run_at_the_next_step_and_the_next_run_is_the_baseline(toy_pipe, request_):
+    session = live.Session()
+    b, _ = live.get_baseline(toy_pipe, session, request_)
+    token = live.StopToken()
+    calls = []
+
+    def stop():
+        calls.append(1)
+        if len(calls) == 2:  # let one step run, then stop: hooks are attached mid-run
+            token.set("stopped by the test")
+        return token()
+
+    before = {name: type(p) for name, p in toy_pipe.unet.attn_processors.items()}
+    with pytest.raises(RunStopped, match="at step 1$"):
+        live.run_accelerated(toy_pipe, b, (T["atedm"](),), stop=stop)
+    assert {name: type(p) for name, p in toy_pipe.unet.attn_processors.items()} == before
+    again = live.measure_baseline(toy_pipe, request_, timed_runs=1)
+    assert np.array_equal(again.image, b.image)
+
+
+def test_pipeline_lock_serialises_threads(toy_pipe):
+    lock = live.pipeline_lock(toy_pipe)
+    assert live.pipeline_lock(toy_pipe) is lock
+    inside, overlap = [], []
+
+    def work():
+        with live.pipeline_lock(toy_pipe):
+            inside.append(1)
+            overlap.append(len(inside))
+            threading.Event().wait(0.02)
+            inside.pop()
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert overlap == [1, 1, 1, 1]
+
+
+def test_frontier_and_equal_latency(toy_pipe, request_):
+    session = live.Session()
+    b, _ = live.get_baseline(toy_pipe, session, request_)
+    b.frontier = live.compute_frontier(toy_pipe, b)
+    assert [r["steps"] for r in b.frontier] == live.frontier_steps(4) + [4]
+    assert math.isinf(b.frontier[-1]["psnr_db"])
+    # a line through synthetic points: latency = 0.1 + 0.05 * steps
+    b = dataclasses.replace(b, request=dataclasses.replace(request_, steps=20))
+    b.frontier = [{"steps": n, "latency_s": 0.1 + 0.05 * n} for n in (2, 5, 10, 20)]
+    assert live.equal_latency_steps(b, 0.1 + 0.05 * 12) == 12
+    assert live.equal_latency_steps(b, 5.0) == 20  # never more than the request's steps
+    assert live.equal_latency_steps(b, 0.0) == 1
+
+
+def test_validate_accel_gives_the_engine_reasons():
+    live.validate_accel((T["tgate"](gate_step=2),), 4, "default")
+    with pytest.raises(ValueError, match="fastdiff cannot be combined with tgate"):
+        live.validate_accel((T["tgate"](), T["fastdiff"]()), 20, "default")
+    with pytest.raises(ValueError, match="beyond the run"):
+        live.validate_accel((T["fastdiff"](key_steps=(0, 30)),), 20, "default")
+    with pytest.raises(ValueError, match="entries but the run has"):
+        live.validate_accel((T["reuse"](policy="CCR"),), 20, "default")
+
+
+def test_labels_and_skipped_words():
+    assert live.describe(T["atedm"](ratio=0.5, dsap=False)) == "atedm(ratio=0.5, dsap=False)"
+    assert live.run_label((T["tgate"](), StepsConfig(steps=10))) == "tgate + steps(steps=10)"
+    assert live.technique_family((T["tgate"](),)) == "tgate"
+    words = live.skipped_summary({"reuse": {"maps_reused": 3, "maps_computed": 9, "r_steps": 1, "scope": "both",
+                                            "policy": "CCR"}})
+    assert words == ["reuse: 3 of 12 attention maps reused (1 R steps, scope both, policy CCR)"]
+
+
+@pytest.mark.parametrize("steps,r", [(20, 7), (20, 10), (30, 10), (4, 1), (20, 0), (20, 19)])
+def test_strided_policy_spreads_r_steps(steps, r):
+    policy = strided_policy(steps, r)
+    assert len(policy) == steps and policy.count("R") == r and policy[0] == "C"
+    if 2 * r <= steps - 1:
+        assert "RR" not in policy
