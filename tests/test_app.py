@@ -1,8 +1,9 @@
-"""The Gradio app, driven through gradio_client against a launched server (Gradio's own test pattern)."""
+"""The live app, driven through gradio_client against a launched server (Gradio's own test pattern)."""
 from __future__ import annotations
 
 import json
 import os
+import time
 import zipfile
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -14,89 +15,196 @@ from gradio_client.exceptions import AppError  # noqa: E402
 from PIL import Image  # noqa: E402
 
 PROMPT = "a large red circle on the left"
-# prompt, negative, seed, steps, guidance, scheduler, normalisation, overlay, alpha, special, conv log, drift log
-GEN_ARGS = [PROMPT, "", 3, 3, 5.0, "ddim", "per-token", True, 0.55, False, True, False]
+KNOBS = {"reuse": [False, "hurry", 1, "both", ""], "tgate": [False, 2, 5, 1], "atedm": [False, 0.63, True],
+         "fastdiff": [False, "paper", 2, True, True], "steps": [False, 2]}
+
+
+def run_args(prompt=PROMPT, seed="0", steps=4, y="psnr", **on) -> list:
+    """The /run inputs: the request, the quality axis, then each technique's toggle and knobs in panel order;
+    on=dict(tgate={"gate": 3}) switches a technique on (knob overrides by position: index -> value)."""
+    args = [prompt, "", seed, steps, 5.0, "ddim", y]
+    for name, values in KNOBS.items():
+        values = list(values)
+        if name in on:
+            values[0] = True
+            for i, v in (on[name] or {}).items():
+                values[i] = v
+        args += values
+    return args
 
 
 @pytest.fixture(scope="module")
-def client(tmp_path_factory):
+def server(tmp_path_factory):
     os.environ["GRADIO_TEMP_DIR"] = str(tmp_path_factory.mktemp("gradio"))
     import app
     from analysis.models import random_pipeline
 
     pipe = random_pipeline("toy")
+    pipe.set_progress_bar_config(disable=True)
     pipe.diffscope_name = "default"  # the toy architecture and tokenizer: unknown-word warnings and fidelity apply
     demo = app.build_demo(pipe)
     _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True)
-    c = Client(url, verbose=False)
+    yield url, app
+    demo.close()
+
+
+@pytest.fixture()
+def client(server):
+    c = Client(server[0], verbose=False)
     yield c
     c.close()
-    demo.close()
+
+
+def _img(path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB"))
 
 
 def _plot(value) -> dict:
     assert value["type"] == "plotly", value
-    fig = json.loads(value["plot"])
-    assert fig["layout"]["height"] > 0
-    return fig
+    return json.loads(value["plot"])
 
 
 def test_endpoints_are_named(client):
     api = client.view_api(print_info=False, return_format="dict")
-    assert {"/generate", "/compare", "/tokens", "/export", "/render_step"} <= set(api["named_endpoints"])
+    assert {"/run", "/frontier", "/inside", "/equal_latency", "/measure", "/stop", "/export", "/tokens",
+            "/availability", "/load_model"} <= set(api["named_endpoints"])
 
 
-def test_generate_returns_image_and_figures_then_rerenders_from_state(client):
-    image, attn, conv, drift, rank, rank_summary, step, layer, status = client.predict(*GEN_ARGS,
-                                                                                       api_name="/generate")
-    img = np.asarray(Image.open(image))
-    assert img.shape[:2] == (64, 64)
-    attn_fig = _plot(attn)
-    titles = [a["text"] for a in attn_fig["layout"]["annotations"]]
-    assert titles[:4] == ["a", "large", "red", "circle"] and "<pad>" not in titles
-    assert "normalisation" in attn_fig["layout"]["title"]["text"]
-    assert len(_plot(conv)["data"]) > 0
-    assert len(_plot(drift)["data"]) > 0
-    assert len(_plot(rank)["data"]) > 0
-    assert len(_plot(rank_summary)["data"]) > 0
-    # component updates arrive as dicts: the step slider now spans the run, the layer list holds its layers
-    assert step["value"] == 2 and step["maximum"] == 2
-    assert layer["value"] == "mean of all layers" and len(layer["choices"]) > 1
-    assert "instrumented" in status
-    # step slider / layer dropdown re-render from the stored run, without running the model
-    attn0, rank0 = client.predict(0, "mean of all layers", "shared", False, 0.5, True, api_name="/render_step")
-    fig0 = _plot(attn0)
-    assert "step 0" in fig0["layout"]["title"]["text"] and "shared scale" in fig0["layout"]["title"]["text"]
-    assert "<|startoftext|>" in [a["text"] for a in fig0["layout"]["annotations"]]
-    assert "step 0" in _plot(rank0)["layout"]["title"]["text"]
-    # export of the same run: the CLI's files
-    archive = client.predict(api_name="/export")
+def test_generate_then_toggle_then_knob_reuses_the_cached_baseline(client, server):
+    full, acc, diff, numbers, plot, runs, status = client.predict(*run_args(), api_name="/run")
+    assert acc is None and "timed 3x" in status and "full compute" in numbers
+    base = _img(full)
+    full2, acc, diff, numbers, plot, runs, status = client.predict(*run_args(tgate={}), api_name="/run")
+    assert "cached" in status and np.array_equal(_img(full2), base)
+    assert _img(acc).shape == base.shape == _img(diff).shape
+    assert "measured" in numbers and "PSNR" in numbers and "Skipped:** tgate" in numbers
+    fig = _plot(plot)
+    assert {t["name"] for t in fig["data"]} >= {"tgate"}
+    # a knob: the gate step moves, a second point appears, the baseline stays cached
+    _, acc3, _, numbers3, plot3, runs3, status3 = client.predict(*run_args(tgate={1: 3}), api_name="/run")
+    assert "cached" in status3 and "gate at step 3" in numbers3
+    assert [row[1] for row in runs3["data"]][:2] == ["tgate(gate_step=3)", "tgate(gate_step=2)"]
+    tgate_points = [t for t in _plot(plot3)["data"] if t["name"] == "tgate"][0]
+    assert len(tgate_points["x"]) == 2
+    # the chained follow-ups: the step-reduction frontier joins the plot; the probe views fill in
+    frontier = _plot(client.predict("psnr", api_name="/frontier"))
+    names = [t["name"] for t in frontier["data"]]
+    assert "step reduction (this prompt, seed)" in names and "full compute" in names
+    fid = _plot(client.predict("fidelity", api_name="/frontier"))
+    assert "fidelity" in fid["layout"]["yaxis"]["title"]["text"]
+    inside = client.predict("both", 3, "mean of all layers", "per-token", True, 0.55, False, True, False,
+                            api_name="/inside")
+    assert "full compute" in _plot(inside[0])["layout"]["title"]["text"]
+    assert "accelerated" in _plot(inside[1])["layout"]["title"]["text"]
+
+
+def test_equal_latency_and_measure_carefully(client):
+    client.predict(*run_args(tgate={}), api_name="/run")
+    updates = client.predict(api_name="/equal_latency")
+    *toggles, count = updates
+    assert [t["value"] for t in toggles] == [False, False, False, False, True]
+    assert 1 <= count["value"] <= 4
+    numbers, _ = client.predict("psnr", api_name="/measure")
+    assert "careful" in numbers and "interleaved pairs" in numbers
+
+
+def test_availability_shows_the_engine_reason_before_anyone_clicks(client):
+    # T-GATE on: Faster-Diffusion and AT-EDM cannot join it, reuse can only with scope=self
+    values = run_args(tgate={})[7:]
+    out = client.predict(4, *values, api_name="/availability")
+    by_name = dict(zip(KNOBS, zip(out[0::2], out[1::2])))
+    assert by_name["fastdiff"][0]["interactive"] is False and "fastdiff cannot be combined with tgate" in by_name["fastdiff"][1]
+    assert by_name["atedm"][0]["interactive"] is False
+    assert "scope=self" in by_name["reuse"][1]
+    assert by_name["steps"][1] == ""
+    values = run_args(tgate={}, reuse={3: "self"})[7:]
+    values[0] = False  # reuse toggle off, scope self: now reuse is available next to T-GATE
+    out = client.predict(4, *values, api_name="/availability")
+    assert out[1] == ""
+
+
+def test_bad_input_is_refused_with_a_message(client):
+    with pytest.raises(AppError, match="Please enter a prompt"):
+        client.predict(*run_args(prompt="  "), api_name="/run")
+    with pytest.raises(AppError, match="seed must be a whole number"):
+        client.predict(*run_args(seed="1.5"), api_name="/run")
+    with pytest.raises(AppError, match=r"seed must be between 0 and 2\^63-1"):
+        client.predict(*run_args(seed=str(2**63)), api_name="/run")
+    with pytest.raises(AppError, match="Steps must be a whole number"):
+        client.predict(*run_args(steps=2.7), api_name="/run")
+    with pytest.raises(AppError, match="fastdiff cannot be combined with tgate"):
+        client.predict(*run_args(tgate={}, fastdiff={}), api_name="/run")
+    with pytest.raises(AppError, match="custom policy"):
+        client.predict(*run_args(reuse={1: "custom"}), api_name="/run")
+    _, acc, *_ = client.predict(*run_args(seed=str(2**63 - 1), tgate={}), api_name="/run")
+    assert acc is not None
+
+
+def test_export_figure_pack_and_slide(client):
+    client.predict(*run_args(tgate={}), api_name="/run")
+    client.predict("both", 3, "mean of all layers", "per-token", True, 0.55, False, True, False, api_name="/inside")
+    archive, slide = client.predict("psnr", api_name="/export")
     with zipfile.ZipFile(archive) as z:
         names = set(z.namelist())
-        assert {"run.json", "baseline.png", "accelerated.png", "signals.npz"} <= names
-        data = json.loads(z.read("run.json"))
-    assert data["prompt"] == PROMPT and data["steps"] == 3 and data["signals"]["attention_maps"]
+        data = json.loads(z.read("run/run.json"))
+    assert {"run/run.json", "run/baseline.png", "run/accelerated.png", "tradeoff.png", "tradeoff.svg",
+            "slide.png", "convergence.svg", "counters.png"} <= names
+    assert data["prompt"] == PROMPT and "tgate" in data["accel"] and data["speedup"] > 0
+    w, h = Image.open(slide).size
+    assert w / h == pytest.approx(16 / 9, rel=0.01) and w >= 1900
 
 
-def test_bad_input_raises_app_error_with_message(client):
-    with pytest.raises(AppError, match="Please enter a prompt"):
-        client.predict("   ", *GEN_ARGS[1:], api_name="/generate")
-    with pytest.raises(AppError, match="Tick at least one technique"):
-        client.predict(PROMPT, "", 0, 3, 5.0, "ddim", [], 1, api_name="/compare")
-
-
-def test_tokens_warn_about_unknown_words(client):
+def test_tokens_warn_about_unknown_words_and_cut_prompts(client):
     spans, warning = client.predict("a red zebra on the left", api_name="/tokens")
     assert "zebra" in warning
-    labelled = [s for s in spans if s["class_or_confidence"] == "unknown word"] if isinstance(spans[0], dict) else \
-        [s for s in spans if s[1] == "unknown word"]
-    assert labelled
     _, clean = client.predict(PROMPT, api_name="/tokens")
     assert clean == ""
+    _, long_warning = client.predict(" ".join(["red"] * 100), api_name="/tokens")
+    assert "cut off" in long_warning
 
 
-def test_compare_times_baseline_and_technique(client):
-    pair, metrics, counters = client.predict(PROMPT, "", 0, 3, 5.0, "ddim", ["tgate"], 1, api_name="/compare")
-    assert len(pair) == 2 and all(Image.open(p).size == (64, 64) for p in pair)
-    assert "Speed-up" in metrics and "PSNR" in metrics and "`tgate`" in metrics
-    _plot(counters)
+def _solo(url, args) -> tuple[np.ndarray, np.ndarray]:
+    c = Client(url, verbose=False)
+    try:
+        full, acc, *_ = c.predict(*args, api_name="/run")
+        return _img(full), _img(acc)
+    finally:
+        c.close()
+
+
+def test_stop_and_cancel_mid_run_leave_the_pipeline_clean(server):
+    url, app = server
+    follow = run_args(prompt="a small blue square at the top", seed="5", atedm={})
+    expected = _solo(url, follow)
+    for attempt in range(3):
+        c = Client(url, verbose=False)
+        try:
+            job = c.submit(*run_args(prompt="a large green triangle", seed=str(100 + attempt), steps=60, atedm={}),
+                           api_name="/run")
+            deadline = time.time() + 60
+            while job.status().code.name not in ("PROCESSING", "FINISHED") and time.time() < deadline:
+                time.sleep(0.05)
+            time.sleep(0.2)
+            job.cancel()
+            c.predict(api_name="/stop")  # the cancelled job's thread sees it at its next denoising step
+            assert np.array_equal(np.stack(_solo(url, follow)), np.stack(expected))
+            assert app.STORE.get(c.session_hash).runs == []  # the stopped run never finished
+        finally:
+            c.close()
+
+
+def test_two_sessions_at_once_get_their_own_results(server):
+    url, _ = server
+    requests = [run_args(prompt="a large red circle on the left", seed="1", tgate={}),
+                run_args(prompt="a small yellow square on the right", seed="2", atedm={})]
+    expected = [_solo(url, r) for r in requests]
+    clients = [Client(url, verbose=False) for _ in requests]
+    try:
+        jobs = [c.submit(*r, api_name="/run") for c, r in zip(clients, requests)]
+        for job, (full, acc) in zip(jobs, expected):
+            out = job.result(timeout=120)
+            assert np.array_equal(_img(out[0]), full) and np.array_equal(_img(out[1]), acc)
+            assert len(out[5]["data"]) == 1  # each session sees only its own run
+    finally:
+        for c in clients:
+            c.close()

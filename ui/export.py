@@ -63,7 +63,7 @@ def figure_pack(out: Path, model: str, baseline: live.Baseline, run: live.LiveRu
                           baseline.image, result.image, slide_numbers(baseline, run), rows, baseline.frontier,
                           shipped, baseline.latency_s, y=y, footer="DiffScope")
     slide_path = out / "diffscope-slide.png"
-    X.save(slide, slide_path, dpi=150)
+    slide.savefig(slide_path, dpi=150)  # the full 16:9 canvas: no tight bounding box
     shutil.copy(slide_path, pack / "slide.png")
     figures = {"tradeoff": tradeoff_figure(rows, baseline.frontier, shipped, baseline.latency_s, y=y)}
     signals = result.signals or {}

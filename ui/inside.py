@@ -19,6 +19,7 @@ class InsideTabs:
     def __init__(self, slot, probes: tuple, session_of):
         self.slot, self.probes, self.session_of = slot, probes, session_of
         self.plots: dict[tuple[str, str], gr.Plot] = {}
+        self.columns: dict[str, list[gr.Column]] = {}
         with gr.Tabs():
             with gr.Tab("Inside the run"):
                 with gr.Row():
@@ -48,6 +49,8 @@ class InsideTabs:
         self.inputs = list(self.view_inputs)
         self.outputs = [self.plots[k] for k in sorted(self.plots)] + [self.counters, self.step, self.layer]
         self.render_outputs = [self.plots[k] for k in sorted(self.plots)] + [self.counters]
+        column_outputs = [c for side in sorted(self.columns) for c in self.columns[side]]
+        self.view.input(self.show, self.view, column_outputs, queue=False, api_visibility="private")
         for control in (self.view, self.layer, self.norm, self.overlay, self.special, self.conv_log, self.drift_log):
             control.input(self.render, self.view_inputs, self.render_outputs, api_visibility="private",
                           show_progress="hidden")
@@ -57,8 +60,15 @@ class InsideTabs:
 
     def _pair(self, kind: str, label: str) -> None:
         with gr.Row():
-            self.plots[(kind, "0-full")] = gr.Plot(label=f"{label} · full compute")
-            self.plots[(kind, "1-accel")] = gr.Plot(label=f"{label} · accelerated")
+            for side, who in (("0-full", "full compute"), ("1-accel", "accelerated")):
+                with gr.Column() as column:
+                    self.plots[(kind, side)] = gr.Plot(label=f"{label} · {who}")
+                self.columns.setdefault(side, []).append(column)
+
+    def show(self, view):
+        """Column visibility for the view: full compute, accelerated, or both side by side."""
+        visible = {"0-full": view in ("full compute", "both"), "1-accel": view in ("accelerated", "both")}
+        return tuple(gr.update(visible=visible[side]) for side in sorted(self.columns) for _ in self.columns[side])
 
     # -- data
     def _current(self, request):
@@ -69,7 +79,7 @@ class InsideTabs:
         baseline = session.baseline(current[0])
         return session, baseline, session.run(current[1]) if current[1] else None
 
-    def refresh(self, view, *rest, request: gr.Request = None):
+    def refresh(self, request: gr.Request, view, step, layer, norm, overlay, alpha, special, conv_log, drift_log):
         """Probe runs the current view needs (cached), then every figure; superseded runs leave them as they are."""
         session, baseline, run = self._current(request)
         if baseline is None:
@@ -85,11 +95,12 @@ class InsideTabs:
         finally:
             session.finish(token)
         last = max(0, (run.steps_run if run is not None else baseline.request.steps) - 1)
-        step = last if rest[0] is None or int(rest[0]) > last else int(rest[0])
+        step = last if step is None or int(step) > last else int(step)
         maps = ((baseline.signals or {}).get("attention_maps") or {})
         layers = [P.MEAN_LAYER] + list(maps.get("cross") or {})
-        layer = rest[1] if rest[1] in layers else P.MEAN_LAYER
-        figs = self._figures(session, baseline, run, view, step, layer, *rest[2:])
+        layer = layer if layer in layers else P.MEAN_LAYER
+        figs = self._figures(session, baseline, run, view, step, layer, norm, overlay, alpha, special, conv_log,
+                             drift_log)
         return figs + (gr.update(minimum=0, maximum=max(last, 1), value=step), gr.update(choices=layers, value=layer))
 
     def render(self, view, step, layer, norm, overlay, alpha, special, conv_log, drift_log, request: gr.Request = None):
@@ -110,13 +121,10 @@ class InsideTabs:
         out = []
         for kind, side in sorted(self.plots):
             signals, image, timesteps, who = sources[side]
-            if not shown[side]:
-                out.append(gr.update(visible=False))
-                continue
-            if signals is None:
-                msg = "Switch a technique on to see the accelerated run." if side == "1-accel" and run is None \
-                    else "Probes are running…"
-                out.append(gr.update(visible=True, value=P.empty_figure(msg)))
+            if signals is None or not shown[side]:
+                msg = ("Switch a technique on to see the accelerated run." if side == "1-accel" and run is None
+                       else "Choose this run under Show to capture it." if not shown[side] else "Probes are running…")
+                out.append(P.empty_figure(msg))
                 continue
             s = int(step) if step is not None else 0
             if kind == "attn":
@@ -131,6 +139,6 @@ class InsideTabs:
             else:
                 fig = P.token_rank_figure(signals.get("token_rank"), step=s, timesteps=timesteps)
             fig.update_layout(title_text=f"{who} · {fig.layout.title.text or ''}")
-            out.append(gr.update(visible=True, value=fig))
+            out.append(fig)
         out.append(P.counters_figure(run.counters if run is not None else {}))
         return tuple(out)
