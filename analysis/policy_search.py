@@ -35,6 +35,7 @@ from analysis.accel.reuse import (
     longest_run,
     policy_path,
 )
+from analysis.catalog import SCHEDULERS
 
 PSNR_CAP_DB = 100.0  # identical images count as 100 dB in a mean (PSNR is +inf for them)
 
@@ -218,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-run", type=int, default=2, help="longest run of R steps allowed (0 = no limit)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--guidance", type=float, default=5.0)
-    p.add_argument("--scheduler", default="ddim", choices=("ddim", "dpm", "euler"))
+    p.add_argument("--scheduler", default="ddim", choices=SCHEDULERS)
     p.add_argument("--size", type=int, default=None)
     p.add_argument("--out", default=None, help="policy file (default: assets/policies/<model>-<steps>.json)")
     p.add_argument("--no-progress", action="store_true")
