@@ -36,6 +36,7 @@ from analysis.accel.reuse import (
     policy_path,
 )
 from analysis.catalog import SCHEDULERS
+from analysis.jsonsafe import dumps
 
 PSNR_CAP_DB = 100.0  # identical images count as 100 dB in a mean (PSNR is +inf for them)
 
@@ -196,7 +197,7 @@ def write_policy(path: Path, result: SearchResult, model: str, scheduler: str, g
     data["policies"].sort(key=lambda e: (e["reuse_steps"], e["scope"]))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.write_text(dumps(data, indent=2) + "\n")
     tmp.replace(path)
 
 
@@ -257,7 +258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"{_fmt(result.held_out_hurry_psnr_db)}", file=sys.stderr)
     print(f"PHAST {result.policy}: calibration {result.phast_psnr_db:.2f} dB, held-out "
           f"{_fmt(result.held_out_phast_psnr_db)}", file=sys.stderr)
-    print(json.dumps(summary))
+    print(dumps(summary))
     return 0
 
 

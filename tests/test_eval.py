@@ -337,3 +337,18 @@ def test_convergence_probe_records_zero_for_cached_outputs(sd15_pipe):
     assert np.all(out[:, 2] == 0)  # step 3: the same cached tensor as step 2
     assert np.all(np.isfinite(out[:, :2])) and np.all(out[:, 1] > 0)  # step 2: cache vs the gate step's cond rows
     assert np.all(np.isnan(probs[:, 1:])) and np.all(np.isfinite(probs[:, 0]))  # no maps for cached calls
+
+
+def test_bench_capture_runs_through_the_cli_without_benchmarks(capsys):
+    from pathlib import Path
+
+    from analysis.__main__ import main
+
+    root = Path(__file__).resolve().parents[1] / "analysis"
+    offenders = [str(p) for p in root.rglob("*.py") if "from benchmarks" in p.read_text() or "import benchmarks" in p.read_text()]
+    assert offenders == []  # the package never imports the scripts folder
+    assert main(["bench", "--capture", "--models", "tiny", "--steps", "1", "--repeats", "1"]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["benchmark"] == "capture" and report["models"]["tiny"]["image_identical"] is True
+    assert main(["bench", "--capture", "--models", "nope/x/y"]) == 2
+    assert capsys.readouterr().err.startswith("error: model 'nope/x/y' is neither")

@@ -36,6 +36,22 @@ from analysis.eval.quality import scorers_for
 from analysis.jsonsafe import dumps
 
 
+def cost_model_description() -> dict[str, str]:
+    """The JSON's `cost_model`: the conversion (analysis/eval/cost.py) and, per technique, its registered cost
+    function's own docstring (one text per rule, kept beside the code that applies it)."""
+    from analysis.accel import COSTS, list_techniques
+
+    list_techniques()  # registers every technique and its cost function
+    return {
+        "units": "saved work in baseline UNet calls u (timed in `breakdown`), converted to pipeline time with "
+                 "the UNet's share of the pipeline: saved_fraction = saved_units * shares.unet / unet_calls",
+        "ideal_speedup": "1 / (1 - saved_fraction)",
+        "efficiency": "measured_speedup / ideal_speedup",
+        "expected_speedup": "ideal minus the overheads this implementation knowingly pays (see each technique)",
+        **{name: " ".join((fn.__doc__ or "").split()) for name, fn in COSTS.items()},
+    }
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m analysis bench", description=__doc__.split("\n\n")[0],
                                 epilog="python -m analysis bench --capture --help: the probes' overhead instead")
@@ -145,21 +161,7 @@ def _run(args, specs, prompts_n, prompt, config, threads, reason, wall) -> int:
         result["baseline"] = sp["baseline"]
         result["noise_floor"] = sp["noise_floor"]
         result["techniques"] = sp["techniques"]
-        result["cost_model"] = {
-            "units": "saved work in baseline UNet calls u (timed in `breakdown`), converted to pipeline time with "
-                     "the UNet's share of the pipeline: saved_fraction = saved_units * shares.unet / unet_calls",
-            "ideal_speedup": "1 / (1 - saved_fraction)",
-            "efficiency": "measured_speedup / ideal_speedup",
-            "expected_speedup": "ideal minus the overheads this implementation pays: explicit (non-SDPA) attention "
-                                "on map-caching and reused calls (reuse) and on attn1 of pruning calls (atedm)",
-            "reuse": "maps_reused x mean map time (Q/K proj + QK^T + softmax) of an in-scope module",
-            "tgate": "(rows dropped / rows) x UNet per step + reused cross-/self-attention calls x module time at "
-                     "their step's rows",
-            "fastdiff": "encoder_passes_skipped x encoder (conv_in + down + mid); parallel decoding counts nothing",
-            "atedm": "sum over transformers of pruned token fraction x post-pruning work (attn2 + FF + norms; later "
-                     "blocks) x steps; overheads (G-WPR, gather, copy-back) not subtracted",
-            "steps": "(N - n) / N x (UNet + scheduler share)",
-        }
+        result["cost_model"] = cost_model_description()
         if prompts_n > 0:
             log(f"quality: {prompts_n} prompts")
             prompts = shapes_prompts(prompts_n, seed=args.seed)
