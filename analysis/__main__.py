@@ -1,6 +1,6 @@
 """DiffScope command line: python -m analysis {generate,train-default,...}.
 
-`generate` follows the contract in DESIGN.md ("Contracts other tools rely on"): one request, run.json +
+`generate` follows the contract in docs/cli.md (other tools rely on it): one request, run.json +
 baseline.png + accelerated.png (+ signals.npz with --capture) in --out DIR. Any error is one line on
 stderr starting with "error: ", exit code 2, and DIR is left as it was: everything is written to a
 temporary folder beside DIR and renamed into place at the end.
@@ -14,6 +14,8 @@ import sys
 import tempfile
 import warnings
 from pathlib import Path
+
+from analysis.catalog import SCHEDULERS
 
 
 class UsageError(Exception):
@@ -56,7 +58,7 @@ def _add_generate(sub):
     p.add_argument("--seed", type=int, default=0, metavar="N")
     p.add_argument("--steps", type=int, default=None, metavar="N", help="denoising steps (default: RunConfig's, 30)")
     p.add_argument("--guidance", type=float, default=5.0, metavar="F")
-    p.add_argument("--scheduler", choices=("ddim", "dpm", "euler"), default="ddim")
+    p.add_argument("--scheduler", choices=SCHEDULERS, default="ddim")
     p.add_argument("--size", type=int, default=None, metavar="PX", help="image side in pixels (default: native)")
     p.add_argument("--model", default="default", metavar="default|HUB_ID|DIR")
     p.add_argument("--accel", action="append", default=[], metavar="NAME:key=value,...",
@@ -213,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
 # Subcommands with their own parser and error handling: name -> "module:function(argv) -> exit code".
 PASSTHROUGH = {
     "search-policy": "analysis.policy_search:main",
-    "bench": "analysis.bench:main",
+    "bench": "analysis.eval.bench_cli:main",  # handles --capture itself (analysis/eval/capture.py)
     "sweep": "analysis.eval.sweep:main",
     "sensitivity": "analysis.eval.sensitivity:main",
 }
@@ -223,10 +225,6 @@ def _passthrough(argv: list[str]):
     """Run argv if it names a PASSTHROUGH subcommand; None otherwise."""
     import importlib
 
-    if argv[:1] == ["bench"] and "--capture" in argv:
-        from benchmarks.bench_capture import main as bench_capture
-
-        return bench_capture([a for a in argv[1:] if a != "--capture"])
     target = PASSTHROUGH.get(argv[0]) if argv else None
     if target is None:
         return None

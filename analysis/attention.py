@@ -106,26 +106,47 @@ def attention_probs(attn: Attention, hidden_states, encoder_hidden_states=None, 
     return attn.get_attention_scores(query, key, attention_mask)
 
 
+ATTENTION_PARTS = ("prologue", "v_proj", "qk_proj", "scores_softmax", "probs_v", "out_proj", "epilogue")
+
+
 def attention_with_probs(
-    attn: Attention, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, probs=None
+    attn: Attention, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, probs=None,
+    mark=None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention with explicit probabilities (diffusers' classic AttnProcessor). With `probs` given, Q, K and
-    the softmax are skipped and the given map weights the current values. Returns (output, probs)."""
+    the softmax are skipped and the given map weights the current values. Returns (output, probs).
+
+    `mark(part)`, when given, is called as each part of ATTENTION_PARTS ends (in that order; "qk_proj" and
+    "scores_softmax" are skipped with `probs` given): the profiler (analysis/eval/timing.py) times this very
+    path with it, so the timed attention and the one techniques run are the same code."""
     residual, input_shape, hidden_states, context, attention_mask = _project(
         attn, hidden_states, encoder_hidden_states, attention_mask, temb
     )
+    mark = mark or _no_mark
+    mark("prologue")
     value = attn.head_to_batch_dim(attn.to_v(context))
+    mark("v_proj")
     if probs is None:
         query = attn.head_to_batch_dim(attn.to_q(hidden_states))
         key = attn.head_to_batch_dim(attn.to_k(context))
+        mark("qk_proj")
         probs = attn.get_attention_scores(query, key, attention_mask)
+        mark("scores_softmax")
     out = attn.batch_to_head_dim(torch.bmm(probs.to(value.dtype), value))
+    mark("probs_v")
     out = attn.to_out[1](attn.to_out[0](out))
+    mark("out_proj")
     if len(input_shape) == 4:
         out = out.transpose(-1, -2).reshape(input_shape)
     if attn.residual_connection:
         out = out + residual
-    return out / attn.rescale_output_factor, probs
+    out = out / attn.rescale_output_factor
+    mark("epilogue")
+    return out, probs
+
+
+def _no_mark(part: str) -> None:
+    pass
 
 
 class DispatchProcessor:

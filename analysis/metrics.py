@@ -1,5 +1,7 @@
-"""Quality of an image against the same-seed full-compute image: PSNR, SSIM (no weights needed), and
-prompt fidelity on the default shapes-world model."""
+"""Closeness of an image to the same-seed full-compute image: PSNR and SSIM (no weights needed).
+
+Learned and model-specific measures (LPIPS, CLIP score, shapes-world prompt fidelity) are scorers in
+analysis/eval/quality.py. JSON output of these numbers goes through analysis/jsonsafe.py (PSNR +inf -> "inf")."""
 from __future__ import annotations
 
 import math
@@ -22,11 +24,3 @@ def ssim(reference: np.ndarray, image: np.ndarray) -> float:
     win = min(7, ref.shape[1] - (1 - ref.shape[1] % 2), ref.shape[2] - (1 - ref.shape[2] % 2))
     return float(np.mean([structural_similarity(a, b, channel_axis=-1, data_range=255, win_size=win) for a, b in zip(ref, img)]))
 
-
-def json_number(x: float | None) -> float | str | None:
-    """JSON has no infinity: identical images report PSNR as the string "inf" (and -inf as "-inf")."""
-    if x is None:
-        return None
-    if math.isinf(x):
-        return "inf" if x > 0 else "-inf"
-    return float(x)

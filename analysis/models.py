@@ -2,7 +2,8 @@
 and benchmarks (compute does not depend on the weights).
 
 "default" is the embedded shapes-world model in assets/shapes-v1 (trained by `python -m analysis
-train-default`); where it is missing, a random-weight pipeline of the same architecture stands in.
+train-default`); where it is missing, a random-weight pipeline of the same architecture stands in. The
+accepted names (model aliases, scheduler names) are listed once, in analysis/catalog.py.
 """
 from __future__ import annotations
 
@@ -23,9 +24,10 @@ from diffusers import (
 )
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
+from analysis.catalog import DEFAULT_MODEL, RANDOM_MODELS, SCHEDULERS, is_hub_id
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL_DIR = REPO_ROOT / "assets" / "shapes-v1"
-SCHEDULERS = ("ddim", "dpm", "euler")
 
 
 class ModelLoadError(ValueError):
@@ -52,12 +54,25 @@ def set_scheduler(pipe, name: str) -> None:
         raise ValueError(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}")
 
 
+_SCHEDULER_CLASSES = {"ddim": DDIMScheduler, "dpm": DPMSolverMultistepScheduler, "euler": EulerDiscreteScheduler}
+
+
+def scheduler_name(scheduler) -> str | None:
+    """Our name (SCHEDULERS) of a scheduler instance, or None for another scheduler class."""
+    for name, cls in _SCHEDULER_CLASSES.items():
+        if type(scheduler) is cls:
+            return name
+    return None
+
+
 def load_pipeline(name: str = "default", scheduler: str = "ddim", device: str | None = None):
     """A text-to-image pipeline ready to run, progress bar on (the app mirrors it)."""
     if scheduler not in SCHEDULERS:
         raise ValueError(f"unknown scheduler {scheduler!r}; choose one of {', '.join(SCHEDULERS)}")
     dev, dtype = pick_device(device)
-    if name == "default":
+    if name in RANDOM_MODELS:
+        pipe = random_pipeline(**RANDOM_MODELS[name]).to(dtype=dtype)
+    elif name == DEFAULT_MODEL:
         if (DEFAULT_MODEL_DIR / "model_index.json").exists():
             pipe = StableDiffusionPipeline.from_pretrained(DEFAULT_MODEL_DIR, dtype=dtype)
         else:
@@ -68,8 +83,9 @@ def load_pipeline(name: str = "default", scheduler: str = "ddim", device: str | 
         except Exception as err:  # a folder that is not a diffusers pipeline
             raise ModelLoadError(f"{name} is not a diffusers pipeline folder: {str(err).splitlines()[0]}") from err
     else:
-        if "/" not in name or name.count("/") > 1:
-            raise ModelLoadError(f"model {name!r} is neither 'default', a local folder, nor a Hub id like 'owner/name'")
+        if not is_hub_id(name):
+            raise ModelLoadError(f"model {name!r} is neither {', '.join(repr(a) for a in (DEFAULT_MODEL, *RANDOM_MODELS))}, a local folder, "
+                                 "nor a Hub id like 'owner/name'")
         variant = "fp16" if dtype == torch.float16 else None
         try:
             pipe = DiffusionPipeline.from_pretrained(name, dtype=dtype, variant=variant, use_safetensors=True)

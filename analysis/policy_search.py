@@ -35,6 +35,8 @@ from analysis.accel.reuse import (
     longest_run,
     policy_path,
 )
+from analysis.catalog import SCHEDULERS
+from analysis.jsonsafe import dumps
 
 PSNR_CAP_DB = 100.0  # identical images count as 100 dB in a mean (PSNR is +inf for them)
 
@@ -195,7 +197,7 @@ def write_policy(path: Path, result: SearchResult, model: str, scheduler: str, g
     data["policies"].sort(key=lambda e: (e["reuse_steps"], e["scope"]))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.write_text(dumps(data, indent=2) + "\n")
     tmp.replace(path)
 
 
@@ -218,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-run", type=int, default=2, help="longest run of R steps allowed (0 = no limit)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--guidance", type=float, default=5.0)
-    p.add_argument("--scheduler", default="ddim", choices=("ddim", "dpm", "euler"))
+    p.add_argument("--scheduler", default="ddim", choices=SCHEDULERS)
     p.add_argument("--size", type=int, default=None)
     p.add_argument("--out", default=None, help="policy file (default: assets/policies/<model>-<steps>.json)")
     p.add_argument("--no-progress", action="store_true")
@@ -256,7 +258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"{_fmt(result.held_out_hurry_psnr_db)}", file=sys.stderr)
     print(f"PHAST {result.policy}: calibration {result.phast_psnr_db:.2f} dB, held-out "
           f"{_fmt(result.held_out_phast_psnr_db)}", file=sys.stderr)
-    print(json.dumps(summary))
+    print(dumps(summary))
     return 0
 
 

@@ -7,8 +7,8 @@ inlined as lists; every larger array (attention maps, token-rank maps, PCA image
 several prompts) and, when there are arrays, signals.npz. `load_signals(out_dir)` rebuilds the
 schema-shaped signals dict (docs/signals.md) from those files, so `viz` can redraw a saved run.
 
-JSON has no infinity or NaN: PSNR of identical images is the string "inf" (`metrics.json_number`), any
-other non-finite number (e.g. a step a technique skipped) is null.
+JSON numbers follow the project's one convention (analysis/jsonsafe.py): +-infinity is the string "inf" /
+"-inf" (PSNR of identical images), NaN (not measured, e.g. a step a technique skipped) is null.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from analysis.metrics import json_number
+from analysis.jsonsafe import json_number, jsonable, read_number  # noqa: F401 (jsonable: public)
 
 RUN_FORMAT = "diffscope.run/1"
 RUN_JSON = "run.json"
@@ -32,37 +32,6 @@ ACCELERATED_PNG = "accelerated.png"
 INLINE_MAX_ELEMENTS = 20_000
 # Signal groups whose arrays always go to the npz, however small (maps, not curves).
 _ALWAYS_NPZ = ("attention_maps", "token_rank/scores", "feature_drift/pca")
-
-
-# --- JSON sanitising ------------------------------------------------------------------------------------
-
-def _number(x: Any) -> Any:
-    if isinstance(x, (bool, np.bool_)):
-        return bool(x)
-    if isinstance(x, (int, np.integer)):
-        return int(x)
-    x = float(x)
-    return x if math.isfinite(x) else None
-
-
-def jsonable(obj: Any) -> Any:
-    """Plain JSON types only: numpy scalars/arrays -> numbers/lists, non-finite floats -> null,
-    tuples -> lists, dict keys -> str."""
-    if obj is None or isinstance(obj, str):
-        return obj
-    if isinstance(obj, (bool, np.bool_, int, np.integer, float, np.floating)):
-        return _number(obj)
-    if isinstance(obj, dict):
-        return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        if obj.dtype.kind in "fc":
-            return _number(obj.item()) if obj.ndim == 0 else [jsonable(v) for v in obj]
-        return obj.tolist()
-    if hasattr(obj, "tolist"):
-        return jsonable(obj.tolist())
-    return str(obj)
 
 
 # --- signals: summary for run.json + arrays for the npz -------------------------------------------------
@@ -142,7 +111,7 @@ def split_signals(signals: dict) -> tuple[dict, dict[str, np.ndarray]]:
 # --- run.json ------------------------------------------------------------------------------------------
 
 def run_json(result) -> dict:
-    """The run.json dict of a RunResult (DESIGN.md "Contracts"): request, resolved technique configs,
+    """The run.json dict of a RunResult (the contract in docs/cli.md): request, resolved technique configs,
     honest latencies, quality, counters, and (when probes ran) a summary of the signals."""
     cfg = dict(result.config)
     summary, _ = split_signals(result.signals or {})
@@ -243,6 +212,6 @@ def load_run(out_dir: str | Path) -> tuple[dict, dict]:
     signals = _restore({k: v for k, v in summary.items() if k != "arrays_file"}, npz)
     for group, key in _CURVES:
         if group in signals and key in signals[group]:
-            signals[group][key] = np.array([[np.nan if v is None else v for v in row] for row in signals[group][key]],
+            signals[group][key] = np.array([[read_number(v) for v in row] for row in signals[group][key]],
                                            dtype=np.float32).reshape(len(signals[group][key]), -1)
     return data, signals

@@ -286,12 +286,12 @@ def generate(pipe, config: RunConfig, measure_latency: bool = True) -> RunResult
 
     baseline_latency = statistics.median(base_lat) if base_lat else None
     latency = statistics.median(acc_lat) if accelerated and acc_lat else baseline_latency
-    fidelity = None
-    if model == "default":
-        from analysis.toy.fidelity import attribute_accuracy
+    fidelity = None  # the model's prompt-fidelity scorer, if the quality registry has one for it
+    from analysis.eval.quality import scorers_for
 
-        fidelity = attribute_accuracy(list(image), list(config.prompts))
-        fidelity["baseline"] = attribute_accuracy(list(baseline_image), list(config.prompts))["overall"]
+    for scorer in scorers_for(model):
+        if scorer.name == "fidelity":
+            fidelity = scorer.score(image, list(config.prompts), baseline_image)
     return RunResult(
         config=config_dict(config, model),
         model=model,

@@ -1,7 +1,8 @@
 """G-WPR token importance (AT-EDM, CVPR 2024), shared by the `token_rank` probe and the AT-EDM pruning.
 
-The AT-EDM paper's exact G-WPR formula is not public (no code was released; see
-/work/shared/research/techniques.md §3). This module implements the Weighted-PageRank reading of it, the
+The AT-EDM paper's exact G-WPR formula is not public (no code was released), so this is a documented
+reading of the paper (README, "Techniques"); `damping`, `iterations` and `head_reduce` are the alternatives,
+as parameters. This module implements the Weighted-PageRank reading of it, the
 WPR of the same first author's Zero-TPrune generalised with damping:
 
 - each head's self-attention map A (rows = queries, columns = keys, row-stochastic: every query's

@@ -11,7 +11,6 @@ on small models even though it really removes the tokens. Prints one JSON object
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 
@@ -19,6 +18,7 @@ import torch
 
 from analysis.accel import prune
 from analysis.attention import attention_with_probs
+from analysis.jsonsafe import dumps
 from analysis.models import load_pipeline
 from analysis.token_rank import gwpr
 
@@ -106,7 +106,7 @@ def main(argv=None) -> int:
                   f"{b['overhead_us']:.0f} us (explicit attn1 +{b['attn1_explicit_us'] - b['attn1_sdpa_us']:.0f}, "
                   f"G-WPR {b['gwpr_us']:.0f}, plan {b['plan_us']:.0f}, gather {b['gather_restore_us']:.0f}), "
                   f"net {b['net_us']:+.0f} us", flush=True)
-    print(json.dumps(report))
+    print(dumps(report))
     return 0
 
 

@@ -18,7 +18,6 @@ Prints one JSON object on its last line; exit code 1 if any setting falls below 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -50,6 +49,7 @@ def main(argv=None) -> int:
     import tgate  # the reference package; only in the scratch venv
 
     from analysis import metrics
+    from analysis.jsonsafe import dumps, json_number
     from analysis.accel.tgate import TGateConfig
     from analysis.models import load_pipeline, random_pipeline, set_scheduler
     from analysis.run import RunConfig, run_once
@@ -92,18 +92,18 @@ def main(argv=None) -> int:
         agree = metrics.psnr(ref, ours)
         rows.append({
             "scheduler": scheduler, "gate_step": gate_step, "sp_interval": sp, "fi_interval": fi, "warm_up": warm,
-            "psnr_ours_vs_reference_db": metrics.json_number(agree),
+            "psnr_ours_vs_reference_db": json_number(agree),
             "max_abs_diff_uint8": int(np.abs(ref.astype(int) - ours.astype(int)).max()),
-            "psnr_baseline_vs_reference_db": metrics.json_number(metrics.psnr(baseline, ref)),
+            "psnr_baseline_vs_reference_db": json_number(metrics.psnr(baseline, ref)),
             "counters": counters.get("tgate", {}),
             "seconds": round(time.time() - t0, 1),
         })
-        print(json.dumps(rows[-1]), file=sys.stderr)
+        print(dumps(rows[-1]), file=sys.stderr)
     worst = min(math.inf if r["psnr_ours_vs_reference_db"] == "inf" else r["psnr_ours_vs_reference_db"] for r in rows)
     summary = {"model": args.model, "steps": args.steps, "guidance": args.guidance, "seed": args.seed,
-               "threshold_db": THRESHOLD_DB, "min_psnr_db": metrics.json_number(worst),
+               "threshold_db": THRESHOLD_DB, "min_psnr_db": json_number(worst),
                "passed": worst >= THRESHOLD_DB, "settings": rows}
-    print(json.dumps(summary))
+    print(dumps(summary))
     return 0 if summary["passed"] else 1
 
 

@@ -6,13 +6,13 @@ Prints one JSON object on its last line.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 
 import numpy as np
 import torch
 
+from analysis.jsonsafe import dumps
 from analysis.models import load_pipeline
 from analysis.toy import scenes
 from analysis.toy.fidelity import attribute_accuracy
@@ -65,7 +65,7 @@ def main(argv=None) -> int:
         report[split]["scorer_on_renders"] = round(attribute_accuracy(list(renders), prompts)["overall"], 4)
         all_images += list(images[:12])
         all_prompts += prompts[:12]
-        print(split, json.dumps(report[split]), flush=True)
+        print(split, dumps(report[split]), flush=True)
 
     times = latency(pipe, args.steps, args.guidance, args.repeats)
     report["latency_s"] = {"median": round(statistics.median(times), 4), "min": round(min(times), 4),
@@ -77,7 +77,7 @@ def main(argv=None) -> int:
                                 title=f"{args.model}: {args.steps} DDIM steps, guidance {args.guidance} (top: seen, bottom: held-out pairs)")
         fig.savefig(args.grid, dpi=130)
         report["grid"] = args.grid
-    print(json.dumps(report))
+    print(dumps(report))
     return 0
 
 

@@ -13,7 +13,6 @@ Prints one JSON object on its last line.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 
 import numpy as np
@@ -21,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from skimage import color
 
+from analysis.jsonsafe import dumps
 from analysis.models import load_pipeline
 from analysis.probes import default_probes
 from analysis.run import RunConfig, generate
@@ -96,7 +96,7 @@ def main(argv=None) -> int:
         "cross_attn_late_over_early_median": statistics.median(convergence),
         "encoder_over_decoder_drift_median": statistics.median(drift),
     }
-    print(json.dumps(report))
+    print(dumps(report))
     return 0
 
 

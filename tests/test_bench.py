@@ -1,4 +1,4 @@
-"""analysis.bench: the JSON's shape and the breakdown's bookkeeping (no timing assertions: this machine is shared)."""
+"""analysis.eval (the bench): the JSON's shape and the breakdown's bookkeeping (no timing assertions: this machine is shared)."""
 from __future__ import annotations
 
 import json
@@ -19,7 +19,7 @@ def bench_json():
     import contextlib
     import io
 
-    from analysis.bench import main
+    from analysis.eval.bench_cli import main
 
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
@@ -72,7 +72,7 @@ def test_every_technique_has_measured_and_ideal_speedups(bench_json):
 
 
 def test_paired_speedup_is_per_round():
-    from analysis.bench import paired_speedup
+    from analysis.eval.jobs import paired_speedup
 
     out = paired_speedup([2.0, 4.0, 3.0], [1.0, 4.0, 2.0])
     assert out["paired_speedups"] == [2.0, 1.0, 1.5] and out["paired_speedup"] == 1.5
@@ -91,7 +91,7 @@ def test_quality_section(bench_json):
 
 
 def test_breakdown_removes_its_hooks(sd15_pipe):
-    from analysis.bench import breakdown
+    from analysis.eval.profile import breakdown
     from analysis.run import RunConfig
 
     unet = sd15_pipe.unet
@@ -125,7 +125,7 @@ def test_cost_model_counts():
     from analysis.accel.fastdiff import FastDiffConfig
     from analysis.accel.reuse import ReuseConfig
     from analysis.accel.tgate import TGateConfig
-    from analysis.bench import cost_model
+    from analysis.eval.cost import cost_model
 
     b = _fake_breakdown()
     # reuse: 8 reused maps x 0.04 s = 0.32 UNet calls; one call = 0.2 of the pipeline -> saved 0.064
@@ -150,7 +150,7 @@ def test_cost_model_counts():
 
 
 def test_interp_clamps_and_flags():
-    from analysis.bench import _interp
+    from analysis.eval.equal_latency import interp as _interp
 
     pts = [(0.5, 20.0), (0.75, 30.0), (1.0, 40.0)]
     assert _interp(pts, 0.625) == (25.0, False)

@@ -1,4 +1,4 @@
-"""`python -m analysis generate`: the DESIGN.md contract (run.json keys, images, one-line errors, exit 2,
+"""`python -m analysis generate`: the docs/cli.md contract (run.json keys, images, one-line errors, exit 2,
 nothing half-written in DIR)."""
 from __future__ import annotations
 

@@ -3,15 +3,25 @@
 `TECHNIQUES` maps the CLI/run.json name to its Config class; `parse_accel("tgate:gate_step=10")` builds a
 config from the CLI syntax (list values joined by '+'); `check_combination` refuses combinations that
 cannot work, saying why.
+
+Cost functions. Every technique registers, beside its Config, one function with `@register_cost(name)`:
+    cost(config, counters, profile, steps, accel_steps) -> {"unet_s", "expected_unet_s", "loop_steps_saved",
+                                                             "detail", "note"}
+that turns the run's counted work (`counters`, as `run_once` returns them) into seconds of baseline UNet work
+not done, timed in `profile` (analysis/eval/profile.py `breakdown`), or into whole denoising-loop steps not
+run (step reduction). `steps` is the baseline's step count, `accel_steps` the accelerated run's.
+analysis/eval/cost.py converts that to a fraction of the pipeline and an ideal speed-up.
 """
 from __future__ import annotations
 
 import dataclasses
 import typing
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, Callable, ClassVar
 
 from analysis.plugins import HandleBase
+
+CostFunction = Callable[..., dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -30,11 +40,54 @@ class StepsConfig:
 
 
 TECHNIQUES: dict[str, type] = {"steps": StepsConfig}
+COSTS: dict[str, CostFunction] = {}
 
 
 def register(config_cls: type) -> type:
     TECHNIQUES[config_cls.name] = config_cls
     return config_cls
+
+
+def register_cost(name: str) -> Callable[[CostFunction], CostFunction]:
+    """Register `fn` as the cost function of technique `name` (see the module docstring)."""
+    def decorate(fn: CostFunction) -> CostFunction:
+        COSTS[name] = fn
+        return fn
+
+    return decorate
+
+
+def cost_function(name: str) -> CostFunction:
+    _load_all()
+    if name not in COSTS:
+        raise ValueError(f"technique {name!r} registers no cost function")
+    return COSTS[name]
+
+
+def saving(unet_s: float = 0.0, expected_unet_s: float | None = None, loop_steps_saved: int = 0,
+           detail: dict | None = None, note: str | None = None) -> dict[str, Any]:
+    """The record a cost function returns (expected defaults to ideal: no known overhead)."""
+    return {"unet_s": unet_s, "expected_unet_s": unet_s if expected_unet_s is None else expected_unet_s,
+            "loop_steps_saved": loop_steps_saved, "detail": detail or {}, "note": note}
+
+
+def row_fractions(counters: dict, steps: int) -> list[float]:
+    """Per step, the UNet batch rows run over the first step's rows (1.0 where not logged): T-GATE's CFG drop
+    halves them, and a per-call saving at that step is then half a full call's."""
+    rows = (counters.get("unet") or {}).get("batch_rows") or []
+    base = rows[0] if rows else 1
+    return [rows[s] / base if s < len(rows) and base else 1.0 for s in range(steps)]
+
+
+def mean_at(values: list[float], steps: list[int]) -> float:
+    return sum(values[s] for s in steps) / len(steps) if steps else 1.0
+
+
+@register_cost("steps")
+def steps_cost(config, counters, profile, steps, accel_steps) -> dict[str, Any]:
+    """(N - n) whole steps of the denoising loop (UNet call + scheduler step) are not run; the text encoder
+    and the VAE decode stay."""
+    return saving(loop_steps_saved=steps - accel_steps, detail={"steps": accel_steps})
 
 
 def _load_all() -> None:

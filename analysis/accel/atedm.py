@@ -25,7 +25,9 @@ Defaults:
   in early steps; that is what `dsap=True` does during the first `dsap_fraction` of the steps (0.3, i.e.
   15 of 50: our choice, the paper's split is not public), and the other blocks prune `ratio * dsap_scale`
   (1.0 = the paper's mechanism as summarised; lower it to prune less early).
-- G-WPR: 5 iterations, damping 0.85 (analysis/token_rank.py).
+- G-WPR: 5 iterations, damping 0.85, heads averaged (analysis/token_rank.py). The paper publishes neither
+  its formula nor code: this is a documented reading (Weighted PageRank with damping), and its free choices
+  are parameters (`iterations`, `damping`, `head_reduce`).
 
 `ratio = 0` attaches nothing at all, so the image is the baseline bit for bit; a layer/step whose ratio is
 0 (DSAP) calls the original block and the original attention processor.
@@ -47,10 +49,10 @@ import torch
 from diffusers.models.attention import BasicTransformerBlock, _chunked_feed_forward
 from diffusers.models.transformers.transformer_2d import Transformer2DModel
 
-from analysis.accel import prune, register
+from analysis.accel import prune, register, register_cost, saving
 from analysis.attention import AttentionPlugin, AttnCall
 from analysis.plugins import HandleBase
-from analysis.token_rank import gwpr
+from analysis.token_rank import HEAD_REDUCTIONS, gwpr
 
 
 @register
@@ -63,6 +65,7 @@ class ATEDMConfig:
     dsap_scale: float = 1.0  # early steps prune ratio * dsap_scale in the blocks DSAP does not protect
     iterations: int = 5  # G-WPR power iterations
     damping: float = 0.85  # G-WPR damping
+    head_reduce: str = "mean"  # G-WPR: how head scores combine, "mean" or "rms" (Zero-TPrune's emphasis)
 
     def __post_init__(self):
         if not 0.0 <= self.ratio < 1.0:
@@ -75,6 +78,8 @@ class ATEDMConfig:
             raise ValueError(f"atedm: iterations must be between 1 and 100, got {self.iterations}")
         if not 0.0 < self.damping <= 1.0:
             raise ValueError(f"atedm: damping must be in (0, 1], got {self.damping}")
+        if self.head_reduce not in HEAD_REDUCTIONS:
+            raise ValueError(f"atedm: head_reduce must be one of {', '.join(HEAD_REDUCTIONS)}, got {self.head_reduce!r}")
 
     def check_with(self, by_name: dict) -> None:
         if "reuse" in by_name:
@@ -163,7 +168,8 @@ class ATEDMHandle:
         layer.tokens_total += rows * n_tokens
         if probs is None or n == 0:  # another plug-in replaced attn1's output: no map, no pruning
             return None
-        scores = gwpr(probs[0], probs[1], iterations=self.config.iterations, damping=self.config.damping)
+        scores = gwpr(probs[0], probs[1], iterations=self.config.iterations, damping=self.config.damping,
+                      head_reduce=self.config.head_reduce)
         layer.tokens_pruned += rows * n
         step = self.clock.step_index
         if 0 <= step:
@@ -285,3 +291,34 @@ def _find_layers(unet: torch.nn.Module) -> list[_Layer]:
             protected = j == 0 if parts[0] == "down_blocks" else j == siblings - 1
         layers.append(_Layer(name=name, model=module, protected=protected))
     return layers
+
+
+@register_cost("atedm")
+def atedm_cost(config: ATEDMConfig, counters: dict, profile: dict, steps: int, accel_steps: int) -> dict[str, Any]:
+    """For each transformer (Transformer2DModel): its pruned fraction of token-calls over the run
+    (tokens_pruned / tokens_total) x its post-pruning work (one-layer block: the block minus norm1 and attn1,
+    i.e. attn2 + FF + norms; multi-layer: the blocks after the first) x the run's UNet calls. Linear in tokens
+    (the quadratic self-attention of later blocks is under-counted) and, in the ideal, minus nothing: the
+    paper's FLOPs view. Expected also subtracts the explicit attn1 (its map ranks the tokens) per pruning call;
+    G-WPR, the plan and the copy-back are not subtracted (benchmarks/atedm_costs.py measures them)."""
+    c = counters.get("atedm", {})
+    ideal = expected = 0.0
+    per_layer = {}
+    for lname, lc in (c.get("layers") or {}).items():
+        layer = profile["transformer_layers"].get(lname)
+        if not layer or not lc.get("tokens_total"):
+            continue
+        f = lc["tokens_pruned"] / lc["tokens_total"]
+        s = f * accel_steps * layer["post_pruning_s"]
+        n_tok = layer["attn1_queries"] or 1
+        per_call = lc["tokens_total"] / max(1, accel_steps)
+        n_prune = min(int(config.ratio * n_tok), n_tok - 1)
+        events = lc["tokens_pruned"] / (per_call / n_tok * n_prune) if n_prune > 0 and per_call else 0.0
+        ideal += s
+        expected += s - events * max(0.0, layer["attn1_explicit_overhead_s"])
+        per_layer[lname] = {"pruned_fraction": f, "post_pruning_s": layer["post_pruning_s"], "saved_s": s,
+                            "pruning_calls": events}
+    return saving(unet_s=ideal, expected_unet_s=expected,
+                  detail={"pruned_fraction": c.get("pruned_fraction"), "layers": per_layer},
+                  note="linear in tokens; G-WPR ranking, gather/copy-back and the explicit attn1 are not subtracted "
+                       "in ideal")

@@ -55,7 +55,7 @@ from typing import Any, ClassVar
 import torch
 from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
 
-from analysis.accel import register, unet_split
+from analysis.accel import register, register_cost, saving, unet_split
 
 PAPER_KEY_STEPS_50 = (0, 1, 2, 3, 5, 10, 15, 25, 35)
 PAPER_KEY_STEPS_20 = (0, 1, 2, 3, 5, 10, 15)
@@ -265,3 +265,13 @@ def _scalar(t) -> float:
 
 def _wrap(sample: torch.Tensor, return_dict: bool):
     return UNet2DConditionOutput(sample=sample) if return_dict else (sample,)
+
+
+@register_cost("fastdiff")
+def fastdiff_cost(config: FastDiffConfig, counters: dict, profile: dict, steps: int, accel_steps: int) -> dict[str, Any]:
+    """encoder_passes_skipped x the encoder's time (conv_in + down blocks + mid block). Parallel decoding batches
+    the decoder calls of several steps but saves no FLOPs, so it counts nothing."""
+    skipped = counters.get("fastdiff", {}).get("encoder_passes_skipped", 0)
+    encoder_s = profile["encoder_decoder"]["encoder_s"]
+    return saving(unet_s=skipped * encoder_s,
+                  detail={"encoder_passes_skipped": skipped, "encoder_s": encoder_s, "parallel": config.parallel})

@@ -4,7 +4,7 @@ What is reused. On a reuse step ("R") every in-scope attention module takes the 
 of the most recent compute step ("C") from a per-module cache: the Q and K projections and the softmax are
 skipped, V and the output projection run on the current hidden states (`AttentionPlugin.reuse_probs`; the
 dispatcher does `P_cached @ V`, then `to_out`). The paper's full text was not reachable, so whether V is
-recomputed is our reading of "attention maps" (techniques.md §1).
+recomputed is our reading of "attention maps".
 
 The policy is a string of C/R, one letter per denoising step, resolved per run from `clock.num_steps`:
 
@@ -27,7 +27,7 @@ allow it: 10 R need 10 + ceil(10 / max_run) steps). `scope="both"` reuses self- 
 (the paper's scope is UNVERIFIED). Step 0 is always C.
 
 Cost. A C step whose map is needed by the next step (an R) materialises the probabilities (no fused SDPA on
-that call) and keeps one map per in-scope module: that is the memory price (techniques.md §1). C steps whose
+that call) and keeps one map per in-scope module: that is the memory price. C steps whose
 map is not needed run the original processor untouched, so an all-C policy is bit-identical to the baseline.
 
 Combination rules (`check_with`): with `tgate`, reuse must be scope=self (T-GATE replaces every
@@ -45,13 +45,14 @@ from __future__ import annotations
 import json
 import math
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 
-from analysis.accel import register
+from analysis.accel import mean_at, register, register_cost, row_fractions, saving
 from analysis.attention import AttentionPlugin, AttnCall
 from analysis.plugins import HandleBase
 
@@ -120,8 +121,28 @@ def policy_path(model: str, steps: int, directory: Path | None = None) -> Path:
     return (directory or POLICY_DIR) / f"{model_slug(model)}-{steps}.json"
 
 
-def load_phast(model: str, steps: int, reuse_steps: int, scope: str, directory: Path | None = None) -> str:
+def searched_elsewhere(recorded: dict, scheduler: str | None = None, guidance: float | None = None) -> str | None:
+    """One line saying how the run differs from the scheduler / guidance a policy file was searched with, or
+    None (a value not given, or not recorded, is not compared)."""
+    diffs = []
+    if scheduler is not None and recorded.get("scheduler") not in (None, scheduler):
+        diffs.append(f"scheduler {recorded['scheduler']} (this run: {scheduler})")
+    if guidance is not None and recorded.get("guidance") is not None and float(recorded["guidance"]) != float(guidance):
+        diffs.append(f"guidance {recorded['guidance']} (this run: {guidance})")
+    if not diffs:
+        return None
+    return ("reuse: the PHAST policy for model {model!r} at {steps} steps was searched with " + " and ".join(diffs)
+            + "; a searched policy is tuned to its sampler, so it may not be the best one for this run "
+              "(run `python -m analysis search-policy` with these settings to make a matching one)").format(
+        model=recorded.get("model"), steps=recorded.get("steps"))
+
+
+def load_phast(model: str, steps: int, reuse_steps: int, scope: str, directory: Path | None = None,
+               scheduler: str | None = None, guidance: float | None = None) -> str:
     """The searched policy for (model, steps, reuse_steps, scope).
+
+    With `scheduler` and/or `guidance` given, a file searched with other values still loads, but a warning
+    (UserWarning, `searched_elsewhere`) says so: the policy is valid, only perhaps not the best for this run.
 
     File format (`assets/policies/<model>-<steps>.json`, written by `python -m analysis search-policy`):
         {"format": "diffscope-reuse-policy/1", "model": "default", "steps": 20, "scheduler": "ddim",
@@ -145,9 +166,37 @@ def load_phast(model: str, steps: int, reuse_steps: int, scope: str, directory: 
             policy = str(entry["policy"])
             if len(policy) != steps or set(policy) - {"C", "R"} or policy[0] != "C" or policy.count("R") != reuse_steps:
                 raise ValueError(f"reuse: the policy in {path} for reuse_steps={reuse_steps} is malformed: {policy!r}")
+            message = searched_elsewhere(data, scheduler, guidance)
+            if message:
+                warnings.warn(message, stacklevel=2)
             return policy
     have = ", ".join(f"reuse_steps={e.get('reuse_steps')} scope={e.get('scope')}" for e in entries) or "none"
     raise ValueError(f"reuse: {path} has no PHAST policy for reuse_steps={reuse_steps} scope={scope} (it has: {have}); {hint}")
+
+
+def phast_file(model: str, steps: int, directory: Path | None = None) -> dict:
+    """The policy file's header (model, steps, scheduler, guidance, size), {} if unreadable."""
+    try:
+        data = json.loads(policy_path(model, steps, directory).read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return {k: data.get(k) for k in ("model", "steps", "scheduler", "guidance", "size")} if isinstance(data, dict) else {}
+
+
+def _guidance_check(pipe, recorded: dict):
+    """A step-end callback that, after the first step (the pipeline has set its guidance scale by then), warns
+    once if the run's guidance differs from the policy file's."""
+    done = []
+
+    def check(step_index, timestep, latents):
+        if not done:
+            done.append(True)
+            message = searched_elsewhere(recorded, guidance=getattr(pipe, "_guidance_scale", None))
+            if message:
+                warnings.warn(message, stacklevel=2)
+        return None
+
+    return check
 
 
 @register
@@ -189,8 +238,10 @@ class ReuseConfig:
         if isinstance(self.max_run, bool) or not isinstance(self.max_run, int) or self.max_run < 1:
             raise ValueError(f"reuse: max_run must be an integer >= 1, got {self.max_run!r}")
 
-    def resolve(self, steps: int, model: str = "default", policy_dir: Path | None = None) -> str:
-        """The C/R string for a run of `steps` steps on `model`."""
+    def resolve(self, steps: int, model: str = "default", policy_dir: Path | None = None,
+                scheduler: str | None = None, guidance: float | None = None) -> str:
+        """The C/R string for a run of `steps` steps on `model` (scheduler / guidance: checked against what a
+        PHAST policy was searched with, see `load_phast`)."""
         if self.policy not in ("hurry", "phast"):
             if len(self.policy) != steps:
                 raise ValueError(f"reuse: policy {self.policy!r} has {len(self.policy)} entries but the run has {steps} steps")
@@ -200,7 +251,7 @@ class ReuseConfig:
             raise ValueError(f"reuse: reuse_steps={r} must be less than the number of steps ({steps}); step 0 computes")
         if self.policy == "hurry":
             return hurry_policy(steps, r, self.max_run)
-        return load_phast(model, steps, r, self.scope, policy_dir)
+        return load_phast(model, steps, r, self.scope, policy_dir, scheduler, guidance)
 
     def check_with(self, by_name: dict) -> None:
         steps_cfg = by_name.get("steps")
@@ -222,7 +273,14 @@ class ReuseConfig:
                 )
 
     def attach(self, ctx) -> "ReuseHandle":
-        policy = self.resolve(ctx.clock.num_steps, getattr(ctx.pipe, "diffscope_name", "custom"))
+        from analysis.models import scheduler_name
+
+        # The guidance value is not known before the pipeline call starts; the scheduler is.
+        policy = self.resolve(ctx.clock.num_steps, getattr(ctx.pipe, "diffscope_name", "custom"),
+                              scheduler=scheduler_name(ctx.pipe.scheduler))
+        if self.policy == "phast":
+            recorded = phast_file(getattr(ctx.pipe, "diffscope_name", "custom"), ctx.clock.num_steps)
+            ctx.on_step_end(_guidance_check(ctx.pipe, recorded))
         handle = ReuseHandle(self, policy)
         ctx.seam()  # the UNet seam advances the clock's step index, which the policy is indexed by
         handle.dispatcher = ctx.attention()
@@ -311,3 +369,30 @@ class ReuseHandle(AttentionPlugin, HandleBase):
             "maps_reused": self.reused,
             "maps_cached": self.cached,
         }
+
+
+@register_cost("reuse")
+def reuse_cost(config: ReuseConfig, counters: dict, profile: dict, steps: int, accel_steps: int) -> dict[str, Any]:
+    """Ideal: maps_reused x the mean attention-map time (Q/K projections + QK^T + softmax) of an in-scope module;
+    V, probs @ V and to_out still run. Expected also charges the explicit (non-SDPA) path this implementation
+    runs: a reused call saves (fused time - explicit time without Q/K/softmax), a call that caches a map for
+    the next step pays (explicit - fused). Per-call savings are scaled by the batch rows of the R steps (T-GATE
+    may have halved them)."""
+    c = counters.get("reuse", {})
+    kinds = {"self": ("self",), "cross": ("cross",), "both": ("self", "cross")}[c.get("scope", config.scope)]
+    scope = [m for m in profile["attention_modules"].values() if m["kind"] in kinds]
+    n = max(1, len(scope))
+    map_call = sum(m["map_s"] for m in scope) / n
+    saved_r = sum(m["fused_s"] - m["reuse_step_explicit_s"] for m in scope) / n
+    extra_c = sum(m["explicit_s"] - m["fused_s"] for m in scope) / n
+    reused, cached = c.get("maps_reused", 0), c.get("maps_cached", 0)
+    policy = c.get("policy") or ""
+    frac = row_fractions(counters, accel_steps)
+    r_rows = mean_at(frac, [s for s, k in enumerate(policy[:accel_steps]) if k == "R"])
+    c_rows = mean_at(frac, [s for s in range(min(len(policy), accel_steps) - 1) if policy[s] == "C" and policy[s + 1] == "R"])
+    return saving(
+        unet_s=reused * map_call * r_rows,
+        expected_unet_s=reused * saved_r * r_rows - cached * extra_c * c_rows,
+        detail={"maps_reused": reused, "maps_cached": cached, "in_scope_modules": len(scope),
+                "map_per_call_s": map_call, "reused_call_saving_s": saved_r, "cache_call_extra_s": extra_c,
+                "rows_at_reuse_steps": r_rows})

@@ -24,6 +24,12 @@ the pipeline's uncond + g * (cond - uncond) is exactly that prediction (e - e = 
 `guidance_rescale > 0` would rescale by std(e)/std(e) = 1 (the reference skips it after the gate).
 Without CFG (guidance <= 1) there is nothing to drop and the gate-step cache keeps the batch as it is.
 
+Default gate. `gate_step=None` (the default) follows the step count as in the paper, whose settings are
+(steps, gate) = (15, 6), (25, 10), (50, 20): the gate at GATE_FRACTION = 0.4 of the steps, i.e.
+round(0.4 * steps) (at least 1), resolved when the technique is attached (or planned) for a run of a known
+length; the resolved value is in the counters (`gate_step`) and so in run.json. An explicit integer is used
+as given (the reference's own default is gate_step=10, right for 25 steps).
+
 Off setting: gate_step >= the number of steps with sp_interval=1 and fi_interval=1 (warm_up is then
 irrelevant). Nothing is reused, no batch is dropped, every call runs the original processor: the image is
 the baseline bit for bit. `TGateConfig.off()` returns it.
@@ -44,11 +50,17 @@ from typing import Any, ClassVar
 
 import torch
 
-from analysis.accel import register
+from analysis.accel import mean_at, register, register_cost, row_fractions, saving
 from analysis.attention import AttentionPlugin, AttnCall
 from analysis.plugins import HandleBase
 
 COMPUTE, CACHE, REUSE = "compute", "cache", "reuse"
+GATE_FRACTION = 0.4  # the paper's gate: 6 of 15, 10 of 25, 20 of 50 steps
+
+
+def default_gate_step(steps: int) -> int:
+    """round(GATE_FRACTION * steps), at least 1: 15 -> 6, 20 -> 8, 25 -> 10, 30 -> 12, 50 -> 20."""
+    return max(1, round(GATE_FRACTION * steps))
 
 
 def tgate_schedule(step: int, gate_step: int, sp_interval: int, fi_interval: int, warm_up: int) -> tuple[str, str, bool]:
@@ -85,10 +97,12 @@ def _prune(actions: list[str]) -> list[str]:
 @register
 @dataclass(frozen=True)
 class TGateConfig:
-    """T-GATE v2; defaults are the reference's (gate_step=10, sp_interval=5, fi_interval=1, warm_up=2)."""
+    """T-GATE v2; gate_step=None = round(0.4 * steps) (the paper's 6/15, 10/25, 20/50); the other defaults
+    are the reference's (sp_interval=5, fi_interval=1, warm_up=2)."""
 
     name: ClassVar[str] = "tgate"
-    gate_step: int = 10  # the step from which cross-attention is cached and CFG dropped (cache taken at gate_step-1)
+    gate_step: int | None = None  # the step from which cross-attention is cached and CFG dropped (cache taken at
+    # gate_step-1); None = round(GATE_FRACTION * steps), at least 1
     sp_interval: int = 5  # self-attention cache interval before the gate (semantics-planning phase)
     fi_interval: int = 1  # self-attention cache interval after the gate (fidelity-improving phase); 1 = compute
     warm_up: int = 2  # steps at the start with full self-attention
@@ -96,6 +110,8 @@ class TGateConfig:
     def __post_init__(self):
         for field, low in (("gate_step", 1), ("sp_interval", 1), ("fi_interval", 1), ("warm_up", 0)):
             value = getattr(self, field)
+            if field == "gate_step" and value is None:
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"tgate: {field} must be an integer >= {low}, got {value!r}")
 
@@ -104,14 +120,21 @@ class TGateConfig:
         """The setting that reproduces the baseline bit for bit on a run of `steps` steps."""
         return cls(gate_step=steps, sp_interval=1, fi_interval=1, warm_up=0)
 
+    def resolved_gate_step(self, steps: int) -> int:
+        """The gate step of a run of `steps` steps: gate_step, or round(GATE_FRACTION * steps) (>= 1) if None."""
+        return self.gate_step if self.gate_step is not None else default_gate_step(steps)
+
     def plan(self, steps: int) -> tuple[list[str], list[str], list[bool]]:
         """Per-step cross actions, self actions and keep_shape flags for a run of `steps` steps."""
-        rows = [tgate_schedule(s, self.gate_step, self.sp_interval, self.fi_interval, self.warm_up) for s in range(steps)]
+        gate = self.resolved_gate_step(steps)
+        rows = [tgate_schedule(s, gate, self.sp_interval, self.fi_interval, self.warm_up) for s in range(steps)]
         return _prune([r[0] for r in rows]), _prune([r[1] for r in rows]), [r[2] for r in rows]
 
     def caches_self_attention(self, steps: int | None = None) -> bool:
         """Whether some step returns a cached self-attention output (for a run length, or any run length)."""
         if steps is None:
+            if self.gate_step is None:  # the gate moves with the run length: some run caches if sp_interval > 1
+                return self.fi_interval > 1 or self.sp_interval > 1
             return self.fi_interval > 1 or REUSE in self.plan(self.gate_step)[1]
         return REUSE in self.plan(steps)[1]
 
@@ -128,7 +151,7 @@ class TGateConfig:
         handle.dispatcher = ctx.attention()
         handle.dispatcher.add(handle)
         handle.seam = ctx.seam()  # also what advances the clock's step index
-        if ctx.clock.num_steps > self.gate_step:
+        if ctx.clock.num_steps > handle.gate_step:
             handle.seam.interceptors.append(handle.intercept)
         return handle
 
@@ -161,6 +184,7 @@ class TGateHandle(AttentionPlugin, HandleBase):
 
     def __init__(self, config: TGateConfig, clock):
         self.config, self.clock = config, clock
+        self.gate_step = config.resolved_gate_step(clock.num_steps)
         self.ca_plan, self.sa_plan, self.keep_shape = config.plan(clock.num_steps)
         self.cache: dict[str, torch.Tensor] = {}
         self.dispatcher = None
@@ -211,7 +235,7 @@ class TGateHandle(AttentionPlugin, HandleBase):
     # --- UNet side: drop the CFG half after the gate ---------------------------------------------------------
     def intercept(self, call_next, sample, timestep, encoder_hidden_states, *args, **kwargs):
         clock = self.clock
-        if clock.step_index < self.config.gate_step or not clock.cfg_batch:
+        if clock.step_index < self.gate_step or not clock.cfg_batch:
             return call_next(sample, timestep, encoder_hidden_states, *args, **kwargs)
         rows = sample.shape[0]
         half = rows // 2
@@ -237,7 +261,7 @@ class TGateHandle(AttentionPlugin, HandleBase):
 
     def counters(self) -> dict[str, Any]:
         return {
-            "gate_step": self.config.gate_step,
+            "gate_step": self.gate_step,
             "cross_attn_computed": self.ca_computed,
             "cross_attn_reused": self.ca_reused,
             "self_attn_computed": self.sa_computed,
@@ -245,3 +269,34 @@ class TGateHandle(AttentionPlugin, HandleBase):
             "unet_rows_saved": self.rows_saved,
             "cfg_dropped_steps": self.dropped_steps,
         }
+
+
+@register_cost("tgate")
+def tgate_cost(config: TGateConfig, counters: dict, profile: dict, steps: int, accel_steps: int) -> dict[str, Any]:
+    """Per step with CFG dropped, (rows dropped / rows) of a whole UNet call (UNet cost is linear in batch rows),
+    plus each reused cross-/self-attention call's full module time at the batch rows of its step. The counts
+    come from counters(); which steps reuse, from the plan (`counts_match` says the two agree)."""
+    c = counters.get("tgate", {})
+    mods = profile["attention_modules"].values()
+    ca, sa, _ = config.plan(accel_steps)
+    frac = row_fractions(counters, accel_steps)
+    cross = [m["fused_s"] for m in mods if m["kind"] == "cross"]
+    self_ = [m["fused_s"] for m in mods if m["kind"] == "self"]
+    cross_steps = [s for s in range(accel_steps) if ca[s] == REUSE]
+    self_steps = [s for s in range(accel_steps) if sa[s] == REUSE]
+    cfg_units = sum(1.0 - f for f in frac)
+    ca_n, sa_n = c.get("cross_attn_reused", 0), c.get("self_attn_reused", 0)
+    saved_cross = ca_n * (sum(cross) / max(1, len(cross))) * mean_at(frac, cross_steps)
+    saved_self = sa_n * (sum(self_) / max(1, len(self_))) * mean_at(frac, self_steps)
+    u = profile["unet_call_s"]
+    gate = config.resolved_gate_step(accel_steps)
+    note = None
+    if gate >= accel_steps:
+        note = (f"gate_step={gate} >= {accel_steps} steps: no CFG drop and no cross-attention reuse in this run; "
+                f"only the pre-gate self-attention caching acts")
+    return saving(
+        unet_s=cfg_units * u + saved_cross + saved_self,
+        detail={"gate_step": gate, "cfg_rows_saved_units": cfg_units, "cross_reused": ca_n, "self_reused": sa_n,
+                "cross_saved_s": saved_cross, "self_saved_s": saved_self, "cfg_saved_s": cfg_units * u,
+                "counts_match": ca_n == len(cross_steps) * len(cross) and sa_n == len(self_steps) * len(self_)},
+        note=note)

@@ -1,12 +1,19 @@
-"""Cross-attention convergence (probe "cross_attn_convergence"), T-GATE's measurement (techniques.md §2.1).
+"""Cross-attention convergence (probe "cross_attn_convergence"), T-GATE's measurement (Liu et al., TMLR 2025).
 
 For every cross-attention module (attn2) and step t >= 1: the L2 distance between step t and step t-1 of
-- the module's output after `to_out` (what T-GATE calls the cross-attention "map" and caches), and
-- the head-averaged probability map softmax(QK^T) (what the UI shows),
-on the conditional rows, one norm per prompt, averaged over prompts. Only the previous step's tensors are
-kept per layer (on the device); the distances stay on the device as scalars until the run ends, so the
-probe adds no device-host synchronisation inside the loop. A distance whose step (or previous step) was
-not computed, e.g. cross-attention replaced by a technique's cache, is NaN.
+- `output_l2`: the module's output after `to_out` (what T-GATE calls the cross-attention "map" and caches), and
+- `probs_l2`: the head-averaged probability map softmax(QK^T) (what the UI shows),
+on the conditional rows only (the second half of a [uncond; cond] batch; the whole batch when there is no
+CFG half, e.g. after T-GATE's gate), one norm per prompt, averaged over prompts. Only the previous step's
+tensors are kept per layer (on the device); the distances stay on the device as scalars until the run ends,
+so the probe adds no device-host synchronisation inside the loop.
+
+What is recorded when a technique serves a call from a cache (T-GATE after its gate): the probe sees the
+cached tensor as the call's output, so `output_l2` is recorded, and it is exactly 0 from the second cached
+step on (the same tensor again); at the first cached step it is the distance between the cache (T-GATE's
+mean of the uncond and cond outputs of the gate step) and that step's conditional output. No probabilities
+are computed for a cached call, so `probs_l2` is NaN at a cached step and at the step after it (no
+previous map). NaN also marks any step whose previous step was not observed (columns start at step 1).
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Feature drift (probe "feature_drift"), Faster Diffusion's measurement (techniques.md §4.1).
+"""Feature drift (probe "feature_drift"), Faster Diffusion's measurement (Li et al., NeurIPS 2024, Fig. 3).
 
 Forward hooks on every UNet block (`down_blocks.i` = encoder, `mid_block` = bottleneck, `up_blocks.i` =
 decoder; a down block returns (hidden, res_samples), its hidden state is used), conditional rows only:

@@ -1,7 +1,6 @@
 """Capture overhead: how much slower one generation gets with every probe attached.
 
-    python -m benchmarks.bench_capture [--models default,sd15] [--steps 4] [--default-steps 30] [--repeats 3]
-    (wired as `python -m analysis bench --capture`)
+    python -m analysis bench --capture [--models default,sd15-random] [--steps 4] [--default-steps 30] [--repeats 3]
 
 For each model: one warm-up run without and one with `default_probes()`, then `--repeats` rounds of
 (baseline, probes) interleaved in the same process (the order alternates every round so drift in machine
@@ -13,14 +12,14 @@ load cancels). Reported per model:
 - rss_peak_delta_mb: growth of the process's peak resident memory (ru_maxrss) caused by the capture runs,
   measured after the baseline runs set the high-water mark; on CUDA also max_memory_allocated per run;
 - kept_bytes / budget_bytes of the attention maps and the pickled size of all signals.
-Models: (a) the default model (load_pipeline("default")) at --default-steps, and (b) SD 1.5's real UNet
-size with random weights (random_pipeline("sd15", image_size=256, width=320)) at --steps.
+Models: any name `analysis.models.load_pipeline` accepts (aliases in analysis/catalog.py); by default (a) the
+default model at --default-steps and (b) "sd15-random" (SD 1.5's real UNet size with random weights, 256 px)
+at --steps.
 The last line printed is one JSON object.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import pickle
 import resource
 import statistics
@@ -28,6 +27,8 @@ import sys
 import time
 
 import torch
+
+from analysis.jsonsafe import dumps
 
 PROMPT = "a red circle on the left"
 
@@ -38,18 +39,9 @@ def _rss_mb() -> float:
 
 
 def _load(model: str):
-    from analysis.models import load_pipeline, pick_device, random_pipeline
+    from analysis.models import load_pipeline
 
-    if model == "default":
-        pipe = load_pipeline("default")
-    elif model == "sd15":
-        dev, dtype = pick_device()
-        pipe = random_pipeline("sd15", image_size=256, width=320)
-        if dev.type != "cpu":
-            pipe = pipe.to(dev, dtype)
-        pipe.diffscope_name = "sd15-random-256"
-    else:
-        raise ValueError(f"unknown benchmark model {model!r}; choose default or sd15")
+    pipe = load_pipeline(model)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -150,15 +142,20 @@ def measure(pipe, steps: int, repeats: int, budget_mb: float) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="bench_capture", description="capture overhead of all probes")
-    parser.add_argument("--models", default="default,sd15", help="comma list of: default, sd15")
+    parser = argparse.ArgumentParser(prog="python -m analysis bench --capture",
+                                     description="capture overhead of all probes")
+    parser.add_argument("--models", default="default,sd15-random",
+                        help="comma list of model names (default, sd15-random, tiny, a Hub id or a folder)")
     parser.add_argument("--steps", type=int, default=4, help="steps for the SD 1.5-size model")
     parser.add_argument("--default-steps", type=int, default=30, help="steps for the default model")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--budget-mb", type=float, default=1024.0)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--target", type=float, default=1.5)
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as done:  # --help, or a usage error (argparse already printed it): return, never exit
+        return done.code if isinstance(done.code, int) else 2
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     if args.repeats < 1 or args.steps < 1 or args.default_steps < 1 or not models:
         print("error: --repeats, --steps and --default-steps must be >= 1 and --models non-empty", file=sys.stderr)
@@ -171,10 +168,10 @@ def main(argv=None) -> int:
             pipe = _load(model)
             steps = args.default_steps if model == "default" else args.steps
             results[model] = measure(pipe, steps, args.repeats, args.budget_mb)
-            print(f"{model}: {json.dumps(results[model])}", file=sys.stderr)
+            print(f"{model}: {dumps(results[model])}", file=sys.stderr)
             del pipe
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
+    except (ValueError, OSError) as err:
+        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
     out = {
         "benchmark": "capture",
@@ -184,7 +181,7 @@ def main(argv=None) -> int:
         "models": results,
         "pass": all(r["overhead"] <= args.target for r in results.values()),
     }
-    print(json.dumps(out))
+    print(dumps(out))
     return 0
 
 
