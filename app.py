@@ -24,6 +24,7 @@ import gradio as gr
 import numpy as np
 
 from analysis import live
+from analysis.catalog import SCHEDULERS
 from analysis.models import load_pipeline
 from analysis.run import RunStopped
 from ui.inside import InsideTabs
@@ -33,7 +34,6 @@ from viz import plotly_figs as P
 from viz.images import difference_image, first_image, upscale
 from viz.tradeoff import tradeoff_figure
 
-SCHEDULERS = ("ddim", "dpm", "euler")
 SEED_MAX = 2**63 - 1
 NORM_CHOICES = [("per-token min-max", "per-token"), ("shared scale", "shared")]
 VIEWS = ["full compute", "accelerated", "both"]
@@ -174,8 +174,20 @@ def numbers_markdown(baseline: live.Baseline, run: live.LiveRun | None) -> str:
     fid_b = _fidelity(baseline.quality)
     if fid_b is not None or (run is not None and _fidelity(run.quality) is not None):
         rows.append(("prompt fidelity", _pct(fid_b), "—" if run is None else _pct(_fidelity(run.quality))))
+    unavailable = []
+    for name, scores in ((run.quality if run is not None else baseline.quality) or {}).items():
+        if name == "fidelity":
+            continue
+        if scores.get("available") is False:
+            unavailable.append(f"{name} ({scores.get('reason', 'unavailable')})")
+        elif name == "lpips" and run is not None:
+            rows.append(("LPIPS vs full compute", "0", f"{scores['lpips']:.4f}"))
+        elif name == "clip_score":
+            rows.append(("CLIP score", f"{scores['baseline']:.2f}", "—" if run is None else f"{scores['clip_score']:.2f}"))
     table = "\n".join(f"| {a} | {b} | {c} |" for a, b, c in rows)
     text = f"| | full compute | accelerated |\n|---|---|---|\n{table}"
+    if unavailable:
+        text += "\n\n*Not measured here:* " + "; ".join(unavailable)
     if run is not None:
         skipped = live.skipped_summary(run.counters)
         if skipped:

@@ -309,20 +309,18 @@ def _validate(pipe, request: Request, accel: tuple, probes: tuple = ()) -> RunCo
     return config
 
 
-def quality_of(pipe, request: Request, image: np.ndarray) -> dict[str, Any]:
-    """Reference-free quality of `image` for the request's prompt, by the scorers registered for the model."""
-    if request.model != "default":
-        return {}
-    from analysis.toy.fidelity import attribute_accuracy
+def quality_of(pipe, request: Request, image: np.ndarray, reference: np.ndarray) -> dict[str, Any]:
+    """Every quality scorer registered for the model except PSNR/SSIM (the run computes those itself):
+    {scorer name: its scores, or {"available": False, "reason": ...}} (analysis.eval.quality)."""
+    from analysis.eval.quality import score_all, scorers_for
 
-    return {"fidelity": attribute_accuracy(list(image), [request.prompt])}
+    scorers = [s for s in scorers_for(request.model) if s.name != "closeness"]
+    return score_all(scorers, image, [request.prompt] * len(image), reference)
 
 
-def _ideal(pipe, config: RunConfig, counters: dict) -> dict | None:
-    try:
-        from analysis.eval.cost import ideal_speedup
-    except ImportError:
-        return None
+def _ideal(pipe, config: RunConfig, counters: dict) -> dict:
+    from analysis.eval.cost import ideal_speedup
+
     return ideal_speedup(pipe, config, counters)
 
 
@@ -343,7 +341,7 @@ def measure_baseline(pipe, request: Request, stop: StopToken | None = None,
             raise RuntimeError("the full-compute image changed between identical runs: the pipeline is not "
                                "deterministic, so no comparison against it would mean anything")
         latencies.append(seconds)
-    return Baseline(request, image, timesteps, latencies, quality_of(pipe, request, image),
+    return Baseline(request, image, timesteps, latencies, quality_of(pipe, request, image, image),
                     prompt_tokens(pipe, config.prompts))
 
 
@@ -373,7 +371,7 @@ def run_accelerated(pipe, baseline: Baseline, accel: tuple, stop: StopToken | No
         id=0, request=request, accel=tuple(accel), label=run_label(accel), image=image,
         steps_run=config.accel_steps, latency_s=seconds, counters=counters, timesteps=timesteps,
         psnr_db=metrics.psnr(baseline.image, image), ssim=metrics.ssim(baseline.image, image),
-        quality=quality_of(pipe, request, image), speedup=speedup, speedup_band=(speedup * lo, speedup * hi),
+        quality=quality_of(pipe, request, image, baseline.image), speedup=speedup, speedup_band=(speedup * lo, speedup * hi),
         ideal=_ideal(pipe, config, counters) if accel else None,
     )
 
@@ -394,7 +392,7 @@ def compute_frontier(pipe, baseline: Baseline, stop: StopToken | None = None) ->
     for n in frontier_steps(request.steps):
         config = _validate(pipe, request, (StepsConfig(steps=n),))
         image, seconds, _, _, _ = run_once(pipe, config, (), n, stop=stop)
-        q = quality_of(pipe, request, image)
+        q = quality_of(pipe, request, image, baseline.image)
         rows.append({"steps": n, "latency_s": seconds, "psnr_db": metrics.psnr(baseline.image, image),
                      "ssim": metrics.ssim(baseline.image, image),
                      "fidelity": (q.get("fidelity") or {}).get("overall")})

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from analysis import metrics
+from analysis.catalog import SCHEDULERS
 from analysis.clock import StepClock
 from analysis.plugins import RunContext
 
@@ -47,8 +48,8 @@ class RunConfig:
             raise ValueError(f"steps must be between 1 and 1000, got {self.steps}")
         if not 0 <= self.guidance <= 50:
             raise ValueError(f"guidance must be between 0 and 50, got {self.guidance}")
-        if self.scheduler not in ("ddim", "dpm", "euler"):
-            raise ValueError(f"scheduler must be ddim, dpm or euler, got {self.scheduler!r}")
+        if self.scheduler not in SCHEDULERS:
+            raise ValueError(f"scheduler must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}")
         if self.size is not None and (self.size < 32 or self.size > 2048 or self.size % 8):
             raise ValueError(f"size must be a multiple of 8 between 32 and 2048, got {self.size}")
         if self.repeats < 1:
