@@ -492,7 +492,7 @@ def _startup():
     return pipe
 
 
-if __name__ == "__main__" or os.environ.get("SPACE_ID"):
+if __name__ == "__main__":
     demo = build_demo(_startup())
-    if __name__ == "__main__":
-        demo.launch(theme=THEME, css=CSS)
+    demo.queue(max_size=32)  # explicit: on ZeroGPU, Gradio's implicit default queue holds a single request
+    demo.launch(theme=THEME, css=CSS)

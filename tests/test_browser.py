@@ -1,5 +1,6 @@
-"""A person's path through the app in a real browser: type a prompt, press Generate, see the image and
-the signal figures. Drives Debian's Chromium through Playwright (skipped where Chromium is absent)."""
+"""A person's path through the live app in a real browser: type a prompt, generate, switch T-GATE on, see both
+images and the trade-off plot gain a point, see an incompatible technique marked unavailable. Drives Debian's
+Chromium through Playwright (skipped where Chromium is absent)."""
 from __future__ import annotations
 
 import os
@@ -10,6 +11,12 @@ import pytest
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian's chromium is not installed")
 
+POINTS_OF = """(name) => {
+  const plot = document.querySelector('#diffscope-tradeoff .js-plotly-plot');
+  if (!plot || !plot.data) return 0;
+  return plot.data.filter(t => t.name === name).reduce((n, t) => n + (t.x ? t.x.length : 0), 0);
+}"""
+
 
 @pytest.fixture(scope="module")
 def app_url(tmp_path_factory):
@@ -19,13 +26,14 @@ def app_url(tmp_path_factory):
 
     pipe = random_pipeline("toy")
     pipe.set_progress_bar_config(disable=True)
+    pipe.diffscope_name = "default"
     demo = app.build_demo(pipe)
     _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True)
     yield url
     demo.close()
 
 
-def test_generate_in_browser(app_url, tmp_path):
+def test_generate_toggle_tgate_and_see_the_tradeoff_in_browser(app_url, tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
     with sync_playwright() as p:
@@ -34,16 +42,22 @@ def test_generate_in_browser(app_url, tmp_path):
             args=["--no-sandbox", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
         )
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page = browser.new_page(viewport={"width": 1500, "height": 1100})
             page.goto(app_url)
-            prompt = page.get_by_label("Prompt", exact=True)
-            prompt.fill("a small blue square at the top")
+            page.get_by_label("Prompt", exact=True).fill("a small blue square at the top")
             page.locator('input[aria-label="number input for Steps"]').fill("4")
             page.get_by_role("button", name="Generate", exact=True).click()
-            # the generated image arrives as a file served by gradio, and the visible tab draws its plotly figure
-            image = page.locator('img[src*="gradio_api/file="]').first
-            expect(image).to_be_visible(timeout=120_000)
-            page.wait_for_function("() => document.querySelectorAll('.js-plotly-plot').length >= 1", timeout=120_000)
+            # the full-compute image arrives as a file served by gradio
+            expect(page.locator('img[src*="gradio_api/file="]').first).to_be_visible(timeout=120_000)
+            page.wait_for_function("() => document.querySelector('#diffscope-tradeoff .js-plotly-plot') !== null",
+                                   timeout=120_000)
+            # T-GATE on: the accelerated and difference images join, the plot gains a tgate point
+            page.locator("#toggle-tgate input[type=checkbox]").check()
+            page.wait_for_function(f"() => ({POINTS_OF})('tgate') >= 1", timeout=120_000)
+            expect(page.locator('img[src*="gradio_api/file="]')).to_have_count(3, timeout=120_000)
+            # Faster-Diffusion cannot join T-GATE: marked unavailable, with the engine's reason, before any click
+            expect(page.locator("#note-fastdiff")).to_contain_text("unavailable", timeout=30_000)
+            expect(page.locator("#toggle-fastdiff input[type=checkbox]")).to_be_disabled()
             expect(page.locator(".toast-body.error")).to_have_count(0)
             page.screenshot(path=str(tmp_path / "app.png"), full_page=True)
             assert (tmp_path / "app.png").stat().st_size > 10_000
