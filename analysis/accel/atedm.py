@@ -37,6 +37,9 @@ outputs) from an earlier step, but the kept tokens differ from step to step.
 
 Counters: tokens_total / tokens_pruned (batch rows x tokens at the pruning points, overall and per attention
 block), pruned_fraction, pruning_events and events_per_step (pruning points that pruned, per step).
+
+Signal "atedm_pruning" (docs/signals.md; analysis/accel/pruning_log.py): the tokens pruned per block and
+step, recorded only in a run with probes attached, so the timed run does no extra work.
 """
 from __future__ import annotations
 
