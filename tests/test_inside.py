@@ -242,6 +242,7 @@ def test_self_attention_of_one_pixel(full_run):
     assert abs(float(np.nansum(mean)) - 1) < 2e-2
     with pytest.raises(ValueError, match="pick one layer"):
         D.self_attention_map(maps, 1, D.MEAN_LAYER, (0, 0), head=0)
+    E.self_attention_figure(maps, step=1, layer=layer, pixel=(63, 63), image=image, head=0, reused_steps=[1])
 
 
 def test_step_strip():

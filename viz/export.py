@@ -332,3 +332,35 @@ def step_strip_figure(marks: dict, current_step: int | None = None, title_prefix
     ax.set_xlabel("denoising step")
     ax.set_title(D.with_prefix("What each technique did, per step", title_prefix))
     return fig
+
+
+@styled
+def self_attention_figure(attention_maps: dict, step: int | None = None, layer: str | None = MEAN_LAYER,
+                          pixel: tuple[float, float] = (0, 0), head: int | None = None, prompt: int = 0,
+                          image: np.ndarray | None = None, alpha: float = 0.6, timesteps: Sequence[float] | None = None,
+                          reused_steps: Sequence[int] | None = None, cmap: str = "inferno",
+                          title_prefix: str | None = None) -> Figure:
+    """Where one query pixel looks (see viz.plotly_figs.self_attention_figure for the arguments)."""
+    if not attention_maps or not attention_maps.get("self"):
+        return _message("No self-attention maps were captured.")
+    image_hw = None if image is None else tuple(np.asarray(image).shape[:2])
+    m, shown, cell = D.self_attention_map(attention_maps, step, layer, pixel, head, prompt, image_hw)
+    fig = Figure(figsize=(3.6, 3.4), layout="constrained")
+    ax = fig.add_subplot()
+    if image is not None:
+        ax.imshow(np.asarray(image), extent=(0, 1, 1, 0), interpolation="bilinear")
+        im = ax.imshow(m, extent=(0, 1, 1, 0), cmap=cmap, vmin=0, alpha=alpha, interpolation="bilinear")
+        ax.plot([(pixel[1] + 0.5) / image_hw[1]], [(pixel[0] + 0.5) / image_hw[0]], "x", color="#00e5ff", ms=10, mew=2.5)
+    else:
+        im = ax.imshow(m, cmap=cmap, vmin=0, interpolation="nearest")
+        ax.plot([cell[1]], [cell[0]], "x", color="#00e5ff", ms=10, mew=2.5)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    fig.colorbar(im, ax=ax, shrink=0.8).set_label("attention mass")
+    layer_name = "mean of all layers" if layer in (None, MEAN_LAYER) else D.layer_label(layer)
+    head_name = "mean over heads" if head is None else f"head {head}"
+    source = D.reuse_source(shown, reused_steps or ())
+    badge = "" if source is None else f" · REUSED (map of step {source})"
+    fig.suptitle(D.with_prefix(f"Self-attention of one query{badge}", title_prefix)
+                 + f"\n{layer_name} · {head_name} · {_step_title(shown, timesteps)}", fontsize=9)
+    return fig
