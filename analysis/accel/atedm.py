@@ -39,7 +39,7 @@ Counters: tokens_total / tokens_pruned (batch rows x tokens at the pruning point
 block), pruned_fraction, pruning_events and events_per_step (pruning points that pruned, per step).
 
 Signal "atedm_pruning" (docs/signals.md; analysis/accel/pruning_log.py): the tokens pruned per block and
-step, recorded only in a run with probes attached, so the timed run does no extra work.
+step, recorded only in a run with an attention probe attached, so the timed run does no extra work.
 """
 from __future__ import annotations
 

@@ -2,8 +2,8 @@
 
 The AT-EDM handle (analysis/accel/atedm.py) hands every pruning decision to a `PruningLog`; the log keeps,
 for the conditional rows only, a boolean "pruned" mask over the attention block's token grid. It records
-only when a probe is attached to the run (the instrumented run that feeds the app's "inside" views), so
-the timed accelerated run does no extra work. Masks stay on the device until the run ends (no
+only when an attention probe (analysis/probes: attention_maps, token_rank, convergence) is attached to the
+run (the instrumented run that feeds the app's "inside" views), so the timed accelerated run does no extra work. Masks stay on the device until the run ends (no
 synchronisation in the denoising loop) and are bounded by `budget_bytes` (one byte per token per prompt;
 past the budget the log stops and says so).
 
