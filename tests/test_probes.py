@@ -131,7 +131,10 @@ def check_signals(signals: dict, n_prompts: int, n_tokens: int, steps: int) -> N
         (hq, wq), (hk, wk) = res["kept"], res["keys_kept"]
         assert arr.shape == (len(kept), n_prompts, hq, wq, hk, wk) and arr.dtype == np.float16
         np.testing.assert_allclose(arr.astype(np.float32).sum(axis=(-2, -1)), 1.0, atol=2e-2)
-        total += arr.nbytes
+        heads = maps["self_heads"][layer]
+        assert heads.shape[:2] == (len(kept), n_prompts) and heads.shape[3:] == (hq, wq, hk, wk)
+        np.testing.assert_allclose(heads.astype(np.float32).mean(axis=2), arr.astype(np.float32), atol=2e-3)
+        total += arr.nbytes + heads.nbytes
     assert maps["kept_bytes"] == total
 
     conv = signals["cross_attn_convergence"]
@@ -260,12 +263,14 @@ def test_memory_budget_reduces_resolution_then_steps(pipes):
     config = RunConfig(prompt=PROMPTS, steps=steps, guidance=5.0, size=64)
     _, _, _, full, _ = run_once(pipe, config, (AttentionMapsConfig(),), steps)
     full = full["attention_maps"]
-    assert full["steps"] == list(range(steps)) and full["cross_heads"] and not full["reductions"]
-    budget_mb = full["kept_bytes"] / 2**20 / 6  # far below what all steps at native resolution need
+    assert full["steps"] == list(range(steps)) and full["cross_heads"] and full["self_heads"] and not full["reductions"]
+    head_bytes = sum(a.nbytes for a in full["self_heads"].values())
+    budget_mb = (full["kept_bytes"] - head_bytes) / 2**20 / 6  # far below what all steps at native resolution need
     _, _, _, small, _ = run_once(pipe, config, (AttentionMapsConfig(budget_mb=budget_mb),), steps)
     small = small["attention_maps"]
     assert small["kept_bytes"] <= small["budget_bytes"] == int(budget_mb * 2**20)
-    assert not small["cross_heads"]  # per-head cross maps go first
+    assert not small["self_heads"] and not small["cross_heads"]  # per-head maps go first, self before cross
+    assert small["reductions"][:2] == ["dropped per-head self-attention maps", "dropped per-head cross maps"]
     assert len(small["steps"]) < steps and small["steps"][0] == 0
     reduced = [res for layer, res in small["resolution"].items() if layer in small["self"] and res["kept"] != res["native"]]
     assert reduced and all(min(res["kept"]) >= 8 for res in reduced)

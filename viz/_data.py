@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 from typing import Any, Sequence
 
 import numpy as np
@@ -140,7 +141,8 @@ def normalise(maps: np.ndarray, mode: str) -> tuple[np.ndarray, float, float]:
     if mode not in NORM_MODES:
         raise ValueError(f"normalisation must be one of {', '.join(NORM_MODES)}, got {mode!r}")
     if mode == "per-token":
-        with np.errstate(all="ignore"):
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a map a technique left unobserved is all NaN
             lo = np.nanmin(maps, axis=(-2, -1), keepdims=True)
             hi = np.nanmax(maps, axis=(-2, -1), keepdims=True)
             out = (maps - lo) / np.where(hi - lo > 0, hi - lo, 1)
@@ -290,3 +292,134 @@ def _fmt(x: float) -> str:
     if math.isfinite(x) and x == int(x):
         return f"{int(x):,}"
     return f"{x:.4g}"
+
+
+# --- inside the accelerated run (technique marks, analysis.accel.marks) ----------------------------------
+
+def with_prefix(title: str, prefix: str | None) -> str:
+    """'Full compute · <title>' when a prefix is given (the app shows full compute and accelerated side by side)."""
+    return f"{prefix} · {title}" if prefix else title
+
+
+def cross_head_maps(attention_maps: dict, layer: str, step: int | None, head: int, prompt: int = 0) -> tuple[np.ndarray, int]:
+    """(n_tokens, h, w) maps of one head of one cross-attention layer at the kept step nearest `step`."""
+    heads = (attention_maps.get("cross_heads") or {}).get(layer)
+    if heads is None:
+        raise ValueError(f"per-head cross-attention maps of {layer!r} were not kept (memory budget or cross_heads=False)")
+    steps = list(attention_maps.get("steps", []))
+    si = nearest_index(steps, step)
+    if not 0 <= head < heads.shape[2]:
+        raise ValueError(f"head must be between 0 and {heads.shape[2] - 1}, got {head}")
+    return np.asarray(heads[si, prompt, head], dtype=np.float32), steps[si]
+
+
+def n_heads(attention_maps: dict, layer: str, kind: str = "cross") -> int:
+    """How many per-head maps were kept for `layer` (0 = head-averaged only)."""
+    arr = (attention_maps.get("cross_heads" if kind == "cross" else "self_heads") or {}).get(layer)
+    return 0 if arr is None else int(arr.shape[2])
+
+
+def reuse_source(step: int, reused_steps: Sequence[int]) -> int | None:
+    """The step whose map a reused step uses: the latest earlier step that computed (None if `step` computed)."""
+    reused = set(reused_steps or ())
+    if step not in reused:
+        return None
+    s = step - 1
+    while s in reused:
+        s -= 1
+    return s if s >= 0 else None
+
+
+def self_layers(attention_maps: dict) -> list[str]:
+    return list((attention_maps or {}).get("self", {}) or {})
+
+
+def query_cell(pixel: tuple[float, float], grid: tuple[int, int], image_hw: tuple[int, int] | None) -> tuple[int, int]:
+    """The query cell of a `grid` that holds `pixel` = (row, col): in image pixels when image_hw is given,
+    else already in grid cells."""
+    r, c = pixel
+    if image_hw is not None:
+        r, c = r * grid[0] / image_hw[0], c * grid[1] / image_hw[1]
+    return min(max(int(r), 0), grid[0] - 1), min(max(int(c), 0), grid[1] - 1)
+
+
+def self_attention_map(attention_maps: dict, step: int | None, layer: str, pixel: tuple[float, float],
+                       head: int | None = None, prompt: int = 0,
+                       image_hw: tuple[int, int] | None = None) -> tuple[np.ndarray, int, tuple[int, int]]:
+    """(hk, wk) attention of the query cell holding `pixel` over the keys, the step shown and the query cell.
+    layer=MEAN_LAYER averages every self-attention layer's map (each at the pixel's own cell), resized to the
+    finest key grid and renormalised to sum to 1."""
+    selfs = attention_maps.get("self") or {}
+    if not selfs:
+        raise ValueError("no self-attention maps were captured")
+    steps = list(attention_maps.get("steps", []))
+    si = nearest_index(steps, step)
+
+    def one(name: str) -> tuple[np.ndarray, tuple[int, int]]:
+        if head is None:
+            arr = selfs[name][si, prompt]
+        else:
+            heads = (attention_maps.get("self_heads") or {}).get(name)
+            if heads is None:
+                raise ValueError(f"per-head self-attention maps of {name!r} were not kept (memory budget or self_heads=False)")
+            if not 0 <= head < heads.shape[2]:
+                raise ValueError(f"head must be between 0 and {heads.shape[2] - 1}, got {head}")
+            arr = heads[si, prompt, head]
+        cell = query_cell(pixel, arr.shape[:2], image_hw)
+        return np.asarray(arr[cell], dtype=np.float32), cell
+
+    if layer in (None, MEAN_LAYER):
+        if head is not None:
+            raise ValueError("pick one layer to see a single head (heads of different layers are unrelated)")
+        maps = [one(name)[0] for name in selfs]
+        h = max(m.shape[0] for m in maps)
+        w = max(m.shape[1] for m in maps)
+        up = [resize(m, (h, w)) for m in maps]
+        up = [u / u.sum() if np.isfinite(u).all() and u.sum() > 0 else np.full((h, w), np.nan, np.float32) for u in up]
+        with np.errstate(all="ignore"):
+            mean = np.nanmean(np.stack(up), axis=0)
+        return mean.astype(np.float32), steps[si], query_cell(pixel, (h, w), image_hw)
+    if layer not in selfs:
+        raise ValueError(f"layer {layer!r} was not captured")
+    m, cell = one(layer)
+    return m, steps[si], cell
+
+
+def pruned_cells(pruning: dict | None, layer: str, step: int, prompt: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, cols) of the tokens AT-EDM pruned in `layer` at `step` (signal "atedm_pruning"); empty when the
+    layer was not pruned there."""
+    masks = (pruning or {}).get("pruned") or {}
+    if layer not in masks or not 0 <= step < masks[layer].shape[0]:
+        return np.zeros(0, dtype=int), np.zeros(0, dtype=int)
+    rows, cols = np.nonzero(np.asarray(masks[layer][step, prompt]))
+    return rows, cols
+
+
+STRIP_CODES = {"compute": 0, "cache": 1, "reuse": 2, "skip": 2, "prune": 3, "prune-early": 4}
+
+
+def step_strip_rows(marks: dict) -> list[tuple[str, list[str], list[str]]]:
+    """(row label, per-step state, per-step letter) of every technique in `marks` (analysis.accel.marks);
+    states are keys of STRIP_CODES."""
+    steps = int(marks.get("steps", 0))
+    rows = []
+    reuse = marks.get("reuse")
+    if reuse:
+        policy = reuse["policy"]
+        rows.append((f"reuse ({reuse['scope']})", ["reuse" if c == "R" else "compute" for c in policy], list(policy)))
+    tgate = marks.get("tgate")
+    if tgate:
+        for kind in ("cross", "self"):
+            acts = tgate[kind]
+            rows.append((f"T-GATE {kind}-attn", list(acts), [{"compute": "C", "cache": "S", "reuse": "R"}[a] for a in acts]))
+    fd = marks.get("fastdiff")
+    if fd:
+        keys = set(fd["key_steps"])
+        rows.append(("Faster-Diffusion encoder", ["compute" if s in keys else "skip" for s in range(steps)],
+                     ["K" if s in keys else "–" for s in range(steps)]))
+    at = marks.get("atedm")
+    if at:
+        early = set(at["early_steps"])
+        rows.append((f"AT-EDM pruning ({at['ratio']:.0%})", ["prune-early" if s in early else "prune" for s in range(steps)],
+                     ["d" if s in early else "P" for s in range(steps)]))
+    return rows

@@ -19,6 +19,7 @@ from typing import Sequence
 import matplotlib
 
 matplotlib.use("Agg", force=False)
+import matplotlib.patches  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
@@ -91,10 +92,17 @@ def _grid(n: int, cols: int, cell: float = 1.6, extra_w: float = 0.8, extra_h: f
 def cross_attention_figure(attention_maps: dict, tokens: Sequence[str], step: int | None = None,
                            layer: str = MEAN_LAYER, prompt: int = 0, norm: str = "per-token",
                            image: np.ndarray | None = None, alpha: float = 0.55, special: bool = False,
-                           cols: int = 6, timesteps: Sequence[float] | None = None, cmap: str = "inferno") -> Figure:
+                           cols: int = 6, timesteps: Sequence[float] | None = None, cmap: str = "inferno",
+                           head: int | None = None, reused_steps: Sequence[int] | None = None,
+                           title_prefix: str | None = None) -> Figure:
     if not attention_maps or not attention_maps.get("cross"):
         return _message("No cross-attention maps were captured.")
-    maps, shown = D.cross_maps(attention_maps, layer, step, prompt)
+    if head is None:
+        maps, shown = D.cross_maps(attention_maps, layer, step, prompt)
+    elif layer in (None, MEAN_LAYER):
+        raise ValueError("pick one layer to see a single head (heads of different layers are unrelated)")
+    else:
+        maps, shown = D.cross_head_maps(attention_maps, layer, step, head, prompt)
     entries = [(i, lab) for i, lab in D.token_entries(tokens, special=special) if i < maps.shape[0]]
     if not entries:
         return _message("The prompt has no tokens to show.")
@@ -119,13 +127,18 @@ def cross_attention_figure(attention_maps: dict, tokens: Sequence[str], step: in
     bar = fig.colorbar(mappable, ax=list(axes[:len(entries)]), shrink=0.8, pad=0.02)
     bar.set_label("0-1 per token" if norm == "per-token" else "attention mass")
     layer_name = "mean of all layers" if layer in (None, MEAN_LAYER) else D.layer_label(layer)
-    fig.suptitle(f"Cross-attention per token · {layer_name} · {_step_title(shown, timesteps)}\n"
-                 f"normalisation: {NORM_MODES[norm]}", fontsize=9)
+    head_name = "mean over heads" if head is None else f"head {head}"
+    source = D.reuse_source(shown, reused_steps or ())
+    badge = "" if source is None else f" · REUSED (map of step {source})"
+    fig.suptitle(D.with_prefix(f"Cross-attention per token · {layer_name} · {head_name} · "
+                               f"{_step_title(shown, timesteps)}{badge}", title_prefix)
+                 + f"\nnormalisation: {NORM_MODES[norm]}", fontsize=9)
     return fig
 
 
 @styled
-def convergence_figure(conv: dict, log_y: bool = False) -> Figure:
+def convergence_figure(conv: dict, log_y: bool = False, gate_step: int | None = None,
+                       title_prefix: str | None = None) -> Figure:
     if not conv or not conv.get("layers"):
         return _message("No cross-attention convergence was captured.")
     steps = list(conv["steps"])
@@ -144,14 +157,17 @@ def convergence_figure(conv: dict, log_y: bool = False) -> Figure:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if log_y:
             ax.set_yscale("log")
+        if gate_step is not None:
+            ax.axvline(gate_step, color="#e6550d", lw=1.5, ls="--", label=f"T-GATE gate (step {gate_step})")
     axes[0].set_ylabel("L2 distance to step t-1")
     axes[1].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    fig.suptitle("Cross-attention convergence (T-GATE)", fontsize=10)
+    fig.suptitle(D.with_prefix("Cross-attention convergence (T-GATE)", title_prefix), fontsize=10)
     return fig
 
 
 @styled
-def drift_figure(drift: dict, log_y: bool = False) -> Figure:
+def drift_figure(drift: dict, log_y: bool = False, key_steps: Sequence[int] | None = None,
+                 title_prefix: str | None = None) -> Figure:
     if not drift or not drift.get("blocks"):
         return _message("No feature drift was captured.")
     roles = drift.get("role", {})
@@ -170,6 +186,8 @@ def drift_figure(drift: dict, log_y: bool = False) -> Figure:
         if log_y:
             ax1.set_yscale("log")
         ax1.xaxis.set_major_locator(MaxNLocator(integer=True))
+        for i, k in enumerate(k for k in (key_steps or ()) if 1 <= k <= mse.shape[1]):
+            ax1.axvline(k, color="#31a354", lw=1, ls=":", label="key step (encoder runs)" if i == 0 else None)
         fig.legend(*ax1.get_legend_handles_labels(), loc="outside lower center", ncols=4)
     if frob.size:
         data = [row[np.isfinite(row)] for row in frob]
@@ -180,14 +198,16 @@ def drift_figure(drift: dict, log_y: bool = False) -> Figure:
         ax2.set_xticks(range(1, len(blocks) + 1), blocks, rotation=40, ha="right")
         ax2.set_ylabel(r"$\|F_t\|_F$")
         ax2.set_title("Frobenius norm per step, per block")
-    fig.suptitle("Feature drift per UNet block (encoder blue, bottleneck green, decoder red)", fontsize=10)
+    fig.suptitle(D.with_prefix("Feature drift per UNet block (encoder blue, bottleneck green, decoder red)",
+                               title_prefix), fontsize=10)
     return fig
 
 
 @styled
 def token_rank_figure(token_rank: dict, step: int | None = None, prompt: int = 0,
                       layers: Sequence[str] | None = None, cols: int = 6,
-                      timesteps: Sequence[float] | None = None) -> Figure:
+                      timesteps: Sequence[float] | None = None, pruned: dict | None = None,
+                      title_prefix: str | None = None) -> Figure:
     if not token_rank or not token_rank.get("layers"):
         return _message("No token ranks were captured.")
     maps, shown = D.token_rank_maps(token_rank, step, prompt, layers)
@@ -197,11 +217,17 @@ def token_rank_figure(token_rank: dict, step: int | None = None, prompt: int = 0
     im = None
     for ax, (layer, m) in zip(axes, maps):
         im = ax.imshow(m, cmap="viridis", vmin=0, vmax=vmax, interpolation="nearest")
+        py, px = D.pruned_cells(pruned, layer, shown, prompt)
+        if py.size:  # one open square per pruned token
+            ax.scatter(px, py, marker="s", s=max(2.0, (60 / max(m.shape)) ** 2), facecolors="none",
+                       edgecolors="#ff2d2d", linewidths=0.6)
         ax.set_title(D.layer_label(layer), fontsize=8)
         ax.set_xticks([])
         ax.set_yticks([])
     fig.colorbar(im, ax=list(axes[:len(maps)]), shrink=0.8, pad=0.02).set_label("importance x N (1 = uniform)")
-    fig.suptitle(f"Token importance (G-WPR) · {_step_title(shown, timesteps)}", fontsize=10)
+    note = "\nred squares: tokens AT-EDM pruned at this step" if pruned else ""
+    fig.suptitle(D.with_prefix(f"Token importance (G-WPR) · {_step_title(shown, timesteps)}", title_prefix) + note,
+                 fontsize=10)
     return fig
 
 
@@ -279,4 +305,62 @@ def counters_figure(counters: dict, title: str = "Work actually skipped") -> Fig
         ax.annotate(r[3].split(" (")[0], (r[2], i), xytext=(3, 0), textcoords="offset points", va="center",
                     fontsize=7)
     ax.set_title(title)
+    return fig
+
+
+@styled
+def step_strip_figure(marks: dict, current_step: int | None = None, title_prefix: str | None = None) -> Figure:
+    """What each technique did per step (analysis.accel.technique_marks), as in viz.plotly_figs."""
+    from matplotlib.colors import ListedColormap
+
+    rows = D.step_strip_rows(marks or {})
+    if not rows:
+        return _message("No technique with per-step marks is active.")
+    steps = int(marks["steps"])
+    z = np.array([[D.STRIP_CODES[state] for state in states] for _, states, _ in rows])
+    fig = Figure(figsize=(max(4.0, 0.28 * steps + 2.5), 0.35 * len(rows) + 1.0), layout="constrained")
+    ax = fig.add_subplot()
+    cmap = ListedColormap(["#e8e8e8", "#6baed6", "#fd8d3c", "#cb181d", "#fcae91"])
+    ax.imshow(z, cmap=cmap, vmin=-0.5, vmax=4.5, aspect="auto", interpolation="nearest")
+    for r, (_, _, letters) in enumerate(rows):
+        for c, letter in enumerate(letters):
+            ax.text(c, r, letter, ha="center", va="center", fontsize=7)
+    if current_step is not None and 0 <= current_step < steps:
+        ax.add_patch(matplotlib.patches.Rectangle((current_step - 0.5, -0.5), 1, len(rows), fill=False, lw=2))
+    ax.set_yticks(range(len(rows)), [label for label, _, _ in rows])
+    ax.set_xticks(range(steps), range(steps), fontsize=7)
+    ax.set_xlabel("denoising step")
+    ax.set_title(D.with_prefix("What each technique did, per step", title_prefix))
+    return fig
+
+
+@styled
+def self_attention_figure(attention_maps: dict, step: int | None = None, layer: str | None = MEAN_LAYER,
+                          pixel: tuple[float, float] = (0, 0), head: int | None = None, prompt: int = 0,
+                          image: np.ndarray | None = None, alpha: float = 0.6, timesteps: Sequence[float] | None = None,
+                          reused_steps: Sequence[int] | None = None, cmap: str = "inferno",
+                          title_prefix: str | None = None) -> Figure:
+    """Where one query pixel looks (see viz.plotly_figs.self_attention_figure for the arguments)."""
+    if not attention_maps or not attention_maps.get("self"):
+        return _message("No self-attention maps were captured.")
+    image_hw = None if image is None else tuple(np.asarray(image).shape[:2])
+    m, shown, cell = D.self_attention_map(attention_maps, step, layer, pixel, head, prompt, image_hw)
+    fig = Figure(figsize=(3.6, 3.4), layout="constrained")
+    ax = fig.add_subplot()
+    if image is not None:
+        ax.imshow(np.asarray(image), extent=(0, 1, 1, 0), interpolation="bilinear")
+        im = ax.imshow(m, extent=(0, 1, 1, 0), cmap=cmap, vmin=0, alpha=alpha, interpolation="bilinear")
+        ax.plot([(pixel[1] + 0.5) / image_hw[1]], [(pixel[0] + 0.5) / image_hw[0]], "x", color="#00e5ff", ms=10, mew=2.5)
+    else:
+        im = ax.imshow(m, cmap=cmap, vmin=0, interpolation="nearest")
+        ax.plot([cell[1]], [cell[0]], "x", color="#00e5ff", ms=10, mew=2.5)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    fig.colorbar(im, ax=ax, shrink=0.8).set_label("attention mass")
+    layer_name = "mean of all layers" if layer in (None, MEAN_LAYER) else D.layer_label(layer)
+    head_name = "mean over heads" if head is None else f"head {head}"
+    source = D.reuse_source(shown, reused_steps or ())
+    badge = "" if source is None else f" · REUSED (map of step {source})"
+    fig.suptitle(D.with_prefix(f"Self-attention of one query{badge}", title_prefix)
+                 + f"\n{layer_name} · {head_name} · {_step_title(shown, timesteps)}", fontsize=9)
     return fig

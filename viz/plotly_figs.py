@@ -10,6 +10,12 @@
   its concentration (normalised entropy) per layer and step.
 - `tradeoff_figure`: quality (PSNR, SSIM) against latency; baseline and the step-reduction curve marked.
 - `counters_figure`: work skipped, per technique, as bars and a table.
+
+Inside the accelerated run (marks from `analysis.accel.technique_marks`, pruned tokens from the signal
+"atedm_pruning"): `convergence_figure(gate_step=)`, `drift_figure(key_steps=)`,
+`token_rank_figure(pruned=)`, `cross_attention_figure(reused_steps=, head=)`, `step_strip_figure(marks)`
+and `self_attention_figure(...)`. Every figure takes `title_prefix` ("full compute", "accelerated") so the
+app can show both runs side by side. All these arguments default to None: the figure is then unchanged.
 """
 from __future__ import annotations
 
@@ -67,13 +73,23 @@ def cross_attention_figure(attention_maps: dict, tokens: Sequence[str], step: in
                            layer: str = MEAN_LAYER, prompt: int = 0, norm: str = "per-token",
                            image: np.ndarray | None = None, alpha: float = 0.55, special: bool = False,
                            cols: int = 5, timesteps: Sequence[float] | None = None,
-                           colorscale: str = "Inferno") -> go.Figure:
+                           colorscale: str = "Inferno", head: int | None = None,
+                           reused_steps: Sequence[int] | None = None, title_prefix: str | None = None) -> go.Figure:
     """Heat-map grid: one panel per token of `tokens` (the prompt's tokens, padding excluded; start/end
     tokens with special=True). `image` (H, W, 3) uint8 puts each map over the generated image with
-    opacity `alpha`. `step` is a denoising step index (the nearest kept step is shown)."""
+    opacity `alpha`. `step` is a denoising step index (the nearest kept step is shown).
+
+    head: None = the mean over heads; an index = that head of `layer` (needs the signal's cross_heads).
+    reused_steps: steps whose cross-attention was not computed (reuse R steps, T-GATE after its gate;
+    `analysis.accel.reused_attention_steps`): when the shown step is one, a badge names the step whose map it is."""
     if not attention_maps or not attention_maps.get("cross"):
         return empty_figure("No cross-attention maps were captured.")
-    maps, shown_step = D.cross_maps(attention_maps, layer, step, prompt)
+    if head is None:
+        maps, shown_step = D.cross_maps(attention_maps, layer, step, prompt)
+    elif layer in (None, MEAN_LAYER):
+        raise ValueError("pick one layer to see a single head (heads of different layers are unrelated)")
+    else:
+        maps, shown_step = D.cross_head_maps(attention_maps, layer, step, head, prompt)
     entries = D.token_entries(tokens, special=special)
     entries = [(i, lab) for i, lab in entries if i < maps.shape[0]]
     if not entries:
@@ -109,19 +125,31 @@ def cross_attention_figure(attention_maps: dict, tokens: Sequence[str], step: in
         fig.layout[f"yaxis{suffix}"].update(scaleanchor=f"x{suffix}", showticklabels=False, showgrid=False)
         fig.layout[f"xaxis{suffix}"].update(showticklabels=False, showgrid=False, constrain="domain")
     layer_name = "mean of all layers" if layer in (None, MEAN_LAYER) else D.layer_label(layer)
+    head_name = "mean over heads" if head is None else f"head {head}"
+    source = D.reuse_source(shown_step, reused_steps or ())
+    badge = "" if source is None else f" · <b>REUSED</b> (map of step {source})"
     fig.update_layout(
         **{**_LAYOUT, "margin": dict(l=30, r=30, t=105, b=30)},
         height=max(280, 190 * rows + 120),
-        title=dict(text=f"Cross-attention per token · {layer_name} · {_step_title(shown_step, timesteps)}"
-                        f"<br><sup>normalisation: {NORM_MODES[norm]}</sup>", x=0.01),
+        title=dict(text=D.with_prefix(f"Cross-attention per token · {layer_name} · {head_name} · "
+                                      f"{_step_title(shown_step, timesteps)}{badge}", title_prefix)
+                        + f"<br><sup>normalisation: {NORM_MODES[norm]}</sup>", x=0.01),
     )
+    if source is not None:
+        fig.add_annotation(text=f"♻ reused: not computed at step {shown_step}, map of step {source}",
+                           name="reused-badge", showarrow=False, xref="paper", yref="paper", x=1.0, y=1.0,
+                           xanchor="right", yanchor="bottom", yshift=34, bgcolor="#fde2c8", bordercolor="#e6550d",
+                           borderwidth=1, font=dict(size=11, color="#7f2704"))
     return fig
 
 
 # --- convergence -----------------------------------------------------------------------------------------
 
-def convergence_figure(conv: dict, log_y: bool = False) -> go.Figure:
-    """output_l2 and probs_l2 per attn2 layer over steps (thin), and their mean over layers (thick)."""
+def convergence_figure(conv: dict, log_y: bool = False, gate_step: int | None = None,
+                       title_prefix: str | None = None) -> go.Figure:
+    """output_l2 and probs_l2 per attn2 layer over steps (thin), and their mean over layers (thick).
+    gate_step: T-GATE's gate (marks["tgate"]["gate_step"]), drawn as a vertical line on both panels; from
+    that step on cross-attention is cached, so the accelerated run has no distances there."""
     if not conv or not conv.get("layers"):
         return empty_figure("No cross-attention convergence was captured.")
     steps = list(conv["steps"])
@@ -147,16 +175,25 @@ def convergence_figure(conv: dict, log_y: bool = False) -> go.Figure:
     fig.update_yaxes(title_text="L2 distance to step t−1", row=1, col=1)
     if log_y:
         fig.update_yaxes(type="log")
-    fig.update_layout(**_LAYOUT, height=430, title=dict(text="Cross-attention convergence (T-GATE)", x=0.01),
+    if gate_step is not None:
+        for col in (1, 2):
+            fig.add_vline(x=gate_step, line=dict(color="#e6550d", width=2, dash="dash"), row=1, col=col,
+                          annotation_text=f"T-GATE gate (step {gate_step})" if col == 1 else None,
+                          annotation_position="top right", annotation_font=dict(size=11, color="#e6550d"))
+    fig.update_layout(**_LAYOUT, height=430,
+                      title=dict(text=D.with_prefix("Cross-attention convergence (T-GATE)", title_prefix), x=0.01),
                       legend=dict(font=dict(size=10)))
     return fig
 
 
 # --- feature drift ---------------------------------------------------------------------------------------
 
-def drift_figure(drift: dict, log_y: bool = False) -> go.Figure:
+def drift_figure(drift: dict, log_y: bool = False, key_steps: Sequence[int] | None = None,
+                 title_prefix: str | None = None) -> go.Figure:
     """Left: MSE between consecutive steps' block outputs (Faster-Diffusion Fig. 3a), coloured by
-    encoder / bottleneck / decoder. Right: per-block box plot of the Frobenius norm over steps (Fig. 3b)."""
+    encoder / bottleneck / decoder. Right: per-block box plot of the Frobenius norm over steps (Fig. 3b).
+    key_steps: Faster-Diffusion's key steps (marks["fastdiff"]["key_steps"]), drawn as dotted vertical lines
+    on the MSE panel (the encoder runs there; at the other steps its features are reused)."""
     if not drift or not drift.get("blocks"):
         return empty_figure("No feature drift was captured.")
     roles = drift.get("role", {})
@@ -184,9 +221,17 @@ def drift_figure(drift: dict, log_y: bool = False) -> go.Figure:
     fig.update_xaxes(tickangle=-40, row=1, col=2)
     if log_y:
         fig.update_yaxes(type="log", row=1, col=1)
+    if key_steps is not None:
+        n = mse.shape[-1] if mse.size else 0
+        for k in key_steps:
+            if 1 <= k <= n:  # the MSE axis runs over steps 1..n (distance to the previous step)
+                fig.add_vline(x=k, line=dict(color="#31a354", width=1.5, dash="dot"), row=1, col=1)
+        fig.add_annotation(text="key steps (encoder runs): " + ", ".join(map(str, key_steps)), showarrow=False,
+                           xref="x domain", yref="y domain", x=0.01, y=1.0, xanchor="left", yanchor="bottom",
+                           font=dict(size=10, color="#31a354"), name="key-steps")
     fig.update_layout(**_LAYOUT, height=460, legend=dict(font=dict(size=10)),
-                      title=dict(text="Feature drift per UNet block (encoder blue · bottleneck green · decoder red)",
-                                 x=0.01))
+                      title=dict(text=D.with_prefix("Feature drift per UNet block (encoder blue · bottleneck green · "
+                                                    "decoder red)", title_prefix), x=0.01))
     return fig
 
 
@@ -194,9 +239,12 @@ def drift_figure(drift: dict, log_y: bool = False) -> go.Figure:
 
 def token_rank_figure(token_rank: dict, step: int | None = None, prompt: int = 0,
                       layers: Sequence[str] | None = None, cols: int = 5,
-                      timesteps: Sequence[float] | None = None) -> go.Figure:
+                      timesteps: Sequence[float] | None = None, pruned: dict | None = None,
+                      title_prefix: str | None = None) -> go.Figure:
     """G-WPR importance of each spatial token, one map per self-attention layer, at the kept step nearest
-    `step`; values are importance x number of tokens (1 = uniform), on one shared scale."""
+    `step`; values are importance x number of tokens (1 = uniform), on one shared scale.
+    pruned: the run's "atedm_pruning" signal; the tokens AT-EDM pruned at the shown step are outlined (one
+    open square per pruned token) on the layer whose map ranked them."""
     if not token_rank or not token_rank.get("layers"):
         return empty_figure("No token ranks were captured.")
     maps, shown = D.token_rank_maps(token_rank, step, prompt, layers)
@@ -212,6 +260,15 @@ def token_rank_figure(token_rank: dict, step: int | None = None, prompt: int = 0
             colorbar=dict(title=dict(text="importance × N<br>(1 = uniform)", side="right"), thickness=12, len=0.8),
             hovertemplate=f"{D.layer_label(layer)}<br>x=%{{x}} y=%{{y}}<br>%{{z:.2f}}× uniform<extra></extra>",
         ), row=r + 1, col=c + 1)
+        py, px = D.pruned_cells(pruned, layer, shown, prompt)
+        if py.size:
+            fig.add_trace(go.Scatter(
+                x=px, y=py, mode="markers", name="pruned by AT-EDM", legendgroup="pruned",
+                showlegend=not any(t.name == "pruned by AT-EDM" for t in fig.data),
+                marker=dict(symbol="square-open", size=max(3, min(12, 150 // max(m.shape))), color="#ff2d2d",
+                            line=dict(width=1)),
+                hovertemplate=f"{D.layer_label(layer)}<br>x=%{{x}} y=%{{y}}<br>pruned by AT-EDM<extra></extra>",
+            ), row=r + 1, col=c + 1)
     for i in range(1, rows * ncols + 1):
         suffix = "" if i == 1 else str(i)
         fig.layout[f"yaxis{suffix}"].update(scaleanchor=f"x{suffix}", autorange="reversed", showticklabels=False,
@@ -219,13 +276,16 @@ def token_rank_figure(token_rank: dict, step: int | None = None, prompt: int = 0
         fig.layout[f"xaxis{suffix}"].update(showticklabels=False, showgrid=False, constrain="domain")
     params = token_rank.get("params") or {}
     sub = ", ".join(f"{k}={v}" for k, v in params.items())
+    if pruned:
+        sub = (sub + " · " if sub else "") + "red squares: tokens AT-EDM pruned at this step"
     fig.update_layout(**{**_LAYOUT, "margin": dict(l=30, r=30, t=105, b=30)}, height=max(280, 200 * rows + 120),
-                      title=dict(text=f"Token importance (G-WPR) · {_step_title(shown, timesteps)}"
-                                      + (f"<br><sup>{sub}</sup>" if sub else ""), x=0.01))
+                      title=dict(text=D.with_prefix(f"Token importance (G-WPR) · {_step_title(shown, timesteps)}",
+                                                    title_prefix) + (f"<br><sup>{sub}</sup>" if sub else ""), x=0.01),
+                      legend=dict(orientation="h", x=1.0, xanchor="right", y=1.02, yanchor="bottom"))
     return fig
 
 
-def token_rank_summary_figure(token_rank: dict, prompt: int | None = None) -> go.Figure:
+def token_rank_summary_figure(token_rank: dict, prompt: int | None = None, title_prefix: str | None = None) -> go.Figure:
     """Heat map, layers x steps, of how concentrated token importance is (normalised entropy)."""
     if not token_rank or not token_rank.get("layers"):
         return empty_figure("No token ranks were captured.", height=260)
@@ -238,8 +298,8 @@ def token_rank_summary_figure(token_rank: dict, prompt: int | None = None) -> go
     fig.update_xaxes(title_text="denoising step", **_int_ticks(len(steps)))
     fig.update_yaxes(autorange="reversed")
     fig.update_layout(**_LAYOUT, height=max(260, 28 * len(layers) + 140),
-                      title=dict(text="Token-importance concentration per layer and step "
-                                      "(1 = uniform, lower = a few tokens dominate)", x=0.01))
+                      title=dict(text=D.with_prefix("Token-importance concentration per layer and step "
+                                                    "(1 = uniform, lower = a few tokens dominate)", title_prefix), x=0.01))
     return fig
 
 
@@ -308,7 +368,7 @@ def tradeoff_figure(rows: Sequence[dict], title: str = "Quality vs latency") -> 
 
 # --- counters --------------------------------------------------------------------------------------------
 
-def counters_figure(counters: dict, title: str = "Work actually skipped") -> go.Figure:
+def counters_figure(counters: dict, title: str = "Work actually skipped", title_prefix: str | None = None) -> go.Figure:
     """Bars of the numeric counters of each plug-in (per-step lists summed) above a table of all of them."""
     rows = D.counter_rows(counters)
     if not rows:
@@ -335,5 +395,94 @@ def counters_figure(counters: dict, title: str = "Work actually skipped") -> go.
     ), row=2 if numeric else 1, col=1)
     n_bar = len(numeric)
     height = (max(220, 26 * n_bar + 120) if numeric else 0) + 26 * len(rows) + 120
-    fig.update_layout(**_LAYOUT, height=int(height), title=dict(text=title, x=0.01), showlegend=False)
+    fig.update_layout(**_LAYOUT, height=int(height), title=dict(text=D.with_prefix(title, title_prefix), x=0.01),
+                      showlegend=False)
+    return fig
+
+
+# --- inside the accelerated run ------------------------------------------------------------------------
+
+_STRIP_COLOURS = [[0.0, "#e8e8e8"], [0.2, "#e8e8e8"], [0.2, "#6baed6"], [0.4, "#6baed6"], [0.4, "#fd8d3c"],
+                  [0.6, "#fd8d3c"], [0.6, "#cb181d"], [0.8, "#cb181d"], [0.8, "#fcae91"], [1.0, "#fcae91"]]
+_STRIP_LEGEND = ("grey: computed · blue (S): computed and cached · orange (R / –): reused, not computed · "
+                 "red (P): tokens pruned · pink (d): DSAP early step (prunes less)")
+
+
+def step_strip_figure(marks: dict, current_step: int | None = None, title_prefix: str | None = None) -> go.Figure:
+    """One row per technique, one cell per denoising step, saying what the technique did there (from
+    `analysis.accel.technique_marks`): reuse C/R, T-GATE compute/cache/reuse for cross- and self-attention,
+    Faster-Diffusion key (K) or skipped (–) encoder, AT-EDM full (P) or DSAP-early (d) pruning.
+    current_step: the step the other views show, outlined."""
+    rows = D.step_strip_rows(marks or {})
+    if not rows:
+        return empty_figure("No technique with per-step marks is active.", height=160)
+    steps = int(marks["steps"])
+    z = [[D.STRIP_CODES[state] for state in states] for _, states, _ in rows]
+    text = [letters for _, _, letters in rows]
+    labels = [label for label, _, _ in rows]
+    fig = go.Figure(go.Heatmap(
+        z=z, x=list(range(steps)), y=labels, text=text, texttemplate="%{text}", zmin=-0.5, zmax=4.5,
+        colorscale=_STRIP_COLOURS, showscale=False, xgap=2, ygap=3, textfont=dict(size=11),
+        customdata=[states for _, states, _ in rows],
+        hovertemplate="%{y}<br>step %{x}: %{customdata}<extra></extra>",
+    ))
+    if current_step is not None and 0 <= current_step < steps:
+        fig.add_shape(type="rect", x0=current_step - 0.5, x1=current_step + 0.5, y0=-0.5, y1=len(rows) - 0.5,
+                      line=dict(color="black", width=2.5), name="current-step")
+    fig.update_xaxes(title_text="denoising step", **_int_ticks(steps), showgrid=False)
+    fig.update_yaxes(autorange="reversed", showgrid=False)
+    fig.update_layout(**{**_LAYOUT, "margin": dict(l=60, r=30, t=80, b=50)}, height=110 + 34 * len(rows),
+                      title=dict(text=D.with_prefix("What each technique did, per step", title_prefix)
+                                      + f"<br><sup>{_STRIP_LEGEND}</sup>", x=0.01))
+    return fig
+
+
+def self_attention_figure(attention_maps: dict, step: int | None = None, layer: str | None = MEAN_LAYER,
+                          pixel: tuple[float, float] = (0, 0), head: int | None = None, prompt: int = 0,
+                          image: np.ndarray | None = None, alpha: float = 0.6,
+                          timesteps: Sequence[float] | None = None, reused_steps: Sequence[int] | None = None,
+                          colorscale: str = "Inferno", title_prefix: str | None = None) -> go.Figure:
+    """Where one query pixel looks: the self-attention of the query cell holding `pixel` over every key, at
+    the kept step nearest `step`, in `layer` (MEAN_LAYER: every layer at the pixel's own cell, averaged).
+
+    pixel = (row, col): in image pixels when `image` (H, W, 3) is given (the map is drawn over it and the
+    pixel marked), else in the layer's kept query grid. head: None = mean over heads, an index = that head
+    (needs the signal's self_heads). reused_steps: steps whose self-attention was not computed (reuse scope
+    self/both, T-GATE's cached self-attention), badged like `cross_attention_figure`."""
+    if not attention_maps or not attention_maps.get("self"):
+        return empty_figure("No self-attention maps were captured.")
+    image_hw = None if image is None else tuple(np.asarray(image).shape[:2])
+    m, shown, cell = D.self_attention_map(attention_maps, step, layer, pixel, head, prompt, image_hw)
+    fig = go.Figure()
+    if image is not None:
+        img = np.asarray(image)
+        side = min(max(img.shape[0], img.shape[1]), 256)
+        fig.add_trace(go.Image(source=_png_data_uri(D.resize_image(img, side)), hoverinfo="skip"))
+        z = D.resize(m, (side, side))
+        mark = ((pixel[0] + 0.5) * side / image_hw[0] - 0.5, (pixel[1] + 0.5) * side / image_hw[1] - 0.5)
+    else:
+        z = m
+        mark = (float(cell[0]), float(cell[1]))
+    fig.add_trace(go.Heatmap(
+        z=z, colorscale=colorscale, opacity=alpha if image is not None else 1.0, zmin=0,
+        colorbar=dict(title=dict(text="attention mass", side="right"), thickness=12, len=0.8),
+        hovertemplate="key x=%{x} y=%{y}<br>%{z:.4f}<extra></extra>", name="self-attention",
+    ))
+    fig.add_trace(go.Scatter(x=[mark[1]], y=[mark[0]], mode="markers", name="query pixel", showlegend=False,
+                             marker=dict(symbol="x-thin", size=16, line=dict(width=3, color="#00e5ff")),
+                             hovertemplate="query pixel<extra></extra>"))
+    if image is None:
+        fig.update_yaxes(autorange="reversed")
+    fig.update_yaxes(scaleanchor="x", showticklabels=False, showgrid=False)
+    fig.update_xaxes(showticklabels=False, showgrid=False, constrain="domain")
+    layer_name = "mean of all layers" if layer in (None, MEAN_LAYER) else D.layer_label(layer)
+    head_name = "mean over heads" if head is None else f"head {head}"
+    source = D.reuse_source(shown, reused_steps or ())
+    badge = "" if source is None else f" · <b>REUSED</b> (map of step {source})"
+    where = f"pixel (row {pixel[0]:g}, col {pixel[1]:g})" if image is not None else f"cell {cell}"
+    fig.update_layout(**{**_LAYOUT, "margin": dict(l=30, r=30, t=90, b=30)}, height=460,
+                      title=dict(text=D.with_prefix(f"Self-attention of one query · {layer_name} · {head_name} · "
+                                                    f"{_step_title(shown, timesteps)}{badge}", title_prefix)
+                                      + f"<br><sup>{where} (query cell {cell} of the layer's grid); "
+                                        f"where it attends, summing to 1</sup>", x=0.01))
     return fig

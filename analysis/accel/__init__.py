@@ -151,3 +151,6 @@ def check_combination(configs) -> None:
         check = getattr(config, "check_with", None)
         if check is not None:
             check(by_name)
+
+
+from analysis.accel.marks import reused_attention_steps, technique_marks  # noqa: E402  (inside-the-run marks)

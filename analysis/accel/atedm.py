@@ -39,6 +39,9 @@ outputs) from an earlier step, but the kept tokens differ from step to step.
 
 Counters: tokens_total / tokens_pruned (batch rows x tokens at the pruning points, overall and per attention
 block), pruned_fraction, pruning_events and events_per_step (pruning points that pruned, per step).
+
+Signal "atedm_pruning" (docs/signals.md; analysis/accel/pruning_log.py): the tokens pruned per block and
+step, recorded only in a run with an attention probe attached, so the timed run does no extra work.
 """
 from __future__ import annotations
 
@@ -50,6 +53,7 @@ from diffusers.models.attention import BasicTransformerBlock, _chunked_feed_forw
 from diffusers.models.transformers.transformer_2d import Transformer2DModel
 
 from analysis.accel import prune, register, register_cost, saving
+from analysis.accel.pruning_log import PruningLog
 from analysis.attention import AttentionPlugin, AttnCall
 from analysis.plugins import HandleBase
 from analysis.token_rank import HEAD_REDUCTIONS, gwpr
@@ -137,7 +141,12 @@ class ATEDMHandle:
         self.pending: dict[str, prune.Pruning] = {}  # layer -> pruning to undo after the last block
         self.events_per_step: list[int] = [0] * max(ctx.clock.num_steps, 0)
         self._patched: list[torch.nn.Module] = []
-        ctx.seam()  # the UNet seam advances the clock's step index, which DSAP and the counters read
+        # The UNet seam advances the clock's step index, which DSAP and the counters read; the pruning log
+        # (signal "atedm_pruning", recorded only when a probe is attached) notes the latent grid there.
+        self.log = PruningLog(ctx.clock)
+        self._recording: bool | None = None
+        self._seam = ctx.seam()
+        self._seam.interceptors.append(self.log)
         self._dispatcher = ctx.attention()
         self._plugin = self._dispatcher.add(_RankPlugin(self))
         try:
@@ -175,7 +184,14 @@ class ATEDMHandle:
         if 0 <= step:
             self.events_per_step.extend([0] * (step + 1 - len(self.events_per_step)))
             self.events_per_step[step] += 1
-        return prune.plan(hidden_states, scores, n)
+        pruning = prune.plan(hidden_states, scores, n)
+        if self._recording is None:
+            from analysis.probes._common import AttentionProbe
+
+            self._recording = any(isinstance(p, AttentionProbe) for p in self._dispatcher.plugins)
+        if self._recording:
+            self.log.record(layer.attn1, layer.name, pruning.keep, n_tokens)
+        return pruning
 
     # --- block wrappers (instance attribute `forward`, deleted on detach) -----------------------------
 
@@ -250,6 +266,8 @@ class ATEDMHandle:
             self._dispatcher.plugins.remove(self._plugin)
         self.probs.clear()
         self.pending.clear()
+        if self.log in self._seam.interceptors:
+            self._seam.interceptors.remove(self.log)
 
     def counters(self) -> dict[str, Any]:
         total = sum(layer.tokens_total for layer in self.layers)
@@ -265,7 +283,7 @@ class ATEDMHandle:
         }
 
     def signals(self) -> dict[str, Any]:
-        return {}
+        return self.log.signals()
 
 
 def _find_layers(unet: torch.nn.Module) -> list[_Layer]:

@@ -12,16 +12,34 @@ from analysis.clock import StepClock
 
 
 def cond_slice(clock: StepClock, batch: int) -> slice:
-    """Rows of a batch of `batch` samples that belong to the conditional branch.
+    """Rows of a batch of `batch` samples that belong to the conditional branch of the current step.
 
-    Decided from the batch actually seen (not only `clock.rows`), so a technique that drops the CFG half
-    inside the UNet call (T-GATE after its gate) does not make a probe slice the wrong rows: a batch of
-    2 * n_prompts under guidance is [uncond; cond], any other batch is kept whole.
+    Decided from the batch actually seen (not only `clock.rows`), so a technique that changes the batch
+    inside the UNet call does not make a probe slice the wrong rows:
+    - a batch of 2 * n_prompts under guidance is [uncond; cond]: the second half;
+    - a batch of n_prompts (T-GATE after its gate sends one half only) is kept whole;
+    - a larger multiple is Faster-Diffusion's batched decoder (k steps stacked half-major,
+      [uncond s0..sk; cond s0..sk], see analysis/accel/fastdiff.py RowLayout): the rows of the key step, i.e.
+      the first n_prompts rows of the conditional half (guidance) or the first n_prompts rows (none). The
+      other steps of that call are not observed (they are NaN in the signals, like the skipped encoder).
     """
     n = clock.n_prompts
-    if clock.guidance and batch == 2 * n:
-        return slice(n, batch)
+    if n <= 0 or batch <= n:
+        return slice(0, batch)
+    if clock.guidance:
+        if batch == 2 * n:
+            return slice(n, batch)
+        if batch % (2 * n) == 0:
+            return slice(batch // 2, batch // 2 + n)
+    elif batch % n == 0:
+        return slice(0, n)
     return slice(0, batch)
+
+
+def block_prefix(name: str) -> str:
+    """'down_blocks.1.attentions.0.transformer_blocks.1.attn2' -> 'down_blocks.1.attentions.0' (the
+    attention block, i.e. AT-EDM's pruning unit)."""
+    return name.rsplit(".transformer_blocks.", 1)[0]
 
 
 class LatentSize:
@@ -132,6 +150,7 @@ class AttentionProbe(AttentionPlugin):
         self.latent = attach_clock(ctx)
         self._seam = ctx.seam()
         self._pending: AttnCall | None = None
+        self._full_tokens: dict[str, int] = {}  # attention block -> its token count in the current UNet call
         self._dispatcher = ctx.attention()
         self._dispatcher.add(self)
 
@@ -146,8 +165,21 @@ class AttentionProbe(AttentionPlugin):
         pass
 
     # --- dispatcher hooks (replace_output / reuse_probs: AttentionPlugin's no-ops) ----------------------
+    def token_subset(self, call: AttnCall) -> bool:
+        """Whether the call runs on a subset of its attention block's tokens (AT-EDM pruned the rest): its
+        queries are not the block's spatial grid, so it is not observed (NaN in the signals; the pruned
+        tokens themselves are the `atedm_pruning` signal). The grid is the query count of the block's first
+        self-attention, which runs before any pruning in the same UNet call."""
+        full = self._full_tokens.get(block_prefix(call.name))
+        return full is not None and call.n_queries != full
+
+    def _note_tokens(self, call: AttnCall) -> None:
+        if call.name.endswith(".transformer_blocks.0.attn1"):
+            self._full_tokens[block_prefix(call.name)] = call.n_queries
+
     def wants_probs(self, call: AttnCall) -> bool:
-        if call.step < 0 or not self.needs(call):
+        self._note_tokens(call)
+        if call.step < 0 or self.token_subset(call) or not self.needs(call):
             return False
         self._pending = call
         return call.reused  # reused probabilities cost nothing and are the ones actually used
@@ -156,10 +188,12 @@ class AttentionProbe(AttentionPlugin):
         call.__dict__["_probe_probs"] = probs
 
     def on_output(self, call: AttnCall, output: torch.Tensor) -> None:
+        self._note_tokens(call)  # a replaced call (T-GATE's cache) never reached wants_probs
         if self._pending is call:
             self._pending = None
             self.observe(call, cond_probs(call, self.clock))
-        self.observe_output(call, output)
+        if not self.token_subset(call):
+            self.observe_output(call, output)
 
     # --- handle --------------------------------------------------------------------------------------
     def detach(self) -> None:

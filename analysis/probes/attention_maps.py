@@ -7,14 +7,15 @@ What is kept (schema: docs/signals.md):
 - cross_heads: the same per head, where the budget allows;
 - self: head-averaged self-attention, (steps, n_prompts, hq, wq, hk, wk). When downsampled, a kept key
   cell holds the probability mass of the key pixels it covers and a kept query cell the mean distribution
-  of its query pixels, so every query row still sums to 1 over the kept keys.
+  of its query pixels, so every query row still sums to 1 over the kept keys;
+- self_heads: the same per head (steps, n_prompts, heads, hq, wq, hk, wk), where the budget allows.
 
 Every map is reduced on the device (head mean, adaptive average pooling) and converted to float16 before it
 is kept; on an accelerator a step's maps move to the CPU together when the step is over (one
 synchronisation per step). The budget plan is made once, from the layer shapes seen at the first step (that step's maps are reduced
 to the plan when it is made; meanwhile only reductions the plan is certain to make are applied), in this
 order until all kept steps fit:
-1. drop the per-head cross maps;
+1. drop the per-head self-attention maps, then the per-head cross maps;
 2. halve the self-attention query/key resolution, largest layer first, down to `min_res` per side;
 3. keep evenly spaced steps (first and last included) instead of all of them;
 4. if not even one step fits: halve the cross maps too (down to `min_res`), then drop layers (self-attention
@@ -43,6 +44,7 @@ class AttentionMapsConfig:
     cross: bool = True  # keep cross-attention maps
     self_maps: bool = True  # keep self-attention maps
     cross_heads: bool = True  # keep per-head cross maps too, where the budget allows
+    self_heads: bool = True  # keep per-head self-attention maps too, where the budget allows (dropped first)
     min_res: int = 8  # the budget never downsamples below this many cells per side
 
     def __post_init__(self):
@@ -71,13 +73,14 @@ class _Layer:
     maps: dict[int, torch.Tensor] = field(default_factory=dict)  # step -> CPU float16
     head_maps: dict[int, torch.Tensor] = field(default_factory=dict)
 
-    def bytes_per_step(self, heads_on: bool) -> int:
+    def bytes_per_step(self, heads_on: bool, self_heads_on: bool = False) -> int:
         if self.dropped:
             return 0
         if self.cross:
             cells = self.prompts * self.n_tokens * self.kept[0] * self.kept[1]
             return BYTES * cells * (1 + (self.heads if heads_on else 0))
-        return BYTES * self.prompts * self.kept[0] * self.kept[1] * self.keys_kept[0] * self.keys_kept[1]
+        cells = self.prompts * self.kept[0] * self.kept[1] * self.keys_kept[0] * self.keys_kept[1]
+        return BYTES * cells * (1 + (self.heads if self_heads_on else 0))
 
 
 def _self_reduce(m: torch.Tensor, native, kept, keys_kept) -> torch.Tensor:
@@ -105,6 +108,7 @@ class AttentionMapsProbe(AttentionProbe):
         self.kept_steps: list[int] | None = None  # None until the plan is made
         self._kept_set: set[int] = set()
         self.heads_on = config.cross and config.cross_heads
+        self.self_heads_on = config.self_maps and config.self_heads
         self.reductions: list[str] = []
         self._staged: list[tuple[dict, int]] = []  # (maps dict, step) still on the device
         self._staged_step: int | None = None
@@ -145,6 +149,9 @@ class AttentionMapsProbe(AttentionProbe):
                 self._stage(layer.head_maps, step, pool(per_head, layer.kept))
         else:
             self._stage(layer.maps, step, _self_reduce(p.mean(dim=1), layer.native, layer.kept, layer.keys_kept))
+            if self.self_heads_on:
+                per_head = _self_reduce(p.reshape(prompts * heads, nq, nk), layer.native, layer.kept, layer.keys_kept)
+                self._stage(layer.head_maps, step, per_head.reshape(prompts, heads, *per_head.shape[1:]))
 
     def _first_step_bounds(self, layer: _Layer) -> None:
         """Bound what the first step holds before the plan exists, with reductions the plan is sure to make:
@@ -158,11 +165,21 @@ class AttentionMapsProbe(AttentionProbe):
                 if smaller == layer.kept:
                     break
                 layer.kept = layer.keys_kept = smaller
+        if self.self_heads_on and self._per_step() * n > self.budget:
+            self._drop_heads(cross=False)
         if self.heads_on and self._per_step() * n > self.budget:
+            self._drop_heads(cross=True)
+
+    def _drop_heads(self, cross: bool) -> None:
+        if cross:
             self.heads_on = False
             self.reductions.append("dropped per-head cross maps")
-            for other in self.layers.values():
-                other.head_maps.clear()
+        else:
+            self.self_heads_on = False
+            self.reductions.append("dropped per-head self-attention maps")
+        for layer in self.layers.values():
+            if layer.cross == cross:
+                layer.head_maps.clear()
 
     def _stage(self, maps: dict, step: int, x: torch.Tensor) -> None:
         """Keep a reduced map as float16. On an accelerator it waits on the device until its step is over and
@@ -183,7 +200,7 @@ class AttentionMapsProbe(AttentionProbe):
 
     # --- the budget plan -------------------------------------------------------------------------------
     def _per_step(self) -> int:
-        return sum(layer.bytes_per_step(self.heads_on) for layer in self.layers.values())
+        return sum(layer.bytes_per_step(self.heads_on, self.self_heads_on) for layer in self.layers.values())
 
     def _plan(self) -> None:
         self._flush()
@@ -192,13 +209,11 @@ class AttentionMapsProbe(AttentionProbe):
         first = self.first_step or 0
         total_steps = list(range(first, n)) or [first]
         n = len(total_steps)
+        if self._per_step() * n > self.budget and self.self_heads_on:
+            self._drop_heads(cross=False)
         if self._per_step() * n > self.budget and self.heads_on:
-            self.heads_on = False
-            self.reductions.append("dropped per-head cross maps")
+            self._drop_heads(cross=True)
         downsampled = any(not l.cross and l.kept != l.native for l in layers)  # first-step bounds
-        if self.heads_on is False:
-            for layer in layers:
-                layer.head_maps.clear()
         while self._per_step() * n > self.budget:
             cands = [l for l in layers if not l.cross and not l.dropped and halve(l.kept, cfg.min_res) != l.kept]
             if not cands:
@@ -222,7 +237,7 @@ class AttentionMapsProbe(AttentionProbe):
             dropped = 0
             while self._per_step() > self.budget:  # self-attention layers go first: the token maps matter most
                 layer = max((l for l in layers if not l.dropped),
-                            key=lambda l: (not l.cross, l.bytes_per_step(self.heads_on)))
+                            key=lambda l: (not l.cross, l.bytes_per_step(self.heads_on, self.self_heads_on)))
                 layer.dropped = True
                 dropped += 1
             if dropped:
@@ -256,11 +271,18 @@ class AttentionMapsProbe(AttentionProbe):
                     grid = (m.shape[1], m.shape[2])
                     flat = m.reshape(layer.prompts, grid[0] * grid[1], -1)
                     layer.maps[step] = _self_reduce(flat, grid, layer.kept, layer.keys_kept).half()
-            if not self.heads_on:
+            if not (self.heads_on if layer.cross else self.self_heads_on):
                 layer.head_maps.clear()
-            else:
+            elif layer.cross:
                 for step, m in list(layer.head_maps.items()):
                     layer.head_maps[step] = pool(m.float(), layer.kept).half()
+            else:
+                for step, m in list(layer.head_maps.items()):
+                    m = m.float()  # (P, heads, hq, wq, hk, wk) at the first-step resolution
+                    grid = (m.shape[2], m.shape[3])
+                    flat = m.reshape(layer.prompts * layer.heads, grid[0] * grid[1], -1)
+                    red = _self_reduce(flat, grid, layer.kept, layer.keys_kept)
+                    layer.head_maps[step] = red.reshape(layer.prompts, layer.heads, *red.shape[1:]).half()
 
     # --- results -------------------------------------------------------------------------------------------
     def signals(self) -> dict[str, Any]:
@@ -271,6 +293,7 @@ class AttentionMapsProbe(AttentionProbe):
         cross: dict[str, Any] = {}
         cross_heads: dict[str, Any] = {}
         self_maps: dict[str, Any] = {}
+        self_heads: dict[str, Any] = {}
         resolution: dict[str, Any] = {}
         kept_bytes = 0
         for layer in self.layers.values():
@@ -289,6 +312,10 @@ class AttentionMapsProbe(AttentionProbe):
             else:
                 self_maps[layer.name] = arr
                 res["keys_kept"] = list(layer.keys_kept)
+                if self.self_heads_on and layer.head_maps:
+                    heads_arr = stack_steps(layer.head_maps, steps, next(iter(layer.head_maps.values()))).numpy()
+                    self_heads[layer.name] = heads_arr
+                    kept_bytes += heads_arr.nbytes
             resolution[layer.name] = res
         return {
             "attention_maps": {
@@ -296,6 +323,7 @@ class AttentionMapsProbe(AttentionProbe):
                 "cross": cross,
                 "cross_heads": cross_heads,
                 "self": self_maps,
+                "self_heads": self_heads,
                 "resolution": resolution,
                 "budget_bytes": self.budget,
                 "kept_bytes": int(kept_bytes),

@@ -8,7 +8,8 @@ decoder; a down block returns (hidden, res_samples), its hidden state is used), 
   `pca_res` per side on the device and kept as float16; after the run, the top-3 PCA components over
   pixels (sklearn) become an RGB image (each component stretched between its 1st and 99th percentile).
 Only the previous step's feature per block is kept on the device; scalars stay there until the run ends.
-A block a technique skipped at some step (encoder propagation) leaves NaN there.
+A block a technique skipped at some step (encoder propagation) leaves NaN there. Faster-Diffusion's batched
+decoder (one call for a key step and the non-key steps after it) is split back onto those steps.
 """
 from __future__ import annotations
 
@@ -22,6 +23,18 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from analysis.probes._common import attach_clock, cond_slice, pool
+
+
+def _cond_per_step(clock, h: torch.Tensor) -> list[torch.Tensor]:
+    """The conditional rows of a block output, one tensor per step it covers: one step for a plain UNet call;
+    k steps for Faster-Diffusion's batched decoder, whose rows are stacked half-major ([uncond s..s+k-1;
+    cond s..s+k-1], fastdiff.RowLayout) and whose steps are consecutive from the key step."""
+    n, batch = clock.n_prompts, h.shape[0]
+    if clock.guidance and batch > 2 * n and batch % (2 * n) == 0:
+        return list(h[batch // 2:].detach().split(n))
+    if not clock.guidance and batch > n and batch % n == 0:
+        return list(h.detach().split(n))
+    return [h[cond_slice(clock, batch)].detach()]
 
 
 @dataclass(frozen=True)
@@ -94,7 +107,10 @@ class DriftProbe:
         h = output[0] if isinstance(output, tuple) else output
         if not torch.is_tensor(h) or h.ndim != 4:
             return
-        f = h[cond_slice(self.clock, h.shape[0])].detach()
+        for i, f in enumerate(_cond_per_step(self.clock, h)):
+            self._observe(name, step + i, f)
+
+    def _observe(self, name: str, step: int, f: torch.Tensor) -> None:
         ff = f.float()
         self._fro[(name, step)] = ff.mean(dim=1).flatten(1).norm(dim=1).mean()
         prev = self._prev.get(name)

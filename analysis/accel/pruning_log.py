@@ -1,0 +1,94 @@
+"""Which tokens AT-EDM actually pruned, per layer and step (signal "atedm_pruning", docs/signals.md).
+
+The AT-EDM handle (analysis/accel/atedm.py) hands every pruning decision to a `PruningLog`; the log keeps,
+for the conditional rows only, a boolean "pruned" mask over the attention block's token grid. It records
+only when an attention probe (analysis/probes: attention_maps, token_rank, convergence) is attached to the
+run (the instrumented run that feeds the app's "inside" views), so the timed accelerated run does no extra work. Masks stay on the device until the run ends (no
+synchronisation in the denoising loop) and are bounded by `budget_bytes` (one byte per token per prompt;
+past the budget the log stops and says so).
+
+Row layout: a [uncond; cond] batch keeps its second half; Faster-Diffusion's batched decoder stacks k steps
+half-major ([uncond s..s+k-1; cond s..s+k-1], fastdiff.RowLayout), so its conditional rows are split back
+onto steps s..s+k-1.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+DEFAULT_BUDGET_BYTES = 64 * 2**20
+
+
+class PruningLog:
+    def __init__(self, clock, budget_bytes: int = DEFAULT_BUDGET_BYTES):
+        self.clock = clock
+        self.budget_bytes = budget_bytes
+        self.masks: dict[str, dict[int, torch.Tensor]] = {}  # ranking layer -> step -> (n_prompts, N) bool
+        self.blocks: dict[str, str] = {}  # ranking layer (attn1) -> attention block
+        self.n_tokens: dict[str, int] = {}
+        self.latent_hw: tuple[int, int] | None = None
+        self.kept_bytes = 0
+        self.truncated = False
+
+    def __call__(self, call_next, sample, timestep, encoder_hidden_states, *args, **kwargs):
+        """UNet-seam interceptor: notes the latent grid, so token counts map back onto (h, w)."""
+        self.latent_hw = (int(sample.shape[-2]), int(sample.shape[-1]))
+        return call_next(sample, timestep, encoder_hidden_states, *args, **kwargs)
+
+    def record(self, layer: str, block: str, keep: torch.Tensor, n_tokens: int) -> None:
+        """keep: (batch, K) kept token indices of one pruning decision at the clock's current step."""
+        step, n = self.clock.step_index, self.clock.n_prompts
+        if step < 0 or self.truncated:
+            return
+        batch = keep.shape[0]
+        if self.clock.guidance and batch >= 2 * n and batch % (2 * n) == 0:
+            k, cond = batch // (2 * n), keep[batch // 2:]
+        elif batch % n == 0:
+            k, cond = batch // n, keep
+        else:
+            k, cond = 1, keep[:n]
+        size = cond.shape[0] * n_tokens
+        if self.kept_bytes + size > self.budget_bytes:
+            self.truncated = True
+            return
+        pruned = torch.ones(cond.shape[0], n_tokens, dtype=torch.bool, device=keep.device)
+        pruned.scatter_(1, cond, False)
+        per_step = self.masks.setdefault(layer, {})
+        for i, rows in enumerate(pruned.split(max(cond.shape[0] // k, 1))):
+            per_step[step + i] = rows[:n]
+        self.blocks[layer] = block
+        self.n_tokens[layer] = n_tokens
+        self.kept_bytes += size
+
+    def signals(self) -> dict[str, Any]:
+        if not self.masks:
+            return {}
+        from analysis.probes._common import token_grid
+
+        steps = list(range(self.clock.num_steps))
+        n = self.clock.n_prompts
+        pruned, grid, counts = {}, {}, {}
+        for layer, per_step in self.masks.items():
+            n_tok = self.n_tokens[layer]
+            h, w = token_grid(n_tok, self.latent_hw)
+            arr = np.zeros((len(steps), n, h, w), dtype=bool)
+            for step, m in per_step.items():
+                if 0 <= step < len(steps):
+                    arr[step] = m.cpu().numpy().reshape(n, h, w)
+            pruned[layer] = arr
+            grid[layer] = [h, w]
+            counts[layer] = arr.reshape(len(steps), n, -1).sum(-1).astype(np.int32)
+        return {
+            "atedm_pruning": {
+                "layers": list(self.masks),
+                "blocks": dict(self.blocks),
+                "steps": steps,
+                "grid": grid,
+                "pruned": pruned,
+                "n_pruned": counts,
+                "budget_bytes": int(self.budget_bytes),
+                "truncated": bool(self.truncated),
+            }
+        }
