@@ -35,6 +35,9 @@ from viz.images import difference_image, first_image, upscale
 from viz.tradeoff import tradeoff_figure
 
 SEED_MAX = 2**63 - 1
+# Kept attention maps per instrumented run (the default model needs ~50 MiB with per-head maps); a session
+# keeps signals of 2 baselines and 2 runs, the store 8 sessions: at most 2 GiB of signals in all.
+PROBE_BUDGET_MB = 64
 NORM_CHOICES = [("per-token min-max", "per-token"), ("shared scale", "shared")]
 VIEWS = ["full compute", "accelerated", "both"]
 Y_CHOICES = [("closeness to full compute (PSNR)", "psnr"), ("prompt fidelity", "fidelity")]
@@ -254,7 +257,7 @@ def build_demo(pipe, probes=None) -> gr.Blocks:
     """The DiffScope UI around `pipe`. `probes` defaults to `analysis.probes.default_probes()`."""
     from analysis.probes import default_probes
 
-    probes = tuple(default_probes() if probes is None else probes)
+    probes = tuple(default_probes(budget_mb=PROBE_BUDGET_MB) if probes is None else probes)
     slot = ModelSlot(pipe)
     panel = TechniquePanel()
 

@@ -33,7 +33,7 @@ import numpy as np
 from analysis import metrics
 from analysis.run import RunConfig, RunStopped, prompt_tokens, run_once
 
-MAX_SESSIONS = 16
+MAX_SESSIONS = 8
 MAX_BASELINES = 4
 MAX_RUNS = 60
 SIGNAL_SLOTS = 2

@@ -92,7 +92,7 @@ def test_generate_then_toggle_then_knob_reuses_the_cached_baseline(client, serve
     assert "step reduction (this prompt, seed)" in names and "full compute" in names
     fid = _plot(client.predict("fidelity", api_name="/frontier"))
     assert "fidelity" in fid["layout"]["yaxis"]["title"]["text"]
-    inside = client.predict("both", 3, "mean of all layers", "per-token", True, 0.55, False, True, False,
+    inside = client.predict("both", 3, "mean of all layers", "mean of heads", "per-token", True, 0.55, False, True, False,
                             api_name="/inside")
     assert "full compute" in _plot(inside[0])["layout"]["title"]["text"]
     assert "accelerated" in _plot(inside[1])["layout"]["title"]["text"]
@@ -142,7 +142,7 @@ def test_bad_input_is_refused_with_a_message(client):
 
 def test_export_figure_pack_and_slide(client):
     client.predict(*run_args(tgate={}), api_name="/run")
-    client.predict("both", 3, "mean of all layers", "per-token", True, 0.55, False, True, False, api_name="/inside")
+    client.predict("both", 3, "mean of all layers", "mean of heads", "per-token", True, 0.55, False, True, False, api_name="/inside")
     archive, slide = client.predict("psnr", api_name="/export")
     with zipfile.ZipFile(archive) as z:
         names = set(z.namelist())

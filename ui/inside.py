@@ -1,18 +1,22 @@
 """The "Inside the run" tabs: every probe view for the full-compute run, the accelerated run, or both side by
-side. The instrumented runs that feed them follow the images (a chained event), are cached on the session's
+side, with what the technique did marked on it (T-GATE's gate on the convergence curves, Faster-Diffusion's
+key steps on the drift, the tokens AT-EDM pruned on the token ranks, the reused steps on the attention maps).
+The instrumented runs that feed them follow the images (a chained event), are cached on the session's
 baseline and run, and never delay the images and numbers.
 """
 from __future__ import annotations
 
 import gradio as gr
 
-from analysis import live  # noqa: F401  (RunStopped)
+from analysis.accel import reused_attention_steps, technique_marks
+from analysis.run import RunStopped
 from viz import plotly_figs as P
-from viz.images import first_image
+from viz.images import first_image, upscale
 
 VIEWS = ["full compute", "accelerated", "both"]
 NORM_CHOICES = [("per-token min-max", "per-token"), ("shared scale", "shared")]
-KINDS = ("attn", "conv", "drift", "rank")
+MEAN_HEADS = "mean of heads"
+SIDES = (("0-full", "full compute"), ("1-accel", "accelerated"))
 
 
 class InsideTabs:
@@ -26,6 +30,9 @@ class InsideTabs:
                     self.view = gr.Radio(VIEWS, value="both", label="Show")
                     self.step = gr.Slider(0, 19, value=19, step=1, label="Step")
                     self.layer = gr.Dropdown([P.MEAN_LAYER], value=P.MEAN_LAYER, label="Layer")
+                    self.head = gr.Dropdown([MEAN_HEADS], value=MEAN_HEADS, label="Head",
+                                            info="per-head maps need one layer")
+                self.strip = gr.Plot(label="What each technique did, step by step")
                 with gr.Tabs():
                     with gr.Tab("Cross-attention"):
                         with gr.Row():
@@ -34,6 +41,12 @@ class InsideTabs:
                             self.alpha = gr.Slider(0.0, 1.0, value=0.55, step=0.05, label="Overlay alpha")
                             self.special = gr.Checkbox(label="Show start/end tokens", value=False)
                         self._pair("attn", "Cross-attention maps")
+                    with gr.Tab("Self-attention"):
+                        with gr.Row():
+                            self.picker = gr.Image(label="Click a pixel of the full-compute image", type="numpy",
+                                                   interactive=False, height=220, elem_classes="diffscope-image")
+                            self.pixel = gr.State((0, 0))
+                        self._pair("self", "Self-attention of the chosen pixel")
                     with gr.Tab("Convergence"):
                         self.conv_log = gr.Checkbox(label="Log scale", value=True)
                         self._pair("conv", "Cross-attention convergence")
@@ -44,23 +57,27 @@ class InsideTabs:
                         self._pair("rank", "G-WPR token importance")
                     with gr.Tab("Counters"):
                         self.counters = gr.Plot(label="Work actually skipped")
-        self.view_inputs = [self.view, self.step, self.layer, self.norm, self.overlay, self.alpha, self.special,
-                            self.conv_log, self.drift_log]
+        self.view_inputs = [self.view, self.step, self.layer, self.head, self.norm, self.overlay, self.alpha,
+                            self.special, self.conv_log, self.drift_log, self.pixel]
         self.inputs = list(self.view_inputs)
-        self.outputs = [self.plots[k] for k in sorted(self.plots)] + [self.counters, self.step, self.layer]
-        self.render_outputs = [self.plots[k] for k in sorted(self.plots)] + [self.counters]
+        plot_list = [self.plots[k] for k in sorted(self.plots)]
+        self.render_outputs = plot_list + [self.strip, self.counters]
+        self.outputs = self.render_outputs + [self.step, self.layer, self.head, self.picker]
         column_outputs = [c for side in sorted(self.columns) for c in self.columns[side]]
         self.view.input(self.show, self.view, column_outputs, queue=False, api_visibility="private")
-        for control in (self.view, self.layer, self.norm, self.overlay, self.special, self.conv_log, self.drift_log):
+        for control in (self.view, self.layer, self.head, self.norm, self.overlay, self.special, self.conv_log,
+                        self.drift_log):
             control.input(self.render, self.view_inputs, self.render_outputs, api_visibility="private",
                           show_progress="hidden")
         for control in (self.step, self.alpha):
-            control.release(self.render, self.view_inputs, self.render_outputs, api_name=None,
-                            api_visibility="private", show_progress="hidden")
+            control.release(self.render, self.view_inputs, self.render_outputs, api_visibility="private",
+                            show_progress="hidden")
+        self.picker.select(self.pick, None, self.pixel, api_visibility="private", queue=False).then(
+            self.render, self.view_inputs, self.render_outputs, api_visibility="private", show_progress="hidden")
 
     def _pair(self, kind: str, label: str) -> None:
         with gr.Row():
-            for side, who in (("0-full", "full compute"), ("1-accel", "accelerated")):
+            for side, who in SIDES:
                 with gr.Column() as column:
                     self.plots[(kind, side)] = gr.Plot(label=f"{label} · {who}")
                 self.columns.setdefault(side, []).append(column)
@@ -69,6 +86,11 @@ class InsideTabs:
         """Column visibility for the view: full compute, accelerated, or both side by side."""
         visible = {"0-full": view in ("full compute", "both"), "1-accel": view in ("accelerated", "both")}
         return tuple(gr.update(visible=visible[side]) for side in sorted(self.columns) for _ in self.columns[side])
+
+    @staticmethod
+    def pick(evt: gr.SelectData):
+        x, y = evt.index
+        return (int(y), int(x))  # (row, col) in the displayed (upscaled) image
 
     # -- data
     def _current(self, request):
@@ -79,7 +101,8 @@ class InsideTabs:
         baseline = session.baseline(current[0])
         return session, baseline, session.run(current[1]) if current[1] else None
 
-    def refresh(self, request: gr.Request, view, step, layer, norm, overlay, alpha, special, conv_log, drift_log):
+    def refresh(self, request: gr.Request, view, step, layer, head, norm, overlay, alpha, special, conv_log,
+                drift_log, pixel):
         """Probe runs the current view needs (cached), then every figure; superseded runs leave them as they are."""
         session, baseline, run = self._current(request)
         if baseline is None:
@@ -90,55 +113,91 @@ class InsideTabs:
                 baseline.signals = self.slot.call("instrumented", baseline.request, (), self.probes, stop=token)
             if view in ("accelerated", "both") and run is not None and run.signals is None:
                 run.signals = self.slot.call("instrumented", run.request, run.accel, self.probes, stop=token)
-        except live.RunStopped:
+        except RunStopped:
             return tuple(gr.skip() for _ in self.outputs)
         finally:
             session.finish(token)
         last = max(0, (run.steps_run if run is not None else baseline.request.steps) - 1)
         step = last if step is None or int(step) > last else int(step)
-        maps = ((baseline.signals or {}).get("attention_maps") or {})
+        maps = (baseline.signals or (run.signals if run is not None else None) or {}).get("attention_maps") or {}
         layers = [P.MEAN_LAYER] + list(maps.get("cross") or {})
         layer = layer if layer in layers else P.MEAN_LAYER
-        figs = self._figures(session, baseline, run, view, step, layer, norm, overlay, alpha, special, conv_log,
-                             drift_log)
-        return figs + (gr.update(minimum=0, maximum=max(last, 1), value=step), gr.update(choices=layers, value=layer))
+        heads = [MEAN_HEADS] + [str(h) for h in range(_n_heads(maps, layer))]
+        head = head if head in heads else MEAN_HEADS
+        figs = self._figures(baseline, run, view, step, layer, head, norm, overlay, alpha, special, conv_log,
+                             drift_log, pixel)
+        return figs + (gr.update(minimum=0, maximum=max(last, 1), value=step), gr.update(choices=layers, value=layer),
+                       gr.update(choices=heads, value=head), upscale(first_image(baseline.image)))
 
-    def render(self, view, step, layer, norm, overlay, alpha, special, conv_log, drift_log, request: gr.Request = None):
+    def render(self, view, step, layer, head, norm, overlay, alpha, special, conv_log, drift_log, pixel,
+               request: gr.Request = None):
         session, baseline, run = self._current(request)
         if baseline is None:
             return tuple(gr.skip() for _ in self.render_outputs)
-        return self._figures(session, baseline, run, view, step, layer, norm, overlay, alpha, special, conv_log,
-                             drift_log)
+        return self._figures(baseline, run, view, step, layer, head, norm, overlay, alpha, special, conv_log,
+                             drift_log, pixel)
 
     # -- figures
-    def _figures(self, session, baseline, run, view, step, layer, norm, overlay, alpha, special, conv_log,
-                 drift_log) -> tuple:
-        sources = {"0-full": (baseline.signals, baseline.image, baseline.timesteps, "full compute"),
+    def _figures(self, baseline, run, view, step, layer, head, norm, overlay, alpha, special, conv_log, drift_log,
+                 pixel) -> tuple:
+        req = baseline.request
+        marks = technique_marks(run.accel, req.steps, req.model) if run is not None else {"steps": req.steps}
+        gate = (marks.get("tgate") or {}).get("gate_step")
+        key_steps = (marks.get("fastdiff") or {}).get("key_steps")
+        sources = {"0-full": (baseline.signals, baseline.image, baseline.timesteps, ()),
                    "1-accel": (None if run is None else run.signals, None if run is None else run.image,
-                               None if run is None else run.timesteps, "accelerated")}
+                               None if run is None else run.timesteps, "accel")}
         shown = {"0-full": view in ("full compute", "both"), "1-accel": view in ("accelerated", "both")}
         tokens = baseline.tokens[0] if baseline.tokens else []
+        s = int(step) if step is not None else 0
+        head_index = None if head in (None, MEAN_HEADS) else int(head)
+        base_img = first_image(baseline.image)
+        row, col = pixel or (0, 0)
+        factor = max(1, upscale(base_img).shape[0] // base_img.shape[0])
         out = []
         for kind, side in sorted(self.plots):
-            signals, image, timesteps, who = sources[side]
+            signals, image, timesteps, accel = sources[side]
+            who = dict(SIDES)[side]
             if signals is None or not shown[side]:
                 msg = ("Switch a technique on to see the accelerated run." if side == "1-accel" and run is None
                        else "Choose this run under Show to capture it." if not shown[side] else "Probes are running…")
                 out.append(P.empty_figure(msg))
                 continue
-            s = int(step) if step is not None else 0
-            if kind == "attn":
-                fig = P.cross_attention_figure(signals.get("attention_maps"), tokens, step=s, layer=layer or P.MEAN_LAYER,
-                                               norm=norm or "per-token",
-                                               image=first_image(image) if overlay else None, alpha=float(alpha),
-                                               special=bool(special), timesteps=timesteps)
-            elif kind == "conv":
-                fig = P.convergence_figure(signals.get("cross_attn_convergence"), log_y=bool(conv_log))
-            elif kind == "drift":
-                fig = P.drift_figure(signals.get("feature_drift"), log_y=bool(drift_log))
-            else:
-                fig = P.token_rank_figure(signals.get("token_rank"), step=s, timesteps=timesteps)
-            fig.update_layout(title_text=f"{who} · {fig.layout.title.text or ''}")
+            reused_cross = reused_attention_steps(marks, "cross") if accel else None
+            try:
+                if kind == "attn":
+                    fig = P.cross_attention_figure(signals.get("attention_maps"), tokens, step=s, layer=layer,
+                                                   norm=norm or "per-token", head=head_index,
+                                                   image=first_image(image) if overlay else None, alpha=float(alpha),
+                                                   special=bool(special), timesteps=timesteps,
+                                                   reused_steps=reused_cross, title_prefix=who)
+                elif kind == "self":
+                    fig = P.self_attention_figure(signals.get("attention_maps"), step=s, layer=layer,
+                                                  pixel=(row // factor, col // factor), head=head_index,
+                                                  image=first_image(image), timesteps=timesteps,
+                                                  reused_steps=reused_attention_steps(marks, "self") if accel else None,
+                                                  title_prefix=who)
+                elif kind == "conv":
+                    fig = P.convergence_figure(signals.get("cross_attn_convergence"), log_y=bool(conv_log),
+                                               gate_step=gate, title_prefix=who)
+                elif kind == "drift":
+                    fig = P.drift_figure(signals.get("feature_drift"), log_y=bool(drift_log), key_steps=key_steps,
+                                         title_prefix=who)
+                else:
+                    fig = P.token_rank_figure(signals.get("token_rank"), step=s, timesteps=timesteps,
+                                              pruned=signals.get("atedm_pruning") if accel else None,
+                                              title_prefix=who)
+            except ValueError as err:  # e.g. a head of "mean of all layers": say so in the plot
+                fig = P.empty_figure(str(err))
             out.append(fig)
+        strip = (P.step_strip_figure(marks, current_step=s, title_prefix=run.label) if run is not None
+                 else P.empty_figure("Switch a technique on to see what it does at each step.", height=160))
+        out.append(strip)
         out.append(P.counters_figure(run.counters if run is not None else {}))
         return tuple(out)
+
+
+def _n_heads(maps: dict, layer: str) -> int:
+    from viz._data import n_heads
+
+    return 0 if layer in (None, P.MEAN_LAYER) else n_heads(maps, layer)

@@ -45,9 +45,7 @@ class TechniquePanel:
         atedm_default, fast_default = T["atedm"](), T["fastdiff"]()
         for name in ORDER:
             with gr.Group():
-                with gr.Row(equal_height=True):
-                    toggle = gr.Checkbox(label=TITLES[name], value=False, scale=3, elem_id=f"toggle-{name}")
-                    note = gr.Markdown(elem_classes="diffscope-unavailable", elem_id=f"note-{name}")
+                toggle = gr.Checkbox(label=TITLES[name], value=False, elem_id=f"toggle-{name}")
                 with gr.Row():
                     if name == "reuse":
                         knobs = [
@@ -83,6 +81,7 @@ class TechniquePanel:
                     else:
                         knobs = [gr.Slider(1, 100, value=10, step=1, label="steps")]
                         self.equal_latency_button = gr.Button("Equal latency", size="sm", min_width=110)
+                note = gr.Markdown(elem_classes="diffscope-unavailable", elem_id=f"note-{name}")
             self.blocks[name] = Block(name, toggle, knobs, note)
 
     def inputs(self) -> list:

@@ -94,25 +94,25 @@ def tradeoff_figure(runs: Sequence[dict], frontier: Sequence[dict] | None = None
     if d["shipped"]:
         fams = [r.get("technique", "?") for r in d["shipped"]]
         fig.add_trace(go.Scatter(
-            x=d["shipped_x"], y=d["shipped_y"], mode="markers", name="shipped sweep (default model)",
+            x=d["shipped_x"].tolist(), y=d["shipped_y"].tolist(), mode="markers", name="shipped sweep (default model)",
             marker=dict(size=7, color=[family_colour(f) for f in fams], opacity=0.22),
             text=[f"{r.get('setting', '')}<br>sweep median: speed-up {_finite(r['speedup']):.2f}×" for r in d["shipped"]],
             hovertemplate="%{text}<extra>shipped sweep</extra>"))
     if d["frontier"]:
         fig.add_trace(go.Scatter(
-            x=d["frontier_x"], y=d["frontier_y"], mode="lines+markers+text", name="step reduction (this prompt, seed)",
+            x=d["frontier_x"].tolist(), y=d["frontier_y"].tolist(), mode="lines+markers+text", name="step reduction (this prompt, seed)",
             line=dict(color=family_colour("steps"), dash="dash", width=2), marker=dict(size=6, symbol="circle-open"),
             text=[str(r["steps"]) for r in d["frontier"]], textposition="top center", textfont=dict(size=10),
             hovertemplate="%{text} steps<br>latency %{x:.3f} s<br>%{y:.1f}<extra>step reduction</extra>"))
         base_x, base_y = d["frontier_x"][-1], d["frontier_y"][-1]
-        fig.add_trace(go.Scatter(x=[base_x], y=[base_y], mode="markers", name="full compute",
+        fig.add_trace(go.Scatter(x=[float(base_x)], y=[float(base_y)], mode="markers", name="full compute",
                                  marker=dict(size=16, symbol="star", color="black"),
                                  hovertemplate="full compute<br>latency %{x:.3f} s<extra></extra>"))
     for fam in dict.fromkeys(r["technique"] for r in d["runs"]):
         idx = [i for i, r in enumerate(d["runs"]) if r["technique"] == fam]
         rows = [d["runs"][i] for i in idx]
         fig.add_trace(go.Scatter(
-            x=d["runs_x"][idx], y=d["runs_y"][idx], mode="markers", name=fam,
+            x=d["runs_x"][idx].tolist(), y=d["runs_y"][idx].tolist(), mode="markers", name=fam,
             customdata=[r.get("id") for r in rows],
             marker=dict(size=[18 if r.get("current") else 11 for r in rows], color=family_colour(fam),
                         symbol=["circle" if r.get("same_baseline", True) else "circle-open" for r in rows],
