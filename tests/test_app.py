@@ -208,3 +208,10 @@ def test_two_sessions_at_once_get_their_own_results(server):
     finally:
         for c in clients:
             c.close()
+
+
+def test_a_model_that_cannot_load_leaves_the_current_one(client):
+    with pytest.raises(AppError, match="The current model \\(default\\) stays loaded"):
+        client.predict("nobody/no-such-model", api_name="/load_model")
+    _, acc, *_ = client.predict(*run_args(tgate={}), api_name="/run")
+    assert acc is not None
