@@ -274,15 +274,12 @@ def build_demo(pipe, probes=None) -> gr.Blocks:
         req = make_request(slot, prompt, negative, seed, steps, guidance, scheduler)
         accel = panel.configs(knobs, req.steps)
         session = session_of(request)
-        token = session.start(supersede=True)
-        try:
+        with session.running(supersede=True) as token:
             baseline = session.baseline(req)
             cached = baseline is not None
             if not cached:
                 baseline = session.keep_baseline(slot.call("measure_baseline", req, stop=token))
             run = session.add_run(slot.call("run_accelerated", baseline, accel, stop=token)) if accel else None
-        finally:
-            session.finish(token)
         session.current = (baseline.request, None if run is None else run.id)
         cut = truncation_note(slot.pipe, req.prompt)
         if cut:
@@ -298,37 +295,32 @@ def build_demo(pipe, probes=None) -> gr.Blocks:
     @readable_errors(1)
     def run_frontier(y, request: gr.Request = None):
         session = session_of(request)
-        current = getattr(session, "current", None)
-        if current is None:
-            return gr.skip()
-        baseline = session.baseline(current[0])
+        baseline, run = session.on_screen()
         if baseline is None:
             return gr.skip()
         ensure_frontier(session, baseline)
-        return tradeoff(slot, session, baseline, current[1], y)
+        return tradeoff(slot, session, baseline, None if run is None else run.id, y)
 
     def ensure_frontier(session, baseline) -> None:
         if baseline.frontier is None:
-            token = session.start()
-            try:
+            with session.running() as token:
                 baseline.frontier = slot.call("compute_frontier", baseline, stop=token)
-            finally:
-                session.finish(token)
+
+    def run_on_screen(session, what: str) -> tuple[live.Baseline, live.LiveRun]:
+        baseline, run = session.on_screen()
+        if run is None or baseline is None:
+            raise gr.Error(f"Switch a technique on first: {what} needs an accelerated run on screen.")
+        return baseline, run
 
     def redraw_tradeoff(y, request: gr.Request = None):
         session = session_of(request)
-        current = getattr(session, "current", None)
-        baseline = session.baseline(current[0]) if current else None
-        return tradeoff(slot, session, baseline, current[1] if current else None, y)
+        baseline, run = session.on_screen()
+        return tradeoff(slot, session, baseline, None if run is None else run.id, y)
 
     @readable_errors(len(TECHNIQUE_ORDER) + 1)
     def equal_latency(request: gr.Request = None):
         session = session_of(request)
-        current = getattr(session, "current", None)
-        run = session.run(current[1]) if current and current[1] else None
-        if run is None:
-            raise gr.Error("Switch a technique on first: equal latency matches the current accelerated run.")
-        baseline = session.baseline(run.request)
+        baseline, run = run_on_screen(session, "equal latency")
         ensure_frontier(session, baseline)
         n = live.equal_latency_steps(baseline, run.latency_s)
         gr.Info(f"Step reduction at {n} of {run.request.steps} steps has the measured latency of {run.label} "
@@ -338,17 +330,10 @@ def build_demo(pipe, probes=None) -> gr.Blocks:
     @readable_errors(2)
     def measure(y, request: gr.Request = None, progress=gr.Progress()):
         session = session_of(request)
-        current = getattr(session, "current", None)
-        run = session.run(current[1]) if current and current[1] else None
-        if run is None:
-            raise gr.Error("Switch a technique on first: there is no accelerated run to measure.")
-        baseline = session.baseline(run.request)
-        token = session.start()
+        baseline, run = run_on_screen(session, "measuring carefully")
         progress(0, desc=f"{live.CAREFUL_ROUNDS} interleaved pairs")
-        try:
+        with session.running() as token:
             run.careful = slot.call("measure_carefully", baseline, run, stop=token)
-        finally:
-            session.finish(token)
         return numbers_markdown(baseline, run), runs_table(session)
 
     def stop(request: gr.Request = None):
@@ -373,14 +358,12 @@ def build_demo(pipe, probes=None) -> gr.Blocks:
         from ui.export import figure_pack
 
         session = session_of(request)
-        current = getattr(session, "current", None)
-        if current is None:
+        baseline, run = session.on_screen()
+        if baseline is None:
             raise gr.Error("Generate first: there is no run to export.")
-        baseline = session.baseline(current[0])
-        run = session.run(current[1]) if current[1] else None
         return figure_pack(Path(tempfile.mkdtemp(prefix="diffscope-export-")), slot.name, baseline, run,
-                           plot_rows(session, baseline, current[1]), shipped_rows(slot, baseline.request.steps),
-                           y or "psnr")
+                           plot_rows(session, baseline, None if run is None else run.id),
+                           shipped_rows(slot, baseline.request.steps), y or "psnr")
 
     def load_model(name):
         from analysis.models import ModelLoadError

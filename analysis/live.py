@@ -18,6 +18,7 @@ store keeps at most `MAX_SESSIONS` sessions (least recently used dropped first).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import math
@@ -197,6 +198,22 @@ class Session:
     def finish(self, token: StopToken) -> None:
         with self._guard:
             self.active.discard(token)
+
+    @contextlib.contextmanager
+    def running(self, supersede: bool = False):
+        """`with session.running() as token:` a stop token for one piece of work, released whatever happens."""
+        token = self.start(supersede)
+        try:
+            yield token
+        finally:
+            self.finish(token)
+
+    def on_screen(self) -> tuple[Baseline | None, LiveRun | None]:
+        """The baseline and run the user is looking at (either may be gone from the bounded caches)."""
+        if self.current is None:
+            return None, None
+        request, run_id = self.current
+        return self.baseline(request), (self.run(run_id) if run_id else None)
 
     def stop(self, reason: str = "stopped") -> int:
         with self._guard:

@@ -26,20 +26,10 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import numpy as np  # noqa: E402
 
-KNOBS = {"reuse": [False, "hurry", 7, "both", ""], "tgate": [False, 8, 5, 1], "atedm": [False, 0.63, True],
-         "fastdiff": [False, "paper", 2, True, True], "steps": [False, 10]}
-
+from ui.techniques import client_inputs  # noqa: E402
 
 def run_args(prompt, seed, steps, **on) -> list:
-    args = [prompt, "", str(seed), steps, 5.0, "ddim", "psnr"]
-    for name, values in KNOBS.items():
-        values = list(values)
-        if name in on:
-            values[0] = True
-            for i, v in (on[name] or {}).items():
-                values[i] = v
-        args += values
-    return args
+    return client_inputs(prompt, seed=str(seed), steps=steps, **on)
 
 
 def _img(path) -> np.ndarray:

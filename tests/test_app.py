@@ -14,23 +14,16 @@ from gradio_client import Client  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from ui.techniques import ORDER, client_inputs  # noqa: E402
+
 PROMPT = "a large red circle on the left"
-KNOBS = {"reuse": [False, "hurry", 1, "both", ""], "tgate": [False, 2, 5, 1], "atedm": [False, 0.63, True],
-         "fastdiff": [False, "paper", 2, True, True], "steps": [False, 2]}
 
 
 def run_args(prompt=PROMPT, seed="0", steps=4, y="psnr", **on) -> list:
-    """The /run inputs: the request, the quality axis, then each technique's toggle and knobs in panel order;
-    on=dict(tgate={"gate": 3}) switches a technique on (knob overrides by position: index -> value)."""
-    args = [prompt, "", seed, steps, 5.0, "ddim", y]
-    for name, values in KNOBS.items():
-        values = list(values)
-        if name in on:
-            values[0] = True
-            for i, v in (on[name] or {}).items():
-                values[i] = v
-        args += values
-    return args
+    """The /run inputs (ui.techniques.client_inputs); T-GATE's gate at step 2 of the tests' 4 unless set."""
+    if "tgate" in on:
+        on["tgate"] = {1: 2, **(on["tgate"] or {})}
+    return client_inputs(prompt, seed=seed, steps=steps, y=y, **on)
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +105,7 @@ def test_availability_shows_the_engine_reason_before_anyone_clicks(client):
     # T-GATE on: Faster-Diffusion and AT-EDM cannot join it, reuse can only with scope=self
     values = run_args(tgate={})[7:]
     out = client.predict(4, *values, api_name="/availability")
-    by_name = dict(zip(KNOBS, zip(out[0::2], out[1::2])))
+    by_name = dict(zip(ORDER, zip(out[0::2], out[1::2])))
     assert by_name["fastdiff"][0]["interactive"] is False and "fastdiff cannot be combined with tgate" in by_name["fastdiff"][1]
     assert by_name["atedm"][0]["interactive"] is False
     assert "scope=self" in by_name["reuse"][1]

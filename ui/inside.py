@@ -95,11 +95,7 @@ class InsideTabs:
     # -- data
     def _current(self, request):
         session = self.session_of(request)
-        current = getattr(session, "current", None)
-        if current is None:
-            return session, None, None
-        baseline = session.baseline(current[0])
-        return session, baseline, session.run(current[1]) if current[1] else None
+        return (session, *session.on_screen())
 
     def refresh(self, request: gr.Request, view, step, layer, head, norm, overlay, alpha, special, conv_log,
                 drift_log, pixel):
@@ -107,16 +103,14 @@ class InsideTabs:
         session, baseline, run = self._current(request)
         if baseline is None:
             return tuple(gr.skip() for _ in self.outputs)
-        token = session.start()
         try:
-            if view in ("full compute", "both") and baseline.signals is None:
-                baseline.signals = self.slot.call("instrumented", baseline.request, (), self.probes, stop=token)
-            if view in ("accelerated", "both") and run is not None and run.signals is None:
-                run.signals = self.slot.call("instrumented", run.request, run.accel, self.probes, stop=token)
+            with session.running() as token:
+                if view in ("full compute", "both") and baseline.signals is None:
+                    baseline.signals = self.slot.call("instrumented", baseline.request, (), self.probes, stop=token)
+                if view in ("accelerated", "both") and run is not None and run.signals is None:
+                    run.signals = self.slot.call("instrumented", run.request, run.accel, self.probes, stop=token)
         except RunStopped:
             return tuple(gr.skip() for _ in self.outputs)
-        finally:
-            session.finish(token)
         last = max(0, (run.steps_run if run is not None else baseline.request.steps) - 1)
         step = last if step is None or int(step) > last else int(step)
         maps = (baseline.signals or (run.signals if run is not None else None) or {}).get("attention_maps") or {}

@@ -25,6 +25,35 @@ REUSE_POLICIES = [("HURRY: late reuse", "hurry"), ("PHAST: searched", "phast"), 
 FASTDIFF_PRESETS = [("paper key steps (non-uniform)", "paper"), ("uniform stride", "stride")]
 
 
+def panel_defaults(steps: int = 20) -> dict[str, list]:
+    """Each block's initial [toggle, knobs...], from the technique dataclasses' defaults (the papers')."""
+    from analysis.accel.reuse import default_reuse_steps
+
+    T = list_techniques()
+    tgate, atedm, fast = T["tgate"](), T["atedm"](), T["fastdiff"]()
+    gate = tgate.gate_step if isinstance(tgate.gate_step, int) else max(1, round(0.4 * steps))
+    return {"reuse": [False, "hurry", default_reuse_steps(steps), "both", ""],
+            "tgate": [False, gate, tgate.sp_interval, tgate.fi_interval],
+            "atedm": [False, atedm.ratio, atedm.dsap],
+            "fastdiff": [False, "paper", 2, fast.parallel, fast.noise],
+            "steps": [False, max(1, steps // 2)]}
+
+
+def client_inputs(prompt: str, seed="0", steps: int = 20, y: str = "psnr", negative: str = "",
+                  guidance: float = 5.0, scheduler: str = "ddim", **on) -> list:
+    """The /run endpoint's inputs in order, for gradio_client: the request, the quality axis, then every
+    block's toggle and knobs in panel order. on=dict(tgate={}, atedm={1: 0.5}) switches techniques on, a knob
+    overridden by its position in the block (1 = the first knob)."""
+    args = [prompt, negative, seed, steps, guidance, scheduler, y]
+    for name, values in panel_defaults(steps).items():
+        if name in on:
+            values[0] = True
+            for i, v in (on[name] or {}).items():
+                values[i] = v
+        args += values
+    return args
+
+
 @dataclass
 class Block:
     name: str
@@ -40,46 +69,42 @@ class TechniquePanel:
 
     # -- layout
     def render(self) -> None:
-        T = list_techniques()
-        tgate_default = T["tgate"]()
-        atedm_default, fast_default = T["atedm"](), T["fastdiff"]()
+        defaults = panel_defaults()
         for name in ORDER:
+            d = defaults[name]
             with gr.Group():
                 toggle = gr.Checkbox(label=TITLES[name], value=False, elem_id=f"toggle-{name}")
                 with gr.Row():
                     if name == "reuse":
                         knobs = [
                             gr.Dropdown(REUSE_POLICIES, value="hurry", label="policy", min_width=140),
-                            gr.Slider(0, 50, value=7, step=1, label="reuse steps (R)",
+                            gr.Slider(0, 50, value=d[2], step=1, label="reuse steps (R)",
                                       info="paper default: about a third of the steps"),
                             gr.Radio(["self", "cross", "both"], value="both", label="scope"),
                             gr.Textbox(label="custom policy", placeholder="CCCCRCRR... one letter per step",
                                        max_lines=1),
                         ]
                     elif name == "tgate":
-                        gate = tgate_default.gate_step if isinstance(tgate_default.gate_step, int) else 8
                         knobs = [
-                            gr.Slider(1, 100, value=gate, step=1, label="gate step",
+                            gr.Slider(1, 100, value=d[1], step=1, label="gate step",
                                       info="paper: about 0.4 of the steps (10 of 25)"),
-                            gr.Slider(1, 10, value=tgate_default.sp_interval, step=1,
-                                      label="self-attention interval before the gate"),
-                            gr.Slider(1, 10, value=tgate_default.fi_interval, step=1,
-                                      label="self-attention interval after the gate"),
+                            gr.Slider(1, 10, value=d[2], step=1, label="self-attention interval before the gate"),
+                            gr.Slider(1, 10, value=d[3], step=1, label="self-attention interval after the gate"),
                         ]
                     elif name == "atedm":
                         knobs = [
-                            gr.Slider(0.0, 0.9, value=atedm_default.ratio, step=0.01, label="pruning ratio"),
-                            gr.Checkbox(value=atedm_default.dsap, label="DSAP (prune less early)"),
+                            gr.Slider(0.0, 0.9, value=d[1], step=0.01, label="pruning ratio"),
+                            gr.Checkbox(value=d[2], label="DSAP (prune less early)"),
                         ]
                     elif name == "fastdiff":
                         knobs = [
                             gr.Radio(FASTDIFF_PRESETS, value="paper", label="key steps"),
-                            gr.Slider(2, 10, value=2, step=1, label="stride (uniform)"),
-                            gr.Checkbox(value=fast_default.parallel, label="parallel decoding"),
-                            gr.Checkbox(value=fast_default.noise, label="prior noise injection"),
+                            gr.Slider(2, 10, value=d[2], step=1, label="stride (uniform)"),
+                            gr.Checkbox(value=d[3], label="parallel decoding"),
+                            gr.Checkbox(value=d[4], label="prior noise injection"),
                         ]
                     else:
-                        knobs = [gr.Slider(1, 100, value=10, step=1, label="steps")]
+                        knobs = [gr.Slider(1, 100, value=d[1], step=1, label="steps")]
                         self.equal_latency_button = gr.Button("Equal latency", size="sm", min_width=110)
                 note = gr.Markdown(elem_classes="diffscope-unavailable", elem_id=f"note-{name}")
             self.blocks[name] = Block(name, toggle, knobs, note)
