@@ -430,8 +430,8 @@ def step_strip_figure(marks: dict, current_step: int | None = None, title_prefix
         fig.add_shape(type="rect", x0=current_step - 0.5, x1=current_step + 0.5, y0=-0.5, y1=len(rows) - 0.5,
                       line=dict(color="black", width=2.5), name="current-step")
     fig.update_xaxes(title_text="denoising step", **_int_ticks(steps), showgrid=False)
-    fig.update_yaxes(autorange="reversed", showgrid=False)
-    fig.update_layout(**{**_LAYOUT, "margin": dict(l=60, r=30, t=80, b=50)}, height=110 + 34 * len(rows),
+    fig.update_yaxes(autorange="reversed", showgrid=False, automargin=True)
+    fig.update_layout(**{**_LAYOUT, "margin": dict(l=60, r=30, t=80, b=50)}, height=150 + 40 * len(rows),
                       title=dict(text=D.with_prefix("What each technique did, per step", title_prefix)
                                       + f"<br><sup>{_STRIP_LEGEND}</sup>", x=0.01))
     return fig
