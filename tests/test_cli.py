@@ -173,6 +173,7 @@ def test_rerun_replaces_dir_and_failure_keeps_old_run(tmp_path, capsys, monkeypa
     monkeypatch.setattr(analysis.run, "generate", lambda pipe, config, measure_latency=True: fake_result())
     out = tmp_path / "run"
     out.mkdir()
+    (out / "run.json").write_text("{}")  # a previous run: may be replaced
     (out / "stale.txt").write_text("old")
     assert main(["generate", "--prompt", PROMPT, "--steps", "2", "--out", str(out)]) == 0
     assert not (out / "stale.txt").exists() and (out / "run.json").exists()
