@@ -390,6 +390,30 @@ def test_dpm_with_capture_prints_no_warning(tmp_path, capsys):
     assert capsys.readouterr().err == ""
 
 
+@pytest.mark.parametrize("steps", [1, 2, 7, 30])
+def test_dpm_schedule_bit_identical_to_stock_and_saved_under_its_name(tmp_path, steps):
+    import warnings
+
+    import torch
+    from diffusers import DPMSolverMultistepScheduler
+
+    from analysis.models import _DPMSolver
+    from analysis.toy.architecture import make_scheduler
+
+    config = make_scheduler().config
+    ours = _DPMSolver.from_config(config, algorithm_type="dpmsolver++", solver_order=2)
+    stock = DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++", solver_order=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ours.set_timesteps(steps)
+        warnings.simplefilter("ignore")
+        stock.set_timesteps(steps)
+    assert torch.equal(ours.timesteps, stock.timesteps) and torch.equal(ours.sigmas, stock.sigmas)
+    assert type(ours.alphas_cumprod) is torch.Tensor and type(ours.sigmas) is torch.Tensor
+    ours.save_config(tmp_path)
+    assert json.loads((tmp_path / "scheduler_config.json").read_text())["_class_name"] == "DPMSolverMultistepScheduler"
+
+
 def test_long_prompt_one_warning_line(tmp_path, capsys):
     out = tmp_path / "run"
     long = ("a large red circle on the left " * 170)[:5000]

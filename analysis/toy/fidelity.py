@@ -3,7 +3,7 @@
 Given a 64x64x3 uint8 image and a prompt in the controlled caption grammar, `score_image` says which of
 the attributes the prompt states (colour, shape, size, position of each object) the image actually shows.
 An image of any other size (the CLI and app accept sizes from 32 to 2048 px) is first resampled to the
-shapes world's 64x64 canvas (`skimage.transform.resize`, anti-aliased), because every threshold below
+shapes world's 64x64 canvas (PIL's bilinear resize, anti-aliased when shrinking), because every threshold below
 (sizes in pixels, position anchors, templates) is stated on that canvas.
 No learned model is involved, so the scorer is exact on true renders and its errors are easy to reason
 about; it is built to tolerate what a small diffusion model produces (blur, noise, colours a little off).
@@ -64,7 +64,8 @@ from functools import lru_cache
 
 import numpy as np
 from scipy import ndimage
-from skimage import color, measure, morphology, transform
+from PIL import Image
+from skimage import color, measure, morphology
 
 from analysis.toy import scenes
 
@@ -107,8 +108,9 @@ def _on_canvas(image: np.ndarray) -> np.ndarray:
     canvas = (scenes.IMAGE_SIZE, scenes.IMAGE_SIZE)
     if image.shape[:2] == canvas:
         return image
-    resized = transform.resize(image, canvas, order=1, anti_aliasing=True, preserve_range=True)
-    return np.clip(np.rint(resized), 0, 255).astype(np.uint8)
+    # Bilinear, widened to the scale factor when shrinking (PIL's resize anti-aliases): a pixel of the
+    # canvas then mixes object and background by coverage, as the half-maximum outline expects.
+    return np.asarray(Image.fromarray(np.ascontiguousarray(image)).resize(canvas[::-1], Image.Resampling.BILINEAR))
 
 
 def estimate_background(image: np.ndarray) -> np.ndarray:
