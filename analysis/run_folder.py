@@ -85,7 +85,7 @@ def interrupts_raise():
         yield
     finally:
         for s, h in previous.items():
-            signal.signal(s, h)
+            signal.signal(s, signal.SIG_DFL if h is None else h)  # None: a handler set outside Python
 
 
 def _exchange(a: Path, b: Path) -> bool:
@@ -124,8 +124,11 @@ def resolve_target(path: str) -> Path:
     target = Path(os.path.realpath(path))
     if target == target.parent:
         raise OutDirError(f"--out {shown} is the filesystem root; choose a folder for the run")
-    cwd = Path(os.path.realpath(os.getcwd()))
-    if target == cwd or target in cwd.parents:
+    try:
+        cwd = Path(os.path.realpath(os.getcwd()))
+    except OSError:  # the current folder was removed: nothing to protect
+        cwd = None
+    if cwd is not None and (target == cwd or target in cwd.parents):
         raise OutDirError(f"--out {shown} resolves to {target}, which is or contains the current folder; "
                           "choose a new folder for the run")
     base = _first_existing(target.parent)
