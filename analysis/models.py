@@ -51,13 +51,14 @@ class _CopyKeywordTensor(torch.Tensor):
         return array.copy() if copy else array
 
 
-class _DPMSolver(DPMSolverMultistepScheduler):
-    """diffusers' DPM-Solver++, minus a numpy DeprecationWarning on every run.
+class _SigmaTableWithoutWarning:
+    """Mixin for diffusers' DPM-Solver++ and Euler schedulers, minus a numpy DeprecationWarning per run.
 
-    `set_timesteps` builds its sigma table with `np.array()` on a torch expression of `alphas_cumprod`;
-    numpy 2 passes `copy=` to `__array__`, torch's `Tensor.__array__` does not accept it, so numpy fell back
-    and warned ("__array__ implementation doesn't accept a copy keyword"). During that call the same tensor
-    is viewed as `_CopyKeywordTensor`, whose `__array__` accepts the keyword; values are bit-identical.
+    Their `set_timesteps` builds the sigma table with `np.array()` on a torch expression of
+    `alphas_cumprod`; numpy 2 passes `copy=` to `__array__`, torch's `Tensor.__array__` does not accept it,
+    so numpy fell back and warned ("__array__ implementation doesn't accept a copy keyword"). During that
+    call the same tensor is viewed as `_CopyKeywordTensor`, whose `__array__` accepts the keyword; the
+    schedule is bit-identical (tests compare it with the stock scheduler's).
     """
 
     def set_timesteps(self, *args, **kwargs):
@@ -69,8 +70,17 @@ class _DPMSolver(DPMSolverMultistepScheduler):
             self.alphas_cumprod = cumprod
 
 
-# Saved configs then name the stock class, so a pipeline saved after set_scheduler reloads anywhere.
+class _DPMSolver(_SigmaTableWithoutWarning, DPMSolverMultistepScheduler):
+    pass
+
+
+class _Euler(_SigmaTableWithoutWarning, EulerDiscreteScheduler):
+    pass
+
+
+# Saved configs then name the stock classes, so a pipeline saved after set_scheduler reloads anywhere.
 _DPMSolver.__name__ = DPMSolverMultistepScheduler.__name__
+_Euler.__name__ = EulerDiscreteScheduler.__name__
 
 
 def set_scheduler(pipe, name: str) -> None:
@@ -81,7 +91,7 @@ def set_scheduler(pipe, name: str) -> None:
     elif name == "dpm":
         pipe.scheduler = _DPMSolver.from_config(config, algorithm_type="dpmsolver++", solver_order=2)
     elif name == "euler":
-        pipe.scheduler = EulerDiscreteScheduler.from_config(config)
+        pipe.scheduler = _Euler.from_config(config)
     else:
         raise ValueError(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}")
 

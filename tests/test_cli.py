@@ -383,35 +383,41 @@ def _accepts(cls, size) -> bool:
         return False
 
 
-def test_dpm_with_capture_prints_no_warning(tmp_path, capsys):
+@pytest.mark.parametrize("scheduler", ["dpm", "euler"])
+def test_capture_with_each_scheduler_prints_no_warning(tmp_path, capsys, scheduler):
     out = tmp_path / "run"
-    assert main(["generate", "--prompt", PROMPT, "--steps", "2", "--scheduler", "dpm", "--capture",
+    assert main(["generate", "--prompt", PROMPT, "--steps", "2", "--scheduler", scheduler, "--capture",
                  "--capture-budget-mb", "4", "--out", str(out)]) == 0
     assert capsys.readouterr().err == ""
 
 
-@pytest.mark.parametrize("steps", [1, 2, 7, 30])
-def test_dpm_schedule_bit_identical_to_stock_and_saved_under_its_name(tmp_path, steps):
+@pytest.mark.parametrize("name", ["dpm", "euler"])
+def test_schedules_bit_identical_to_stock_without_warning_and_saved_under_stock_name(tmp_path, name):
     import warnings
 
     import torch
-    from diffusers import DPMSolverMultistepScheduler
+    from diffusers import DPMSolverMultistepScheduler, EulerDiscreteScheduler
 
-    from analysis.models import _DPMSolver
+    from analysis.models import _DPMSolver, _Euler
     from analysis.toy.architecture import make_scheduler
 
     config = make_scheduler().config
-    ours = _DPMSolver.from_config(config, algorithm_type="dpmsolver++", solver_order=2)
-    stock = DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++", solver_order=2)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        ours.set_timesteps(steps)
-        warnings.simplefilter("ignore")
-        stock.set_timesteps(steps)
-    assert torch.equal(ours.timesteps, stock.timesteps) and torch.equal(ours.sigmas, stock.sigmas)
-    assert type(ours.alphas_cumprod) is torch.Tensor and type(ours.sigmas) is torch.Tensor
+    kwargs = {"algorithm_type": "dpmsolver++", "solver_order": 2} if name == "dpm" else {}
+    ours_cls, stock_cls = (_DPMSolver, DPMSolverMultistepScheduler) if name == "dpm" else (_Euler, EulerDiscreteScheduler)
+    for steps in (1, 2, 7, 30):
+        ours, stock = ours_cls.from_config(config, **kwargs), stock_cls.from_config(config, **kwargs)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            ours.set_timesteps(steps)
+            warnings.simplefilter("ignore")
+            stock.set_timesteps(steps)
+        tensors = {k for k, v in vars(stock).items() if isinstance(v, torch.Tensor)}
+        assert {"timesteps", "sigmas", "alphas_cumprod"} <= tensors
+        for key in tensors:  # every tensor the scheduler keeps: plain, and equal to the stock one
+            assert type(getattr(ours, key)) is torch.Tensor, key
+            assert torch.equal(getattr(ours, key), getattr(stock, key)), key
     ours.save_config(tmp_path)
-    assert json.loads((tmp_path / "scheduler_config.json").read_text())["_class_name"] == "DPMSolverMultistepScheduler"
+    assert json.loads((tmp_path / "scheduler_config.json").read_text())["_class_name"] == stock_cls.__name__
 
 
 def test_long_prompt_one_warning_line(tmp_path, capsys):
