@@ -31,7 +31,7 @@ import sys
 import tempfile
 import termios
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -53,7 +53,6 @@ class Case:
     unprivileged: bool = False
     out: str = "out/run"  # the target to check (relative to the scratch folder); "" = none
     warns: bool = False  # a written run that should say one "warning: " line
-    fields: dict = field(default_factory=dict)
 
 
 def _mkfile(rel: str, text: str = "x"):

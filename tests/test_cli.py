@@ -433,3 +433,20 @@ def test_long_prompt_one_warning_line(tmp_path, capsys):
     assert main(["generate", "--prompt", PROMPT, "--prompt", long, "--steps", "1", "--out", str(out)]) == 0
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and err[0].startswith("warning: prompt 2 has ") and "first 32" in err[0], err
+
+
+@pytest.mark.parametrize("exchange", [True, False])  # False: a filesystem without RENAME_EXCHANGE
+def test_previous_run_swapped_out_with_and_without_atomic_exchange(tmp_path, capsys, monkeypatch, exchange):
+    import analysis.run_folder
+
+    _fake_run(monkeypatch, capsys)
+    if not exchange:
+        monkeypatch.setattr(analysis.run_folder, "_exchange", lambda a, b: False)
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "run.json").write_text('{"previous": true}')
+    (out / "old.png").write_bytes(b"old")
+    assert main(["generate", "--prompt", PROMPT, "--out", str(out)]) == 0
+    assert not (out / "old.png").exists() and {"accelerated.png", "baseline.png", "run.json"} <= set(os.listdir(out))
+    assert json.loads((out / "run.json").read_text())["format"] == report.RUN_FORMAT
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]

@@ -18,7 +18,6 @@ import pytest
 
 from benchmarks.cli_cases import _env, _run_interrupted, _snapshot
 
-ROOT = Path(__file__).resolve().parents[1]
 PROMPT = "a red circle on the left"
 
 
