@@ -21,7 +21,7 @@ from benchmarks.cli_cases import _env, _run_interrupted, _snapshot
 PROMPT = "a red circle on the left"
 
 
-def _cli(out: Path, steps: int = 30) -> list[str]:
+def _cli(out: Path, steps: int = 500) -> list[str]:
     return [sys.executable, "-m", "analysis", "generate", "--prompt", PROMPT, "--steps", str(steps), "--out", str(out)]
 
 
