@@ -2,18 +2,19 @@
 
 `generate` follows the contract in docs/cli.md (other tools rely on it): one request, run.json +
 baseline.png + accelerated.png (+ signals.npz with --capture) in --out DIR. Any error is one line on
-stderr starting with "error: ", exit code 2, and DIR is left as it was: everything is written to a
-temporary folder beside DIR and renamed into place at the end.
+stderr starting with "error: ", exit code 2, and DIR is left as it was: DIR is resolved and checked
+before any work, everything is written to a temporary folder beside it and swapped into place at the end
+(`analysis.run_folder`). SIGINT and SIGTERM end the run with one line, "interrupted; nothing written",
+exit code 128 + the signal's number (130, 143), the temporary folder removed.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
-import shutil
+import signal
 import sys
-import tempfile
 import warnings
-from pathlib import Path
 
 from analysis.catalog import SCHEDULERS
 
@@ -95,43 +96,23 @@ def _no_loading_bars() -> None:
         logging.disable_progress_bar()
 
 
-def _prepare_out(out: Path) -> Path:
-    """A fresh temporary folder beside `out` (same filesystem, so the final rename is atomic)."""
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out} exists and is not a directory")
-    parent = out.parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=parent))
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o777 & ~mask)  # mkdtemp makes it private; the run folder gets ordinary permissions
-        return tmp
-    except OSError as err:
-        raise UsageError(f"cannot write to {out}: {err.strerror or err}") from None
-
-
-def _move_into_place(tmp: Path, out: Path) -> None:
-    """Replace `out` by `tmp`: rename the old run aside first, so DIR is always either the old run or the
-    new one, never a mixture."""
-    old = None
-    if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        os.rmdir(old)
-        os.rename(out, old)
-    try:
-        os.rename(tmp, out)
-    except OSError:
-        if old is not None:
-            os.rename(old, out)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+def _long_prompt_warning(pipe, prompts: list[str]) -> str | None:
+    """One line naming the prompts the text encoder will cut to its token limit, or None."""
+    tokenizer = getattr(pipe, "tokenizer", None)
+    if tokenizer is None:
+        return None
+    limit = tokenizer.model_max_length
+    counts = [len(tokenizer(p, truncation=False).input_ids) for p in prompts]
+    long = [i for i, n in enumerate(counts, 1) if n > limit]
+    if not long:
+        return None
+    which = (f"the prompt has {counts[0]} tokens" if len(prompts) == 1
+             else f"prompt{'s' if len(long) > 1 else ''} {', '.join(map(str, long))} "
+                  f"{'have' if len(long) > 1 else 'has'} {', '.join(str(counts[i - 1]) for i in long)} tokens")
+    return f"{which}; the model reads only the first {limit} (start and end marks included), the rest is ignored"
 
 
 def _generate(args) -> int:
-    import json
-
     _quiet_libraries()
     if args.capture_budget_mb is not None and not args.capture:
         raise UsageError("--capture-budget-mb needs --capture")
@@ -164,39 +145,49 @@ def _generate(args) -> int:
     except (ValueError, TypeError) as err:
         raise UsageError(err) from None
 
-    out = Path(args.out)
-    tmp = _prepare_out(out)
-    try:
-        from analysis.models import ModelLoadError, load_pipeline
-        from analysis.report import write_run
-        from analysis.run import generate
+    from analysis.run_folder import OutDirError, RunFolder
 
-        _no_loading_bars()
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("default")
-            try:
-                pipe = load_pipeline(args.model, scheduler=args.scheduler)
-            except (ModelLoadError, ValueError, OSError) as err:
-                raise UsageError(err) from None
-            pipe.set_progress_bar_config(disable=True)
-            try:
-                result = generate(pipe, config, measure_latency=True)
-            except ValueError as err:
-                raise UsageError(err) from None
-            try:
-                write_run(result, tmp)
-                _move_into_place(tmp, out)
-            except OSError as err:
-                raise UsageError(f"cannot write to {out}: {err.strerror or err}") from None
-        for w in caught:  # success: the warnings are worth seeing; on failure only the error line is
-            print(f"warning: {_one_line(w.message)}", file=sys.stderr)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    summary = json.loads((out / "run.json").read_text())
-    print(json.dumps({"out": str(out), **{k: summary[k] for k in (
-        "baseline_latency_s", "latency_s", "speedup", "psnr_db", "ssim")}}))
+    try:
+        folder = RunFolder(args.out)  # resolved and checked before any work
+        with folder:
+            summary = _run_into(folder, args, config)
+            # Still inside: signals stay held after the commit, so a late Ctrl-C cannot contradict it.
+            print(json.dumps({"out": str(folder.target), **summary}))
+    except OutDirError as err:
+        raise UsageError(err) from None
     return 0
+
+
+def _run_into(folder, args, config) -> dict:
+    """Load, generate, write into folder.tmp and swap it into place; returns the stdout summary."""
+    from analysis.models import ModelLoadError, load_pipeline
+    from analysis.report import run_json, write_run
+    from analysis.run import generate
+
+    _no_loading_bars()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        try:
+            pipe = load_pipeline(args.model, scheduler=args.scheduler)
+        except (ModelLoadError, ValueError, OSError) as err:
+            raise UsageError(err) from None
+        # A bar per generation where someone watches (it shows where Ctrl-C lands); none in logs and pipes.
+        pipe.set_progress_bar_config(disable=not sys.stderr.isatty(), leave=False)
+        notes = [_long_prompt_warning(pipe, list(config.prompts))]
+        try:
+            result = generate(pipe, config, measure_latency=True)
+        except ValueError as err:
+            raise UsageError(err) from None
+        try:
+            write_run(result, folder.tmp)
+        except OSError as err:
+            raise UsageError(f"cannot write to {folder.shown}: {err.strerror or err}") from None
+        folder.commit()
+    # Success: the warnings are worth seeing; on failure only the error line is.
+    for line in [n for n in notes if n] + [_one_line(w.message) for w in caught]:
+        print(f"warning: {line}", file=sys.stderr)
+    data = run_json(result)
+    return {k: data[k] for k in ("baseline_latency_s", "latency_s", "speedup", "psnr_db", "ssim")}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -232,8 +223,22 @@ def _passthrough(argv: list[str]):
     return getattr(importlib.import_module(module), function)(argv[1:])
 
 
+def _generate_interruptible(args) -> int:
+    """`_generate`, with SIGINT and SIGTERM ending it as one line and exit code 128 + the signal number."""
+    from analysis.run_folder import Interrupted, interrupts_raise
+
+    try:
+        with interrupts_raise():
+            return _generate(args)
+    except KeyboardInterrupt as stop:  # Interrupted, or a SIGINT before the handler was in place
+        clear = "\r\x1b[K" if sys.stderr.isatty() else ""  # over a progress bar, not after it
+        print(f"{clear}interrupted; nothing written", file=sys.stderr)
+        return 128 + (stop.signum if isinstance(stop, Interrupted) else signal.SIGINT)
+
+
 def main(argv=None) -> int:
-    """Run the CLI; returns the exit code (0 ok, 2 error: one 'error: ...' line on stderr)."""
+    """Run the CLI; returns the exit code: 0 ok, 2 error (one 'error: ...' line on stderr); generate
+    returns 130 after SIGINT and 143 after SIGTERM, with one 'interrupted; nothing written' line."""
     argv = list(sys.argv[1:] if argv is None else argv)
     code = _passthrough(argv)
     if code is not None:
@@ -245,7 +250,7 @@ def main(argv=None) -> int:
         except SystemExit as done:  # --help / --version
             return int(done.code or 0) if not isinstance(done.code, str) else 2
         if args.command == "generate":
-            return _generate(args)
+            return _generate_interruptible(args)
         if args.command == "train-default":
             from analysis.toy.train import config_from_args, train
 

@@ -41,15 +41,59 @@ def pick_device(device: str | None = None) -> tuple[torch.device, torch.dtype]:
     return dev, (torch.float16 if dev.type == "cuda" else torch.float32)
 
 
+class _CopyKeywordTensor(torch.Tensor):
+    """A tensor whose `__array__` takes numpy 2's `dtype` and `copy` keywords (torch's own takes no `copy`)."""
+
+    def __array__(self, dtype=None, copy=None):
+        array = self.as_subclass(torch.Tensor).detach().cpu().numpy()
+        if dtype is not None and array.dtype != dtype:
+            if copy is False:
+                raise ValueError("a dtype conversion needs a copy")
+            return array.astype(dtype)
+        return array.copy() if copy else array
+
+
+class _SigmaTableWithoutWarning:
+    """Mixin for diffusers' DPM-Solver++ and Euler schedulers, minus a numpy DeprecationWarning per run.
+
+    Their `set_timesteps` builds the sigma table with `np.array()` on a torch expression of
+    `alphas_cumprod`; numpy 2 passes `copy=` to `__array__`, torch's `Tensor.__array__` does not accept it,
+    so numpy fell back and warned ("__array__ implementation doesn't accept a copy keyword"). During that
+    call the same tensor is viewed as `_CopyKeywordTensor`, whose `__array__` accepts the keyword; the
+    schedule is bit-identical (tests compare it with the stock scheduler's).
+    """
+
+    def set_timesteps(self, *args, **kwargs):
+        cumprod = self.alphas_cumprod
+        self.alphas_cumprod = cumprod.as_subclass(_CopyKeywordTensor)
+        try:
+            return super().set_timesteps(*args, **kwargs)
+        finally:
+            self.alphas_cumprod = cumprod
+
+
+class _DPMSolver(_SigmaTableWithoutWarning, DPMSolverMultistepScheduler):
+    pass
+
+
+class _Euler(_SigmaTableWithoutWarning, EulerDiscreteScheduler):
+    pass
+
+
+# Saved configs then name the stock classes, so a pipeline saved after set_scheduler reloads anywhere.
+_DPMSolver.__name__ = DPMSolverMultistepScheduler.__name__
+_Euler.__name__ = EulerDiscreteScheduler.__name__
+
+
 def set_scheduler(pipe, name: str) -> None:
     """Swap the pipeline's scheduler, keeping the model's noise schedule (betas, prediction type)."""
     config = pipe.scheduler.config
     if name == "ddim":
         pipe.scheduler = DDIMScheduler.from_config(config)
     elif name == "dpm":
-        pipe.scheduler = DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++", solver_order=2)
+        pipe.scheduler = _DPMSolver.from_config(config, algorithm_type="dpmsolver++", solver_order=2)
     elif name == "euler":
-        pipe.scheduler = EulerDiscreteScheduler.from_config(config)
+        pipe.scheduler = _Euler.from_config(config)
     else:
         raise ValueError(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}")
 

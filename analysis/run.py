@@ -54,8 +54,8 @@ class RunConfig:
             raise ValueError(f"size must be a multiple of 8 between 32 and 2048, got {self.size}")
         if self.repeats < 1:
             raise ValueError(f"repeats must be at least 1, got {self.repeats}")
-        if self.seed < 0:
-            raise ValueError(f"seed must be non-negative, got {self.seed}")
+        if not 0 <= self.seed <= 2**63 - 1:  # torch's manual_seed overflows past a signed 64-bit int
+            raise ValueError(f"seed must be between 0 and 2^63-1, got {self.seed}")
         names = [type(c).name for c in self.accel]
         if len(set(names)) != len(names):
             raise ValueError(f"each technique may appear once, got {', '.join(names)}")

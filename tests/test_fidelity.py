@@ -129,3 +129,19 @@ def test_attribute_accuracy_keys_and_float_input():
         assert acc[key] == 1.0 and not math.isnan(acc[key])
     with pytest.raises(ValueError):
         fidelity.attribute_accuracy([image], [])
+
+
+# The CLI and app accept sizes 32..2048 in steps of 8 (RunConfig); the scorer resamples to its 64 px canvas.
+@pytest.mark.parametrize("size", [*range(32, 129, 8), 200, 256, 512, 1000, 2048])
+def test_every_accepted_size_is_scored_on_the_canvas(size):
+    from PIL import Image
+
+    scene_list = scenes.evaluation_scenes(12, seed=31, held_out=False)
+    images, prompts = _renders(scene_list)
+    resized = [np.asarray(Image.fromarray(im).resize((size, size), Image.Resampling.NEAREST)) for im in images]
+    acc = fidelity.attribute_accuracy(resized, prompts)
+    assert acc["overall"] >= 0.95, (size, acc)
+    if size % 64 == 0:  # whole multiples of the canvas come back exactly
+        assert acc == fidelity.attribute_accuracy(images, prompts)
+    for obj in fidelity.detect_objects(resized[0]):
+        assert all(0 <= v <= scenes.IMAGE_SIZE for v in obj["bbox"])  # canvas coordinates

@@ -2,6 +2,9 @@
 
 Given a 64x64x3 uint8 image and a prompt in the controlled caption grammar, `score_image` says which of
 the attributes the prompt states (colour, shape, size, position of each object) the image actually shows.
+An image of any other size (the CLI and app accept sizes from 32 to 2048 px) is first resampled to the
+shapes world's 64x64 canvas (PIL's bilinear resize, anti-aliased when shrinking), because every threshold below
+(sizes in pixels, position anchors, templates) is stated on that canvas.
 No learned model is involved, so the scorer is exact on true renders and its errors are easy to reason
 about; it is built to tolerate what a small diffusion model produces (blur, noise, colours a little off).
 
@@ -61,6 +64,7 @@ from functools import lru_cache
 
 import numpy as np
 from scipy import ndimage
+from PIL import Image
 from skimage import color, measure, morphology
 
 from analysis.toy import scenes
@@ -96,6 +100,17 @@ def _as_rgb_uint8(image: np.ndarray) -> np.ndarray:
             image = image * 255.0
         image = np.clip(np.rint(image), 0, 255).astype(np.uint8)
     return image
+
+
+def _on_canvas(image: np.ndarray) -> np.ndarray:
+    """The image as (64, 64, 3) uint8: other sizes are resampled to the canvas the thresholds are set on."""
+    image = _as_rgb_uint8(image)
+    canvas = (scenes.IMAGE_SIZE, scenes.IMAGE_SIZE)
+    if image.shape[:2] == canvas:
+        return image
+    # Bilinear, widened to the scale factor when shrinking (PIL's resize anti-aliases): a pixel of the
+    # canvas then mixes object and background by coverage, as the half-maximum outline expects.
+    return np.asarray(Image.fromarray(np.ascontiguousarray(image)).resize(canvas[::-1], Image.Resampling.BILINEAR))
 
 
 def estimate_background(image: np.ndarray) -> np.ndarray:
@@ -245,8 +260,9 @@ def detect_objects(image: np.ndarray) -> list[dict]:
     Each is a dict: colour, shape, size, position (names from `scenes`), area (px), centroid (x, y),
     bbox (min_row, min_col, max_row, max_col; max exclusive), extent, occluded (touches another object),
     method ("extent" or "template": how shape/size/position were decided) and, for "template", fit_iou.
+    Coordinates are on the 64x64 canvas whatever the image's size (see `_on_canvas`).
     """
-    image = _as_rgb_uint8(image)
+    image = _on_canvas(image)
     lab = color.rgb2lab(image)
     background = estimate_background(image)
     background_lab = color.rgb2lab(background[None, None, :] / 255.0)[0, 0]
