@@ -1,0 +1,73 @@
+"""Pareto frontiers of latency against one quality axis, and the comparison with the step-reduction ladder at
+equal measured latency (the frontier report)."""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+
+# quality axis -> True when higher is better
+AXES: dict[str, bool] = {"psnr_db": True, "ssim": True, "fidelity": True, "frechet": False}
+
+
+def _finite_or_inf(x) -> float | None:
+    if x is None:
+        return None
+    x = float(x)
+    return None if math.isnan(x) else x
+
+
+def pareto_front(rows: Sequence[dict], axis: str, latency: str = "latency_s") -> list[dict]:
+    """Rows not dominated on (lower latency, better `axis`), sorted by latency. A row is dominated when
+    another is at least as fast and at least as good, and strictly better in one. Rows missing either value
+    are left out; +inf PSNR (identical to full compute) counts as the best possible."""
+    higher = AXES[axis]
+    pts = []
+    for r in rows:
+        lat, q = _finite_or_inf(r.get(latency)), _finite_or_inf(r.get(axis))
+        if lat is None or q is None:
+            continue
+        pts.append((lat, q if higher else -q, r))
+    front = []
+    for lat, q, r in pts:
+        dominated = any(l2 <= lat and q2 >= q and (l2 < lat or q2 > q) for l2, q2, _ in pts)
+        if not dominated:
+            front.append((lat, r))
+    front.sort(key=lambda x: x[0])
+    out, seen = [], set()
+    for _, r in front:  # exact duplicates (same latency and quality) appear once
+        key = (r.get(latency), r.get(axis), r.get("setting"))
+        if key not in seen:
+            seen.add(key)
+            out.append(r)
+    return out
+
+
+def ladder_at(ladder: Sequence[dict], latency: float, axis: str, latency_key: str = "latency_s") -> float | None:
+    """The step-reduction ladder's quality at `latency`, linearly interpolated between its settings (the
+    baseline frontier); None outside the ladder's latency range or without two finite points."""
+    pts = sorted((float(r[latency_key]), float(r[axis])) for r in ladder
+                 if r.get(latency_key) is not None and r.get(axis) is not None and math.isfinite(float(r[axis])))
+    if len(pts) < 2 or not pts[0][0] <= latency <= pts[-1][0]:
+        return None
+    xs, ys = zip(*pts)
+    return float(np.interp(latency, xs, ys))
+
+
+def versus_ladder(summary: Sequence[dict], axes: Sequence[str] = tuple(AXES)) -> list[dict]:
+    """For every non-ladder setting: its quality minus the ladder's at the same median latency, per axis
+    (positive = better than step reduction for higher-is-better axes; for frechet, negative = better)."""
+    ladder = [r for r in summary if r.get("technique") == "steps"]
+    out = []
+    for r in summary:
+        if r.get("technique") in ("steps", "baseline") or r.get("latency_s") is None:
+            continue
+        row = {"setting": r["setting"], "technique": r["technique"], "latency_s": r["latency_s"],
+               "speedup": r.get("speedup")}
+        for axis in axes:
+            ref = ladder_at(ladder, float(r["latency_s"]), axis)
+            q = _finite_or_inf(r.get(axis))
+            row[f"{axis}_vs_steps"] = None if ref is None or q is None or math.isinf(q) else q - ref
+        out.append(row)
+    return out
