@@ -375,6 +375,9 @@ def merge(out: Path, figures: bool = True) -> dict:
         raise UsageError(f"{out} has no sweep rows (rows/*.jsonl)")
     meta_path = out / "meta.json"
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    rows, dropped = complete_units(rows)
+    meta = {**meta, "units_merged": len({row_key(r)[:2] for r in rows}), "units_incomplete_dropped": dropped,
+            "overhead": overhead(out)}
     frechet, frechet_meta = frechet_per_setting(out, rows)
     for r in rows:
         r["frechet"] = frechet.get(r["setting"])
@@ -393,6 +396,34 @@ def merge(out: Path, figures: bool = True) -> dict:
 
         sweep_figs.write_all(summary, rows, out / "figures")
     return {"rows": len(rows), "settings": len(summary), "out": str(out)}
+
+
+def overhead(out: Path) -> dict | None:
+    """Time outside the pipeline over all runs of all shards (rows/stats-*.jsonl): quality scoring, PNG writes,
+    hook set-up are in the unit loop's wall time but not in the pipeline's."""
+    stats = []
+    for path in glob.glob(str(out / "rows" / "stats-*.jsonl")):
+        stats += [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    stats = [s for s in stats if s.get("unit_wall_s")]
+    if not stats:
+        return None
+    wall, pipe = sum(s["unit_wall_s"] for s in stats), sum(s["pipeline_s"] for s in stats)
+    return {"units": len(stats), "unit_wall_s": round(wall, 1), "pipeline_s": round(pipe, 1),
+            "pipeline_runs": sum(s["pipeline_runs"] for s in stats), "rows_run": sum(s["rows_run"] for s in stats),
+            "elapsed_s": round(sum(s["elapsed_s"] for s in stats), 1), "overhead_fraction": round(1 - pipe / wall, 4)}
+
+
+def complete_units(rows: list[dict]) -> tuple[list[dict], int]:
+    """Only the (prompt, seed) units that have every setting seen in the sweep, so that every setting is
+    summarised over the same images (an interrupted sweep leaves its last unit half done)."""
+    settings = {r["setting"] for r in rows}
+    units: dict[tuple, set] = {}
+    for r in rows:
+        units.setdefault(row_key(r)[:2], set()).add(r["setting"])
+    complete = {u for u, have in units.items() if have == settings}
+    if not complete:
+        return rows, 0
+    return [r for r in rows if row_key(r)[:2] in complete], len(units) - len(complete)
 
 
 def fast_and_faithful(summary: list[dict], speedup: float = 1.5, points: float = 0.01) -> dict:
@@ -449,6 +480,9 @@ def report_text(summary: list[dict], frontier: dict, meta: dict) -> str:
     if "frechet_true_renders_floor" in frontier:
         lines += ["", f"Fréchet floor (fresh true renders vs the reference): "
                       f"{_fmt(frontier['frechet_true_renders_floor'], '.2f')}."]
+    if meta.get("units_merged") is not None:
+        lines += ["", f"Units (prompt, seed) merged: {meta['units_merged']}; incomplete units left out: "
+                      f"{meta.get('units_incomplete_dropped', 0)}."]
     if meta.get("overhead"):
         lines += ["", f"Overhead outside the pipeline: {meta['overhead']}."]
     return "\n".join(lines) + "\n"
@@ -559,16 +593,19 @@ def run(args) -> dict:
               dynamic_ncols=True) as bar:
         for pid, seed in units:
             if any((pid, seed, s.name) not in done for s in settings) or (pid, seed, "baseline") not in done:
+                before = (runner.pipeline_s, runner.wall_s, runner.n_runs, bar.n, time.perf_counter())
                 runner.run_unit(pid, seed, done, bar)
+                # per unit, so that a killed sweep keeps its overhead record
+                with (out / "rows" / f"stats-{shard}-of-{n_shards}.jsonl").open("a") as f:
+                    f.write(json.dumps({"unit": [pid, seed], "pipeline_s": runner.pipeline_s - before[0],
+                                        "unit_wall_s": runner.wall_s - before[1], "pipeline_runs": runner.n_runs - before[2],
+                                        "rows_run": bar.n - before[3], "elapsed_s": time.perf_counter() - before[4]}) + "\n")
     elapsed = time.perf_counter() - start
     stats = {"shard": f"{shard}/{n_shards}", "units": len(units), "rows_run": todo, "elapsed_s": round(elapsed, 2),
-             "pipeline_s": round(runner.pipeline_s, 2), "pipeline_runs": runner.n_runs,
+             "pipeline_s": round(runner.pipeline_s, 2), "unit_wall_s": round(runner.wall_s, 2),
+             "pipeline_runs": runner.n_runs,
              "overhead_fraction": round(1 - runner.pipeline_s / runner.wall_s, 4) if runner.wall_s else None}
-    with (out / "rows" / f"stats-{shard}-of-{n_shards}.jsonl").open("a") as f:
-        f.write(json.dumps(stats) + "\n")
-    if n_shards == 1 and todo:
-        meta["overhead"] = stats
-        meta_path.write_text(json.dumps(meta, indent=1))
+    if n_shards == 1:
         return {**merge(out, figures=not args.no_figures), **stats}
     return stats
 
