@@ -28,10 +28,12 @@ Features are z-scored with the reference set's mean and standard deviation (floo
 is constant over the renders does not explode), then the usual Fréchet distance between the two Gaussians,
 ||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^1/2), is taken (scipy's sqrtm, as in FID). With few images per
 setting the covariance is rank-deficient; the distance is then biased upwards as FID is at small n, so
-compare settings at the same n (a sweep always does).
+compare settings at the same n (a sweep always does). Very strong blur (sigma beyond ~2 px on these 64 px
+images) saturates the distance: the objects are then no longer found as foreground at all.
 """
 from __future__ import annotations
 
+import warnings
 from typing import Sequence
 
 import numpy as np
@@ -123,10 +125,12 @@ def frechet_distance(feats: np.ndarray, reference: np.ndarray) -> float:
     a, b = (feats - mu_r) / sd_r, (reference - mu_r) / sd_r
     mu1, mu2 = a.mean(axis=0), b.mean(axis=0)
     s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    covmean, _ = linalg.sqrtm(s1 @ s2, disp=False)
-    if not np.isfinite(covmean).all():  # the usual FID fix for a near-singular product
-        eps = np.eye(s1.shape[0]) * 1e-6
-        covmean = linalg.sqrtm((s1 + eps) @ (s2 + eps))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the covariances of small sets are rank-deficient (see above)
+        covmean = linalg.sqrtm(s1 @ s2)
+        if not np.isfinite(covmean).all():  # the usual FID fix for a near-singular product
+            eps = np.eye(s1.shape[0]) * 1e-6
+            covmean = linalg.sqrtm((s1 + eps) @ (s2 + eps))
     covmean = np.real(covmean)
     return float(max(0.0, np.sum((mu1 - mu2) ** 2) + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean)))
 
