@@ -95,3 +95,13 @@ def test_cli_writes_table_and_figures(tmp_path):
     assert sensitivity.main(["--prompts", str(prompts), "--steps", "3", "--kinds", "noise", "--out", str(out)]) == 0
     assert (out / "curve.csv").read_text().startswith("kind,t,n,exponent")
     assert (out / "figures" / "sensitivity.png").exists() and (out / "figures" / "sensitivity.html").exists()
+
+
+def test_shipped_sensitivity_curve_loads():
+    data = sensitivity.load_shipped(steps=20)
+    assert data is not None, "assets/results/sensitivity-20/curve.json is shipped"
+    kinds = {r["kind"] for r in data["curve"]}
+    assert kinds == {"reuse", "noise"}
+    assert all(r["identical_before_t"] for r in data["curve"])
+    assert any(name.startswith("HURRY") for name in data["policies"])
+    assert sensitivity.load_shipped(steps=999) is None

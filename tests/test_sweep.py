@@ -123,7 +123,7 @@ def test_versus_ladder_interpolates_at_equal_latency():
                {"setting": "steps-10", "technique": "steps", "latency_s": 2.0, "psnr_db": 30.0, "fidelity": 0.9},
                {"setting": "tg", "technique": "tgate", "latency_s": 1.5, "psnr_db": 22.0, "fidelity": 0.9},
                {"setting": "slow", "technique": "reuse", "latency_s": 3.0, "psnr_db": 40.0, "fidelity": 1.0}]
-    out = {r["setting"]: r for r in pareto.versus_ladder(summary, ("psnr_db", "fidelity"))}
+    out = {r["setting"]: r for r in pareto.versus_ladder(summary, ("psnr_db", "fidelity"), "latency_s")}
     assert out["tg"]["psnr_db_vs_steps"] == pytest.approx(-3.0)
     assert out["tg"]["fidelity_vs_steps"] == pytest.approx(0.05)
     assert out["slow"]["psnr_db_vs_steps"] is None  # outside the ladder's latency range
@@ -265,18 +265,18 @@ SUMMARY = [{"setting": "baseline", "technique": "baseline", "latency_s": 1.0, "p
 def test_tradeoff_figures_have_the_traces_and_labels():
     from viz import sweep_figs
 
-    fig = sweep_figs.tradeoff_figure(SUMMARY, "psnr_db", shipped=SUMMARY)
+    fig = sweep_figs.tradeoff_figure(SUMMARY, "psnr_db", shipped=SUMMARY, latency="latency_s")
     names = [t.name for t in fig.data]
     assert names == ["shipped sweep", "baseline", "step reduction", "tgate"]
     steps = fig.data[2]
     assert steps.mode == "lines+markers" and list(steps.x) == [0.5, 0.8]
     assert list(steps.error_y.arrayminus) == [2.0, 0.0]
     assert fig.data[1].y[0] == 40.0  # +inf PSNR drawn 5 dB above the best finite value
-    assert fig.layout.xaxis.title.text == sweep_figs.LATENCY_LABEL
+    assert fig.layout.xaxis.title.text == sweep_figs.LATENCY_LABELS["latency_s"]
     assert fig.layout.yaxis.title.text == sweep_figs.AXIS_LABELS["psnr_db"]
-    mfig = sweep_figs.tradeoff_figure_mpl(SUMMARY, "frechet")
+    mfig = sweep_figs.tradeoff_figure_mpl(SUMMARY, "frechet", latency="latency_s")
     ax = mfig.axes[0]
-    assert ax.get_xlabel() == sweep_figs.LATENCY_LABEL and ax.get_ylabel() == sweep_figs.AXIS_LABELS["frechet"]
+    assert ax.get_xlabel() == sweep_figs.LATENCY_LABELS["latency_s"] and ax.get_ylabel() == sweep_figs.AXIS_LABELS["frechet"]
     labels = ax.get_legend_handles_labels()[1]
     assert "step reduction (baseline frontier)" in labels and "full compute" in labels and "tgate" in labels
 
@@ -284,6 +284,7 @@ def test_tradeoff_figures_have_the_traces_and_labels():
 def test_write_all_writes_html_and_slide_formats(tmp_path):
     from viz import sweep_figs
 
-    paths = sweep_figs.write_all(SUMMARY, [], tmp_path, axes=("fidelity",))
+    summary = [{**r, "relative_latency": r["latency_s"]} for r in SUMMARY]
+    paths = sweep_figs.write_all(summary, [], tmp_path, axes=("fidelity",))
     assert sorted(p.suffix for p in paths) == [".html", ".pdf", ".png", ".svg"]
     assert all(p.stat().st_size > 0 for p in paths)

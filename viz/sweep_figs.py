@@ -19,7 +19,9 @@ FAMILY_MARKERS = {"reuse": "o", "tgate": "s", "fastdiff": "^", "atedm": "D", "co
                   "ablation": "v"}
 AXIS_LABELS = {"psnr_db": "PSNR to full compute (dB)", "ssim": "SSIM to full compute",
                "fidelity": "prompt fidelity (attribute accuracy)", "frechet": "Fréchet distance to true renders (lower = better)"}
-LATENCY_LABEL = "latency per image (s, median)"
+LATENCY_LABELS = {"relative_latency": "latency relative to full compute (interleaved, median)",
+                  "latency_s": "latency per image (s, median)"}
+LATENCY_LABEL = LATENCY_LABELS["relative_latency"]
 SLIDE_FONT = 16
 
 
@@ -63,43 +65,44 @@ def _groups(summary: Sequence[dict]) -> dict[str, list[dict]]:
     return out
 
 
-def tradeoff_figure(summary: Sequence[dict], axis: str = "psnr_db", shipped: Sequence[dict] = ()) -> go.Figure:
+def tradeoff_figure(summary: Sequence[dict], axis: str = "psnr_db", shipped: Sequence[dict] = (),
+                    latency: str = "relative_latency") -> go.Figure:
     """Quality on `axis` against median latency, one trace per technique family; the step-reduction ladder is a
     line (the frontier to beat) and full compute a star. `shipped` rows, if given, are drawn faintly behind."""
     cap = _cap(summary, axis)
     fig = go.Figure()
     if shipped:
-        pts = [(r["latency_s"], _plot_value(r, axis, cap)) for r in shipped if r.get("latency_s") is not None]
+        pts = [(r[latency], _plot_value(r, axis, cap)) for r in shipped if r.get(latency) is not None]
         pts = [p for p in pts if p[1] is not None]
         fig.add_trace(go.Scatter(x=[p[0] for p in pts], y=[p[1] for p in pts], mode="markers", name="shipped sweep",
                                  marker=dict(color="#999999", size=7, opacity=0.3), hoverinfo="skip"))
     for family, rows in _groups(summary).items():
-        rows = sorted((r for r in rows if r.get("latency_s") is not None and _plot_value(r, axis, cap) is not None),
-                      key=lambda r: r["latency_s"])
+        rows = sorted((r for r in rows if r.get(latency) is not None and _plot_value(r, axis, cap) is not None),
+                      key=lambda r: r[latency])
         if not rows:
             continue
         ys = [_plot_value(r, axis, cap) for r in rows]
         err = [_errors(r, axis, y, cap) for r, y in zip(rows, ys)]
-        xerr = [(r["latency_s"] - (_num(r.get("latency_s_q25")) or r["latency_s"]),
-                 (_num(r.get("latency_s_q75")) or r["latency_s"]) - r["latency_s"]) for r in rows]
+        xerr = [(r[latency] - (_num(r.get(f"{latency}_q25")) or r[latency]),
+                 (_num(r.get(f"{latency}_q75")) or r[latency]) - r[latency]) for r in rows]
         style = dict(mode="lines+markers", line=dict(color="#000000", width=2, dash="dash")) if family == "steps" else \
             dict(mode="markers")
         marker = dict(color=FAMILY_COLOURS.get(family, "#777777"), size=16 if family == "baseline" else 10,
                       symbol="star" if family == "baseline" else "circle")
         fig.add_trace(go.Scatter(
-            x=[r["latency_s"] for r in rows], y=ys, name="step reduction" if family == "steps" else family,
+            x=[r[latency] for r in rows], y=ys, name="step reduction" if family == "steps" else family,
             text=[r["setting"] for r in rows], marker=marker, **style,
             error_y=dict(type="data", symmetric=False, array=[e[1] for e in err], arrayminus=[e[0] for e in err],
                          thickness=1),
             error_x=dict(type="data", symmetric=False, array=[e[1] for e in xerr], arrayminus=[e[0] for e in xerr],
                          thickness=1),
-            hovertemplate="%{text}<br>latency %{x:.3f} s<br>" + axis + " %{y:.3f}<extra></extra>"))
+            hovertemplate="%{text}<br>latency %{x:.3f}<br>" + axis + " %{y:.3f}<extra></extra>"))
     fig.update_layout(template="plotly_white", height=520, title=f"{AXIS_LABELS[axis]} against latency",
-                      xaxis_title=LATENCY_LABEL, yaxis_title=AXIS_LABELS[axis], legend_title="technique")
+                      xaxis_title=LATENCY_LABELS[latency], yaxis_title=AXIS_LABELS[axis], legend_title="technique")
     return fig
 
 
-def tradeoff_figure_mpl(summary: Sequence[dict], axis: str = "psnr_db"):
+def tradeoff_figure_mpl(summary: Sequence[dict], axis: str = "psnr_db", latency: str = "relative_latency"):
     """The slide version of `tradeoff_figure` (matplotlib Figure)."""
     import matplotlib
 
@@ -111,11 +114,11 @@ def tradeoff_figure_mpl(summary: Sequence[dict], axis: str = "psnr_db"):
                          "legend.fontsize": SLIDE_FONT - 3}):
         fig, ax = plt.subplots(figsize=(10, 6.5), layout="constrained")
         for family, rows in _groups(summary).items():
-            rows = sorted((r for r in rows if r.get("latency_s") is not None and _plot_value(r, axis, cap) is not None),
-                          key=lambda r: r["latency_s"])
+            rows = sorted((r for r in rows if r.get(latency) is not None and _plot_value(r, axis, cap) is not None),
+                          key=lambda r: r[latency])
             if not rows:
                 continue
-            xs = [r["latency_s"] for r in rows]
+            xs = [r[latency] for r in rows]
             ys = [_plot_value(r, axis, cap) for r in rows]
             err = list(zip(*[_errors(r, axis, y, cap) for r, y in zip(rows, ys)]))
             colour = FAMILY_COLOURS.get(family, "#777777")
@@ -127,7 +130,7 @@ def tradeoff_figure_mpl(summary: Sequence[dict], axis: str = "psnr_db"):
             else:
                 ax.errorbar(xs, ys, yerr=err, color=colour, ls="none", marker=FAMILY_MARKERS.get(family, "o"), ms=9,
                             capsize=3, label=family)
-        ax.set_xlabel(LATENCY_LABEL)
+        ax.set_xlabel(LATENCY_LABELS[latency])
         ax.set_ylabel(AXIS_LABELS[axis])
         ax.set_title(f"{AXIS_LABELS[axis].split(' (')[0]} vs latency")
         ax.grid(alpha=0.3)

@@ -55,18 +55,21 @@ def ladder_at(ladder: Sequence[dict], latency: float, axis: str, latency_key: st
     return float(np.interp(latency, xs, ys))
 
 
-def versus_ladder(summary: Sequence[dict], axes: Sequence[str] = tuple(AXES)) -> list[dict]:
-    """For every non-ladder setting: its quality minus the ladder's at the same median latency, per axis
-    (positive = better than step reduction for higher-is-better axes; for frechet, negative = better)."""
-    ladder = [r for r in summary if r.get("technique") == "steps"]
+def versus_ladder(summary: Sequence[dict], axes: Sequence[str] = tuple(AXES),
+                  latency_key: str = "relative_latency") -> list[dict]:
+    """For every non-ladder setting: its quality minus the ladder's at the same latency, per axis (positive =
+    better than step reduction for higher-is-better axes; for frechet, negative = better). The ladder ends
+    at full compute (the baseline row). By default latency is relative to the interleaved full-compute
+    timing (median of latency / baseline latency per row), which a drifting shared machine cannot bias."""
+    ladder = [r for r in summary if r.get("technique") in ("steps", "baseline")]
     out = []
     for r in summary:
-        if r.get("technique") in ("steps", "baseline") or r.get("latency_s") is None:
+        if r.get("technique") in ("steps", "baseline") or r.get(latency_key) is None:
             continue
-        row = {"setting": r["setting"], "technique": r["technique"], "latency_s": r["latency_s"],
+        row = {"setting": r["setting"], "technique": r["technique"], latency_key: r[latency_key],
                "speedup": r.get("speedup")}
         for axis in axes:
-            ref = ladder_at(ladder, float(r["latency_s"]), axis)
+            ref = ladder_at(ladder, float(r[latency_key]), axis, latency_key)
             q = _finite_or_inf(r.get(axis))
             row[f"{axis}_vs_steps"] = None if ref is None or q is None or math.isinf(q) else q - ref
         out.append(row)

@@ -256,6 +256,19 @@ def policies(steps: int, model: str = "default") -> dict[str, str]:
     return out
 
 
+def load_shipped(steps: int = 20, directory: Path | None = None) -> dict | None:
+    """The default model's shipped sensitivity curve (assets/results/sensitivity-<steps>/curve.json): keys
+    curve (per kind and t), verdict, policies; None when none is shipped for that step count."""
+    from analysis.eval.sweep import SHIPPED_DIR, from_json
+
+    path = (directory or SHIPPED_DIR) / f"sensitivity-{steps}" / "curve.json"
+    if not path.exists():
+        return None
+    data = json.loads(path.read_text())
+    data["curve"] = [{k: from_json(v) for k, v in row.items()} for row in data["curve"]]
+    return data
+
+
 # ---- CLI ------------------------------------------------------------------------------------------------------
 
 class UsageError(Exception):

@@ -345,6 +345,8 @@ def summarise(rows: list[dict], frechet: dict[str, float]) -> list[dict]:
                                "scheduler": rs[0]["scheduler"], "steps": rs[0]["steps"], "n": len(rs)}
         for key in SUMMARY_KEYS:
             row[key], row[f"{key}_q25"], row[f"{key}_q75"] = _quartiles([r.get(key) for r in rs])
+        rel = [r["latency_s"] / r["baseline_latency_s"] for r in rs if r.get("latency_s") and r.get("baseline_latency_s")]
+        row["relative_latency"], row["relative_latency_q25"], row["relative_latency_q75"] = _quartiles(rel)
         total = sum(int(r.get("fidelity_total") or 0) for r in rs)
         row["fidelity"] = sum(int(r.get("fidelity_correct") or 0) for r in rs) / total if total else None
         per_prompt: dict[int, list[float]] = {}
@@ -386,7 +388,8 @@ def merge(out: Path, figures: bool = True) -> dict:
     write_table(out / "table.csv", rows, TABLE_COLUMNS)
     (out / "summary.json").write_text(json.dumps(json_value(summary), indent=1))
     write_table(out / "summary.csv", summary, list(summary[0]))
-    frontier = {"pareto": {axis: [r["setting"] for r in pareto.pareto_front(summary, axis)] for axis in pareto.AXES},
+    frontier = {"pareto": {axis: [r["setting"] for r in pareto.pareto_front(summary, axis, "relative_latency")]
+                           for axis in pareto.AXES},
                 "versus_steps": pareto.versus_ladder(summary),
                 "fast_and_faithful": fast_and_faithful(summary), **frechet_meta}
     (out / "frontier.json").write_text(json.dumps(json_value(frontier), indent=1))
@@ -454,15 +457,16 @@ def report_text(summary: list[dict], frontier: dict, meta: dict) -> str:
         lines += [f"Model {meta.get('model')}, {meta.get('steps')} steps, {meta.get('scheduler')}, "
                   f"{meta.get('n_prompts')} prompts x seeds {meta.get('seeds')}, grid `{meta.get('grid')}`.", ""]
     lines += ["## Settings (medians over prompts and seeds; fidelity pooled)", "",
-              "| setting | technique | n | latency s | speed-up | PSNR dB | SSIM | fidelity | Fréchet |",
-              "|---|---|---|---|---|---|---|---|---|"]
+              "| setting | technique | n | latency s | rel. latency | speed-up | PSNR dB | SSIM | fidelity | Fréchet |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(summary, key=lambda r: (r["technique"], r["setting"])):
         lines.append(f"| {r['setting']} | {r['technique']} | {r['n']} | {_fmt(r['latency_s'], '.3f')} | "
-                     f"{_fmt(r['speedup'])} | {_fmt(r['psnr_db'], '.1f')} | {_fmt(r['ssim'], '.3f')} | "
+                     f"{_fmt(r.get('relative_latency'), '.3f')} | {_fmt(r['speedup'])} | {_fmt(r['psnr_db'], '.1f')} | {_fmt(r['ssim'], '.3f')} | "
                      f"{_fmt(r['fidelity'], '.3f')} | {_fmt(r['frechet'], '.1f')} |")
     lines += ["", "## Against step reduction at equal measured latency", "",
-              "Difference from the step-reduction ladder interpolated at the setting's median latency (PSNR dB, "
-              "fidelity points x100, Fréchet: negative = better); n/a = outside the ladder's latency range.", "",
+              "Difference from the step-reduction ladder (ending at full compute) interpolated at the setting's "
+              "latency relative to the interleaved full-compute timing (PSNR dB, fidelity points x100, Fréchet: "
+              "negative = better); n/a = outside the ladder's range (slower than full compute).", "",
               "| setting | speed-up | dPSNR | dfidelity (pts) | dFréchet |", "|---|---|---|---|---|"]
     for r in frontier["versus_steps"]:
         dfid = r.get("fidelity_vs_steps")
@@ -489,6 +493,26 @@ def report_text(summary: list[dict], frontier: dict, meta: dict) -> str:
 
 
 # ---- shipped results ----------------------------------------------------------------------------------------
+
+SHIPPED_FILES = ("summary.json", "summary.csv", "frontier.json", "report.md", "table.csv", "figures/tradeoff-psnr_db.png",
+                 "figures/tradeoff-fidelity.png", "figures/tradeoff-frechet.png")
+
+
+def ship(out: Path, steps: int, directory: Path | None = None) -> Path:
+    """Copy a merged sweep's small outputs (summary, frontier, report, tidy table, PNG figures) to
+    assets/results/default-<steps>/ for the app; the meta without the per-setting list."""
+    import shutil
+
+    dest = (directory or SHIPPED_DIR) / f"default-{steps}"
+    (dest / "figures").mkdir(parents=True, exist_ok=True)
+    for name in SHIPPED_FILES:
+        if (out / name).exists():
+            shutil.copyfile(out / name, dest / name)
+    meta = json.loads((out / "meta.json").read_text()) if (out / "meta.json").exists() else {}
+    meta.pop("settings", None)
+    (dest / "meta.json").write_text(json.dumps(meta, indent=1))
+    return dest
+
 
 def load_shipped(steps: int = 20, directory: Path | None = None) -> list[dict]:
     """The default model's shipped sweep summary (assets/results/default-<steps>/summary.json): per-setting
@@ -522,6 +546,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard", default=None, metavar="I/N", help="run units I, I+N, ... (0-based) or 'auto'")
     p.add_argument("--merge", action="store_true", help="only merge the rows under --out and write the outputs")
     p.add_argument("--no-figures", action="store_true")
+    p.add_argument("--ship", action="store_true", help="with --merge: copy the results to assets/results/default-STEPS")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     return p
 
@@ -539,7 +564,10 @@ def _parse_seeds(text: str) -> list[int]:
 def run(args) -> dict:
     out = Path(args.out)
     if args.merge:
-        return merge(out, figures=not args.no_figures)
+        result = merge(out, figures=not args.no_figures)
+        if args.ship:
+            result["shipped"] = str(ship(out, json.loads((out / "meta.json").read_text())["steps"]))
+        return result
     if args.baseline_every < 1:
         raise UsageError("--baseline-every must be at least 1")
     prompts = read_prompts(args.prompts)
