@@ -288,3 +288,25 @@ def test_write_all_writes_html_and_slide_formats(tmp_path):
     paths = sweep_figs.write_all(summary, [], tmp_path, axes=("fidelity",))
     assert sorted(p.suffix for p in paths) == [".html", ".pdf", ".png", ".svg"]
     assert all(p.stat().st_size > 0 for p in paths)
+
+
+def test_peers_leave_the_pipeline_as_they_found_it(toy_pipe):
+    """DeepCache and tomesd are optional: skipped when not installed; when installed, a peer run leaves no
+    hook behind (our own plug-ins can attach afterwards) and the image changes."""
+    pytest.importorskip("DeepCache")
+    pytest.importorskip("tomesd")
+    from analysis.accel import parse_accel
+    from analysis.eval import peers
+    from analysis.run import RunConfig, run_once
+
+    config = RunConfig(prompt="a red circle", steps=4, warmup=False)
+    base = run_once(toy_pipe, config, (), 4)[0]
+    for spec in ("peer:deepcache:cache_interval=2,cache_branch_id=0", "peer:tomesd:ratio=0.5"):
+        image, seconds, counters = peers.run_peer(toy_pipe, config, (spec,))
+        assert image.shape == base.shape and seconds > 0 and counters
+        assert not any("forward" in m.__dict__ for m in toy_pipe.unet.modules())
+    tg = RunConfig(prompt="a red circle", steps=4, warmup=False, accel=(parse_accel("tgate:gate_step=2"),))
+    run_once(toy_pipe, tg, tg.hooked_accel(), 4)  # our seam attaches again
+    assert np.array_equal(run_once(toy_pipe, config, (), 4)[0], base)
+    with pytest.raises(ValueError, match="peer spec"):
+        peers.parse_peer("peer:nope")

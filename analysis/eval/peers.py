@@ -64,11 +64,17 @@ def attached(pipe, name: str, kwargs: dict):
     if name == "deepcache":
         helper = _module("deepcache")(pipe=pipe)
         helper.set_params(**kwargs)
+        # DeepCache's disable() puts the original bound methods back as instance attributes; our UNet seam
+        # (rightly) refuses a UNet whose forward is an instance attribute, so remove what it added.
+        wrapped_before = {id(m) for m in pipe.unet.modules() if "forward" in m.__dict__}
         helper.enable()
         try:
             yield
         finally:
             helper.disable()
+            for m in pipe.unet.modules():
+                if "forward" in m.__dict__ and id(m) not in wrapped_before:
+                    del m.__dict__["forward"]
     else:
         tomesd = _module("tomesd")
         tomesd.apply_patch(pipe, **kwargs)
