@@ -74,3 +74,23 @@ def versus_ladder(summary: Sequence[dict], axes: Sequence[str] = tuple(AXES),
             row[f"{axis}_vs_steps"] = None if ref is None or q is None or math.isinf(q) else q - ref
         out.append(row)
     return out
+
+
+def best_at_matched_latency(summary: Sequence[dict], target: dict, tolerance: float = 0.1,
+                            latency_key: str = "relative_latency", exclude=("peer", "baseline")) -> dict:
+    """Per quality axis, our best setting (not a peer, not full compute) whose latency is within `tolerance`
+    (relative) of `target`'s: {axis: (setting, value) or None}. For the peers' side-by-side comparison."""
+    lat = target.get(latency_key)
+    out: dict = {}
+    for axis, higher in AXES.items():
+        best = None
+        for r in summary:
+            q, l2 = _finite_or_inf(r.get(axis)), r.get(latency_key)
+            if r.get("technique") in exclude or q is None or l2 is None or lat is None:
+                continue
+            if abs(l2 - lat) > tolerance * lat:
+                continue
+            if best is None or (q > best[1] if higher else q < best[1]):
+                best = (r["setting"], q)
+        out[axis] = best
+    return out

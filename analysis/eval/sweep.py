@@ -175,6 +175,11 @@ class SweepRunner:
     def __init__(self, pipe, args, settings: list[Setting], prompts: list[str], out: Path, rows_file: Path):
         self.pipe, self.args, self.settings, self.prompts, self.out = pipe, args, settings, prompts, out
         self.rows_file = rows_file
+        if rows_file.exists() and rows_file.stat().st_size:
+            with rows_file.open("rb+") as f:  # a killed run may have left a torn last line: end it
+                f.seek(-1, os.SEEK_END)
+                if f.read(1) != b"\n":
+                    f.write(b"\n")
         self.model = getattr(pipe, "diffscope_name", "custom")
         self.scorers = reference_free_scorers(self.model)
         self.warmed: set[tuple] = set()
@@ -391,7 +396,11 @@ def merge(out: Path, figures: bool = True) -> dict:
     frontier = {"pareto": {axis: [r["setting"] for r in pareto.pareto_front(summary, axis, "relative_latency")]
                            for axis in pareto.AXES},
                 "versus_steps": pareto.versus_ladder(summary),
-                "fast_and_faithful": fast_and_faithful(summary), **frechet_meta}
+                "fast_and_faithful": fast_and_faithful(summary),
+                "peers_matched": [{"peer": r["setting"], "relative_latency": r.get("relative_latency"),
+                                   **{a: r.get(a) for a in pareto.AXES},
+                                   "ours": pareto.best_at_matched_latency(summary, r)}
+                                  for r in summary if r["technique"] == "peer"], **frechet_meta}
     (out / "frontier.json").write_text(json.dumps(json_value(frontier), indent=1))
     (out / "report.md").write_text(report_text(summary, frontier, meta))
     if figures:
@@ -479,6 +488,16 @@ def report_text(summary: list[dict], frontier: dict, meta: dict) -> str:
                      f"{', '.join(ff['settings']) or 'none'}. Best fidelity at >= 1.5x: {ff['best_fast']}.")
     else:
         lines.append("Prompt fidelity unavailable for this model.")
+    if frontier.get("peers_matched"):
+        lines += ["", "## Peers against our best setting at matched latency (within 10% relative latency)", "",
+                  "| peer | rel. latency | PSNR | fidelity | Fréchet | ours: PSNR | ours: fidelity | ours: Fréchet |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for p in frontier["peers_matched"]:
+            ours = p["ours"]
+            cell = lambda a, spec: "n/a" if ours.get(a) is None else f"{ours[a][0]} {_fmt(ours[a][1], spec)}"  # noqa: E731
+            lines.append(f"| {p['peer']} | {_fmt(p['relative_latency'], '.2f')} | {_fmt(p['psnr_db'], '.1f')} | "
+                         f"{_fmt(p['fidelity'], '.3f')} | {_fmt(p['frechet'], '.1f')} | {cell('psnr_db', '.1f')} | "
+                         f"{cell('fidelity', '.3f')} | {cell('frechet', '.1f')} |")
     lines += ["", "## Pareto frontiers", ""]
     lines += [f"- {axis}: {', '.join(names)}" for axis, names in frontier["pareto"].items()]
     if "frechet_true_renders_floor" in frontier:
