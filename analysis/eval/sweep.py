@@ -403,6 +403,7 @@ def merge(out: Path, figures: bool = True) -> dict:
                                   for r in summary if r["technique"] == "peer"], **frechet_meta}
     (out / "frontier.json").write_text(json.dumps(json_value(frontier), indent=1))
     (out / "report.md").write_text(report_text(summary, frontier, meta))
+    (out / "merge.json").write_text(json.dumps(json_value({k: v for k, v in meta.items() if k != "settings"}), indent=1))
     if figures:
         from viz import sweep_figs
 
@@ -513,13 +514,14 @@ def report_text(summary: list[dict], frontier: dict, meta: dict) -> str:
 
 # ---- shipped results ----------------------------------------------------------------------------------------
 
-SHIPPED_FILES = ("summary.json", "summary.csv", "frontier.json", "report.md", "table.csv", "figures/tradeoff-psnr_db.png",
+SHIPPED_FILES = ("summary.json", "summary.csv", "frontier.json", "report.md", "merge.json", "figures/tradeoff-psnr_db.png",
                  "figures/tradeoff-fidelity.png", "figures/tradeoff-frechet.png")
 
 
 def ship(out: Path, steps: int, directory: Path | None = None) -> Path:
-    """Copy a merged sweep's small outputs (summary, frontier, report, tidy table, PNG figures) to
+    """Copy a merged sweep's small outputs (summary, frontier, report, gzipped tidy table, PNG figures) to
     assets/results/default-<steps>/ for the app; the meta without the per-setting list."""
+    import gzip
     import shutil
 
     dest = (directory or SHIPPED_DIR) / f"default-{steps}"
@@ -527,6 +529,8 @@ def ship(out: Path, steps: int, directory: Path | None = None) -> Path:
     for name in SHIPPED_FILES:
         if (out / name).exists():
             shutil.copyfile(out / name, dest / name)
+    if (out / "table.csv").exists():
+        (dest / "table.csv.gz").write_bytes(gzip.compress((out / "table.csv").read_bytes(), mtime=0))
     meta = json.loads((out / "meta.json").read_text()) if (out / "meta.json").exists() else {}
     meta.pop("settings", None)
     (dest / "meta.json").write_text(json.dumps(meta, indent=1))
