@@ -28,6 +28,10 @@ Defaults:
 - G-WPR: 5 iterations, damping 0.85, heads averaged (analysis/token_rank.py). The paper publishes neither
   its formula nor code: this is a documented reading (Weighted PageRank with damping), and its free choices
   are parameters (`iterations`, `damping`, `head_reduce`).
+- `ranking` (for the paper's ablation; "gwpr" is AT-EDM): "random" ranks tokens by a seeded random draw,
+  "cross" by the cross-attention (attn2) mass each image token puts on the prompt tokens other than the
+  first (BOS) one, averaged over heads (in one-layer blocks, where attn2 runs after the pruning point, its map
+  is computed on all tokens for the ranking, then attn2 runs on the kept tokens).
 
 `ratio = 0` attaches nothing at all, so the image is the baseline bit for bit; a layer/step whose ratio is
 0 (DSAP) calls the original block and the original attention processor.
@@ -54,9 +58,12 @@ from diffusers.models.transformers.transformer_2d import Transformer2DModel
 
 from analysis.accel import prune, register, register_cost, saving
 from analysis.accel.pruning_log import PruningLog
-from analysis.attention import AttentionPlugin, AttnCall
+from analysis.attention import AttentionPlugin, AttnCall, attention_probs
 from analysis.plugins import HandleBase
 from analysis.token_rank import HEAD_REDUCTIONS, gwpr
+
+
+RANKINGS = ("gwpr", "random", "cross")
 
 
 @register
@@ -70,6 +77,7 @@ class ATEDMConfig:
     iterations: int = 5  # G-WPR power iterations
     damping: float = 0.85  # G-WPR damping
     head_reduce: str = "mean"  # G-WPR: how head scores combine, "mean" or "rms" (Zero-TPrune's emphasis)
+    ranking: str = "gwpr"  # "gwpr" | "random" | "cross": the token ranking (ablation; see the module doc)
 
     def __post_init__(self):
         if not 0.0 <= self.ratio < 1.0:
@@ -84,6 +92,8 @@ class ATEDMConfig:
             raise ValueError(f"atedm: damping must be in (0, 1], got {self.damping}")
         if self.head_reduce not in HEAD_REDUCTIONS:
             raise ValueError(f"atedm: head_reduce must be one of {', '.join(HEAD_REDUCTIONS)}, got {self.head_reduce!r}")
+        if self.ranking not in RANKINGS:
+            raise ValueError(f"atedm: ranking must be one of {', '.join(RANKINGS)}, got {self.ranking!r}")
 
     def check_with(self, by_name: dict) -> None:
         if "reuse" in by_name:
@@ -111,6 +121,10 @@ class _Layer:
     def attn1(self) -> str:
         return f"{self.name}.transformer_blocks.0.attn1"
 
+    @property
+    def attn2(self) -> str:
+        return f"{self.name}.transformer_blocks.0.attn2"
+
 
 class _RankPlugin(AttentionPlugin):
     """Asks for the attn1 probabilities of the pruning layers (observer=False: computed once, explicitly)."""
@@ -121,11 +135,11 @@ class _RankPlugin(AttentionPlugin):
         self.handle = handle
 
     def wants_probs(self, call: AttnCall) -> bool:
-        layer = self.handle.by_attn1.get(call.name)
+        layer = self.handle.by_rank_call.get(call.name)
         return layer is not None and self.handle.n_prune(layer, call.n_queries) > 0
 
     def on_probs(self, call: AttnCall, probs: torch.Tensor) -> None:
-        layer = self.handle.by_attn1.get(call.name)
+        layer = self.handle.by_rank_call.get(call.name)
         if layer is not None:
             self.handle.probs[layer.name] = (probs, call.attn.heads)
 
@@ -137,6 +151,15 @@ class ATEDMHandle:
         if not self.layers:
             raise ValueError("atedm: the UNet has no attention blocks (Transformer2DModel) to prune")
         self.by_attn1 = {layer.attn1: layer for layer in self.layers}
+        # The attention call whose probabilities rank the tokens: attn1 (G-WPR), attn2 (cross; in one-layer
+        # blocks attn2 runs after the pruning point, so `_one_layer_forward` computes its map itself), none (random).
+        self.by_rank_call = {}
+        for layer in self.layers:
+            if config.ranking == "gwpr":
+                self.by_rank_call[layer.attn1] = layer
+            elif config.ranking == "cross" and len(layer.model.transformer_blocks) > 1:
+                self.by_rank_call[layer.attn2] = layer
+        self.generator = torch.Generator().manual_seed(0)
         self.probs: dict[str, tuple[torch.Tensor, int]] = {}  # layer -> (attn1 probs, heads), this call only
         self.pending: dict[str, prune.Pruning] = {}  # layer -> pruning to undo after the last block
         self.events_per_step: list[int] = [0] * max(ctx.clock.num_steps, 0)
@@ -175,10 +198,17 @@ class ATEDMHandle:
         probs = self.probs.pop(layer.name, None)
         rows, n_tokens = hidden_states.shape[:2]
         layer.tokens_total += rows * n_tokens
-        if probs is None or n == 0:  # another plug-in replaced attn1's output: no map, no pruning
+        ranking = self.config.ranking
+        if n == 0 or (probs is None and ranking != "random"):  # another plug-in replaced the ranking call's output
             return None
-        scores = gwpr(probs[0], probs[1], iterations=self.config.iterations, damping=self.config.damping,
-                      head_reduce=self.config.head_reduce)
+        if ranking == "gwpr":
+            scores = gwpr(probs[0], probs[1], iterations=self.config.iterations, damping=self.config.damping,
+                          head_reduce=self.config.head_reduce)
+        elif ranking == "cross":
+            p, heads = probs
+            scores = (1 - p[..., 0].float()).view(-1, heads, p.shape[1]).mean(dim=1)
+        else:
+            scores = torch.rand((rows, n_tokens), generator=self.generator).to(hidden_states.device)
         layer.tokens_pruned += rows * n
         step = self.clock.step_index
         if 0 <= step:
@@ -219,6 +249,9 @@ class ATEDMHandle:
                 raise ValueError("atedm: GLIGEN conditioning is not supported")
             h = block.attn1(block.norm1(hidden_states), encoder_hidden_states=None, attention_mask=attention_mask,
                             **kwargs) + hidden_states
+            if self.config.ranking == "cross":  # attn2's map on every token, for the ranking only
+                self.probs[layer.name] = (attention_probs(block.attn2, block.norm2(h), encoder_hidden_states,
+                                                          encoder_attention_mask), block.attn2.heads)
             pruning = self._plan(layer, h, n)
             if pruning is not None:
                 h = prune.prune(h, pruning)

@@ -1,0 +1,366 @@
+"""`python -m analysis sensitivity`: how much a perturbation of one step's attention maps grows by the end of
+sampling; the attention-adapted Lyapunov analysis behind HURRY's late reuse (Hunter et al., arXiv 2401.01008).
+
+For every step t, one run perturbs the attention maps of step t only, in one of two ways:
+- `reuse`: the maps of step t-1 are used at step t (a reuse policy with a single R at t, analysis.accel.reuse);
+- `noise`: Gaussian noise of relative size `--noise` (||noise|| = noise x ||P|| per map) is added to every
+  attention map at step t, clipped at 0 and renormalised so that rows stay distributions (`NoiseConfig`).
+Every run, the unperturbed one included, computes attention explicitly (softmax(QK^T) V, `ExplicitConfig`),
+so that the maps of the perturbed runs and the reference come from the same arithmetic: the latents of the
+steps before t are then bit-identical to the reference (the tests check it), and every deviation is caused by
+the perturbation. The latents z_s after every step s are recorded (`ctx.on_step_end`), and per t:
+- the deviation d_s = ||z_s - z_s(ref)|| (Frobenius over the latent) for every s >= t;
+- the growth rate: the slope of log d_s against s over s = t..end (least squares; per step), the
+  attention-adapted finite-time Lyapunov exponent at t; and the amplification d_end / d_t;
+- the final image's PSNR to the reference image.
+HURRY's premise is that later perturbations leave a smaller final error; the report answers it with the
+Spearman correlation between t and the final deviation (negative = later is smaller), and the final deviation
+of the first and second halves of the steps.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import statistics
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from analysis.attention import AttentionPlugin, AttnCall, attention_probs
+from analysis.plugins import HandleBase
+
+KINDS = ("reuse", "noise")
+
+
+# ---- plug-ins ------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ExplicitConfig:
+    """Every attention call computes softmax(QK^T) explicitly (no fused kernel): the common arithmetic of the
+    reference and the perturbed runs."""
+
+    name: ClassVar[str] = "explicit_attention"
+
+    def attach(self, ctx) -> HandleBase:
+        plugin = _Explicit()
+        dispatcher = ctx.attention()
+        dispatcher.add(plugin)
+        handle = HandleBase()
+        handle.detach = lambda: plugin in dispatcher.plugins and dispatcher.plugins.remove(plugin)
+        return handle
+
+
+class _Explicit(AttentionPlugin):
+    observer = False
+
+    def wants_probs(self, call: AttnCall) -> bool:
+        return True
+
+
+@dataclass(frozen=True)
+class NoiseConfig:
+    """Adds Gaussian noise of relative Frobenius size `relative` to every attention map at `step` only."""
+
+    name: ClassVar[str] = "attention_noise"
+    step: int
+    relative: float = 0.05
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.step < 0 or not 0 < self.relative <= 10:
+            raise ValueError(f"attention noise: need step >= 0 and 0 < relative <= 10, got {self.step}, {self.relative}")
+
+    def attach(self, ctx) -> "_NoiseHandle":
+        handle = _NoiseHandle(self)
+        handle.dispatcher = ctx.attention()
+        handle.dispatcher.add(handle)
+        return handle
+
+
+class _NoiseHandle(AttentionPlugin, HandleBase):
+    observer = False
+
+    def __init__(self, config: NoiseConfig):
+        self.config = config
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.dispatcher = None
+        self.perturbed = 0
+        self.sizes: list[float] = []
+
+    def reuse_probs(self, call: AttnCall) -> torch.Tensor | None:
+        if call.step != self.config.step:
+            return None
+        probs = attention_probs(call.attn, call.hidden_states, call.encoder_hidden_states)
+        noise = torch.randn(probs.shape, generator=self.generator, dtype=torch.float32).to(probs.dtype)
+        noise = noise * (self.config.relative * probs.norm() / noise.norm())
+        out = (probs + noise).clamp_min(0)
+        out = out / out.sum(dim=-1, keepdim=True).clamp_min(1e-12)
+        self.perturbed += 1
+        self.sizes.append(float((out - probs).norm() / probs.norm()))
+        return out
+
+    def detach(self) -> None:
+        if self.dispatcher is not None and self in self.dispatcher.plugins:
+            self.dispatcher.plugins.remove(self)
+
+    def counters(self) -> dict[str, Any]:
+        return {"maps_perturbed": self.perturbed,
+                "relative_size": float(np.mean(self.sizes)) if self.sizes else None}
+
+
+@dataclass(frozen=True)
+class LatentRecorderConfig:
+    """Keeps a copy of the latents after every scheduler step (signal `latents`, (steps, ...) float32)."""
+
+    name: ClassVar[str] = "latent_recorder"
+
+    def attach(self, ctx) -> "_Recorder":
+        rec = _Recorder()
+        ctx.on_step_end(rec.record)
+        return rec
+
+
+class _Recorder(HandleBase):
+    def __init__(self):
+        self.latents: list[np.ndarray] = []
+
+    def record(self, step_index: int, timestep: float, latents: torch.Tensor) -> None:
+        self.latents.append(latents.detach().to(torch.float32).cpu().numpy().copy())
+
+    def signals(self) -> dict[str, Any]:
+        return {"latents": np.stack(self.latents)} if self.latents else {}
+
+
+# ---- the analysis ---------------------------------------------------------------------------------------------
+
+def perturbation(kind: str, t: int, steps: int, relative: float, seed: int) -> tuple:
+    """The plug-ins that perturb step t's attention maps only."""
+    from analysis.accel.reuse import ReuseConfig
+
+    if kind == "reuse":
+        if t < 1:
+            raise ValueError("reuse at step 0 has no earlier map")
+        return (ReuseConfig(policy="C" * t + "R" + "C" * (steps - t - 1)),)
+    if kind == "noise":
+        return (NoiseConfig(step=t, relative=relative, seed=seed),)
+    raise ValueError(f"unknown perturbation {kind!r}; choose from {', '.join(KINDS)}")
+
+
+def run_latents(pipe, config, extra: tuple) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(image uint8 (H, W, 3), latents (steps, ...), counters) of one explicit-attention run."""
+    from analysis.run import run_once
+
+    images, _, counters, signals, _ = run_once(pipe, config, (ExplicitConfig(),) + tuple(extra) +
+                                               (LatentRecorderConfig(),), config.steps)
+    return images[0], signals["latents"], counters
+
+
+def growth_rate(deviations: np.ndarray, t: int) -> tuple[float | None, float | None]:
+    """(slope of log d_s over s = t..end, d_end / d_t); None where the deviation is zero."""
+    d = np.asarray(deviations[t:], dtype=float)
+    if len(d) < 2 or d[0] <= 0 or (d <= 0).any():
+        return None, None
+    slope = float(np.polyfit(np.arange(len(d)), np.log(d), 1)[0])
+    return slope, float(d[-1] / d[0])
+
+
+def analyse_unit(pipe, prompt: str, seed: int, steps: int, kinds, relative: float, guidance: float,
+                 scheduler: str, bar=None) -> list[dict]:
+    from analysis import metrics
+    from analysis.models import set_scheduler
+    from analysis.run import RunConfig
+
+    set_scheduler(pipe, scheduler)
+    config = RunConfig(prompt=prompt, seed=seed, steps=steps, guidance=guidance, scheduler=scheduler, warmup=False)
+    ref_image, ref_latents, _ = run_latents(pipe, config, ())
+    ref_norm = np.linalg.norm(ref_latents.reshape(steps, -1), axis=1)
+    rows = []
+    for kind in kinds:
+        for t in range(1 if kind == "reuse" else 0, steps):
+            image, latents, counters = run_latents(pipe, config, perturbation(kind, t, steps, relative, seed))
+            dev = np.linalg.norm((latents - ref_latents).reshape(steps, -1).astype(np.float64), axis=1)
+            slope, amplification = growth_rate(dev, t)
+            rows.append({"prompt": prompt, "seed": seed, "kind": kind, "t": t, "exponent": slope,
+                         "amplification": amplification, "deviation": dev.tolist(),
+                         "relative_deviation": (dev / np.maximum(ref_norm, 1e-12)).tolist(),
+                         "final_deviation": float(dev[-1]), "psnr_db": metrics.psnr(ref_image, image),
+                         "identical_before_t": bool((dev[:t] == 0).all()), "counters": counters})
+            if bar is not None:
+                bar.update(1)
+    return rows
+
+
+def spearman(x, y) -> float | None:
+    from scipy.stats import spearmanr
+
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return None
+    return float(spearmanr(x, y).statistic)
+
+
+def curve(rows: list[dict]) -> list[dict]:
+    """Per (kind, t): medians over prompts and seeds of the exponent, the amplification, the final deviation
+    and the final PSNR, with quartiles of the final deviation."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["kind"], r["t"]), []).append(r)
+    out = []
+    for (kind, t), rs in sorted(groups.items()):
+        def med(key):
+            vals = [r[key] for r in rs if r.get(key) is not None and math.isfinite(r[key])]
+            return statistics.median(vals) if vals else None
+        fin = np.array([r["final_deviation"] for r in rs])
+        out.append({"kind": kind, "t": t, "n": len(rs), "exponent": med("exponent"), "amplification": med("amplification"),
+                    "final_deviation": float(np.median(fin)), "final_deviation_q25": float(np.percentile(fin, 25)),
+                    "final_deviation_q75": float(np.percentile(fin, 75)), "psnr_db": med("psnr_db"),
+                    "identical_before_t": all(r["identical_before_t"] for r in rs)})
+    return out
+
+
+def verdict(curve_rows: list[dict]) -> dict:
+    """Does a later perturbation leave a smaller final error? Per kind: Spearman(t, final deviation), and the
+    median final deviation over the first and the second half of the steps."""
+    out = {}
+    for kind in sorted({r["kind"] for r in curve_rows}):
+        rs = [r for r in curve_rows if r["kind"] == kind]
+        ts = [r["t"] for r in rs]
+        half = (min(ts) + max(ts) + 1) / 2
+        early = [r["final_deviation"] for r in rs if r["t"] < half]
+        late = [r["final_deviation"] for r in rs if r["t"] >= half]
+        rho = spearman(ts, [r["final_deviation"] for r in rs])
+        out[kind] = {"spearman_t_vs_final_deviation": rho,
+                     "median_final_deviation_early_half": statistics.median(early) if early else None,
+                     "median_final_deviation_late_half": statistics.median(late) if late else None,
+                     "later_is_smaller": None if rho is None else bool(rho < 0 and late and early
+                                                                       and statistics.median(late) < statistics.median(early))}
+    return out
+
+
+def policies(steps: int, model: str = "default") -> dict[str, str]:
+    """The HURRY and (if searched) PHAST policies at the default R count, to draw over the curve."""
+    from analysis.accel.reuse import default_reuse_steps, hurry_policy
+    from analysis.eval.grid import phast_policy
+
+    r = default_reuse_steps(steps)
+    out = {f"HURRY r={r}": hurry_policy(steps, r)}
+    phast = phast_policy(steps, r, model=model)
+    if phast is not None:
+        out[f"PHAST r={r}"] = phast
+    return out
+
+
+def load_shipped(steps: int = 20, directory: Path | None = None) -> dict | None:
+    """The default model's shipped sensitivity curve (assets/results/sensitivity-<steps>/curve.json): keys
+    curve (per kind and t), verdict, policies; None when none is shipped for that step count."""
+    from analysis.eval.sweep import SHIPPED_DIR, from_json
+
+    path = (directory or SHIPPED_DIR) / f"sensitivity-{steps}" / "curve.json"
+    if not path.exists():
+        return None
+    data = json.loads(path.read_text())
+    data["curve"] = [{k: from_json(v) for k, v in row.items()} for row in data["curve"]]
+    return data
+
+
+# ---- CLI ------------------------------------------------------------------------------------------------------
+
+class UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UsageError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from analysis.eval.sweep import DEFAULT_PROMPTS
+
+    p = _Parser(prog="python -m analysis sensitivity", description=__doc__.split("\n\n")[0])
+    p.add_argument("--prompts", default=str(DEFAULT_PROMPTS.with_name("shapes-8.txt")), metavar="FILE")
+    p.add_argument("--limit-prompts", type=int, default=None, metavar="N")
+    p.add_argument("--seeds", default="0", metavar="S,S,...")
+    p.add_argument("--model", default="default")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--scheduler", choices=("ddim", "dpm", "euler"), default="ddim")
+    p.add_argument("--guidance", type=float, default=5.0)
+    p.add_argument("--kinds", default="reuse,noise", metavar="K,K", help="reuse and/or noise")
+    p.add_argument("--noise", type=float, default=0.05, metavar="F", help="relative size of the added noise")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--no-figures", action="store_true")
+    return p
+
+
+def run(args) -> dict:
+    from tqdm import tqdm
+
+    from analysis.eval.sweep import _parse_seeds, json_value, read_prompts
+    from analysis.models import ModelLoadError, load_pipeline
+
+    try:
+        prompts, seeds = read_prompts(args.prompts), _parse_seeds(args.seeds)
+    except Exception as err:  # the sweep's UsageError
+        raise UsageError(err) from None
+    if args.limit_prompts:
+        prompts = prompts[: args.limit_prompts]
+    kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+    if not kinds or set(kinds) - set(KINDS):
+        raise UsageError(f"--kinds must name reuse and/or noise, got {args.kinds!r}")
+    if not 0 < args.noise <= 10:
+        raise UsageError(f"--noise must be in (0, 10], got {args.noise}")
+    if not 2 <= args.steps <= 1000:
+        raise UsageError(f"--steps must be between 2 and 1000, got {args.steps}")
+    try:
+        pipe = load_pipeline(args.model, scheduler=args.scheduler)
+    except (ModelLoadError, ValueError, OSError) as err:
+        raise UsageError(err) from None
+    pipe.set_progress_bar_config(disable=True)
+    total = len(prompts) * len(seeds) * sum(args.steps - (k == "reuse") for k in kinds)
+    rows: list[dict] = []
+    with tqdm(total=total, desc="sensitivity", unit="run", file=sys.stderr, dynamic_ncols=True) as bar:
+        for prompt in prompts:
+            for seed in seeds:
+                rows += analyse_unit(pipe, prompt, seed, args.steps, kinds, args.noise, args.guidance,
+                                     args.scheduler, bar)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    curve_rows = curve(rows)
+    result = {"model": args.model, "steps": args.steps, "scheduler": args.scheduler, "guidance": args.guidance,
+              "noise_relative": args.noise, "prompts": prompts, "seeds": seeds, "curve": curve_rows,
+              "verdict": verdict(curve_rows), "policies": policies(args.steps, args.model)}
+    (out / "sensitivity.json").write_text(json.dumps(json_value({**result, "runs": rows})))
+    (out / "curve.json").write_text(json.dumps(json_value(result), indent=1))
+    with (out / "curve.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(curve_rows[0]))
+        w.writeheader()
+        w.writerows(curve_rows)
+    if not args.no_figures:
+        from viz import sweep_figs
+
+        sweep_figs.write_sensitivity(result, out / "figures")
+    return {"out": str(out), "runs": len(rows), "verdict": result["verdict"]}
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        try:
+            args = build_parser().parse_args(argv)
+        except SystemExit as done:
+            return int(done.code or 0) if not isinstance(done.code, str) else 2
+        print(json.dumps(run(args)))
+        return 0
+    except UsageError as err:
+        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,342 @@
+"""Sweeps (analysis/eval/sweep.py, grid.py), the Fréchet distance, Pareto frontiers and their figures."""
+import json
+import math
+
+import numpy as np
+import pytest
+from skimage.filters import gaussian
+
+from analysis import metrics
+from analysis.eval import frechet, grid, pareto, sweep
+from analysis.toy import scenes
+
+CAPTIONS = [scenes.caption(s) for s in scenes.evaluation_scenes(24, 7, False)]
+SWAP = {"red": "blue", "blue": "red", "green": "orange", "orange": "green", "yellow": "purple", "purple": "yellow"}
+
+
+@pytest.fixture(scope="module")
+def reference():
+    caps = [c for c in CAPTIONS for _ in range(4)]
+    return frechet.features(frechet.true_renders(CAPTIONS, 4, seed=0), caps)
+
+
+def _gen(captions=CAPTIONS, seed=1):
+    return frechet.true_renders(captions, 2, seed=seed)
+
+
+def _fd(images, reference):
+    return frechet.frechet_distance(frechet.features(images, [c for c in CAPTIONS for _ in range(2)]), reference)
+
+
+# ---- metrics on known pairs -----------------------------------------------------------------------------------
+
+def test_identical_images_psnr_inf_shown_as_such_and_ssim_one():
+    img = scenes.render(scenes.evaluation_scenes(1, 0, False)[0])
+    assert metrics.psnr(img, img.copy()) == math.inf
+    assert metrics.ssim(img, img.copy()) == pytest.approx(1.0)
+    assert json.loads(json.dumps(sweep.json_value({"psnr_db": math.inf, "x": float("nan")}))) == {"psnr_db": "inf", "x": None}
+    assert sweep.from_json("inf") == math.inf
+
+
+def test_frechet_of_a_set_with_itself_is_zero(reference):
+    assert frechet.frechet_distance(reference, reference) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_frechet_grows_with_blur(reference):
+    gen = _gen()
+    base = _fd(gen, reference)
+    dists = [_fd(np.stack([np.clip(gaussian(g.astype(float), sigma=s, channel_axis=-1, preserve_range=True), 0, 255)
+                           .astype(np.uint8) for g in gen]), reference) for s in (0.5, 1.0, 2.0)]
+    assert base < dists[0] < dists[1] < dists[2]
+
+
+def test_frechet_grows_with_noise(reference):
+    gen, rng = _gen(), np.random.default_rng(0)
+    base = _fd(gen, reference)
+    noisy = [_fd(np.clip(gen + rng.normal(0, s, gen.shape), 0, 255).astype(np.uint8), reference) for s in (4, 16)]
+    assert base < noisy[0] < noisy[1]
+
+
+def test_frechet_sees_wrong_colours_and_shapes(reference):
+    """Recolouring keeps the set's colour histogram (every colour swaps with another): only the joint
+    caption-image features can see it."""
+    base = _fd(_gen(), reference)
+    recoloured = _gen([" ".join(SWAP.get(w, w) for w in c.split()) for c in CAPTIONS])
+    reshaped = _gen([c.replace("circle", "X").replace("square", "circle").replace("X", "square") for c in CAPTIONS])
+    assert _fd(recoloured, reference) > 2 * base
+    assert _fd(reshaped, reference) > 2 * base
+
+
+def test_frechet_input_checks():
+    with pytest.raises(ValueError, match="at least 2"):
+        frechet.frechet_distance(np.zeros((1, 3)), np.zeros((4, 3)))
+    with pytest.raises(ValueError, match="unstated"):
+        frechet.caption_scene("a red circle")
+
+
+# ---- grid and Pareto ----------------------------------------------------------------------------------------------
+
+def test_default_grid_covers_the_issue_and_validates():
+    settings = grid.parse_grid("default", 20)
+    names = [s.name for s in settings]
+    assert len(set(names)) == len(names)
+    fam = {s.technique for s in settings}
+    assert fam == {"steps", "reuse", "tgate", "fastdiff", "atedm", "combo"}
+    reuse = [s for s in settings if s.technique == "reuse"]
+    r_counts = {s.configs()[0].resolve(20).count("R") for s in reuse if s.configs()[0].policy != "phast"}
+    assert 0 in r_counts and 10 in r_counts  # 0 .. half the steps
+    assert any("noise=false" in s.specs[0] for s in settings if s.technique == "fastdiff")
+    assert any("dsap=false" in s.specs[0] for s in settings if s.technique == "atedm")
+
+
+def test_strided_policy():
+    assert grid.strided_policy(8, 4) == "CRCRCRCR"
+    p = grid.strided_policy(20, 5)
+    assert len(p) == 20 and p.count("R") == 5 and "RR" not in p and p[0] == "C"
+    with pytest.raises(ValueError):
+        grid.strided_policy(8, 5)
+
+
+def test_grid_inline_file_and_errors(tmp_path):
+    f = tmp_path / "g.txt"
+    f.write_text("# comment\nmine = tgate:gate_step=3\nboth = steps:steps=3 & tgate:gate_step=2\n")
+    settings = grid.parse_grid(f"{f},x=atedm:ratio=0.5", 4)
+    assert [(s.name, s.technique) for s in settings] == [("mine", "tgate"), ("both", "combo"), ("x", "atedm")]
+    with pytest.raises(ValueError, match="neither"):
+        grid.parse_grid("nonsense", 4)
+    with pytest.raises(ValueError, match="bad"):
+        grid.parse_grid("bad=atedm:ratio=0.5&reuse:policy=hurry", 4)  # atedm refuses reuse
+
+
+def test_pareto_on_a_hand_made_table():
+    rows = [{"setting": "a", "latency_s": 1.0, "psnr_db": 30.0, "frechet": 5.0},
+            {"setting": "b", "latency_s": 2.0, "psnr_db": 40.0, "frechet": 4.0},
+            {"setting": "c", "latency_s": 2.5, "psnr_db": 35.0, "frechet": 1.0},  # dominated on PSNR by b
+            {"setting": "d", "latency_s": 3.0, "psnr_db": math.inf, "frechet": 1.0},  # dominated on Fréchet by c
+            {"setting": "e", "latency_s": 0.5, "psnr_db": None, "frechet": 9.0}]
+    assert [r["setting"] for r in pareto.pareto_front(rows, "psnr_db")] == ["a", "b", "d"]
+    assert [r["setting"] for r in pareto.pareto_front(rows, "frechet")] == ["e", "a", "b", "c"]
+
+
+def test_versus_ladder_interpolates_at_equal_latency():
+    summary = [{"setting": "steps-5", "technique": "steps", "latency_s": 1.0, "psnr_db": 20.0, "fidelity": 0.8},
+               {"setting": "steps-10", "technique": "steps", "latency_s": 2.0, "psnr_db": 30.0, "fidelity": 0.9},
+               {"setting": "tg", "technique": "tgate", "latency_s": 1.5, "psnr_db": 22.0, "fidelity": 0.9},
+               {"setting": "slow", "technique": "reuse", "latency_s": 3.0, "psnr_db": 40.0, "fidelity": 1.0}]
+    out = {r["setting"]: r for r in pareto.versus_ladder(summary, ("psnr_db", "fidelity"), "latency_s")}
+    assert out["tg"]["psnr_db_vs_steps"] == pytest.approx(-3.0)
+    assert out["tg"]["fidelity_vs_steps"] == pytest.approx(0.05)
+    assert out["slow"]["psnr_db_vs_steps"] is None  # outside the ladder's latency range
+
+
+# ---- the sweep itself (default model, 3 steps) --------------------------------------------------------------------
+
+GRID = "st2=steps:steps=2,tg=tgate:gate_step=2,ru=reuse:policy=CCR"
+
+
+def _sweep(out, *extra):
+    return sweep.main(["--prompts", str(PROMPTS), "--seeds", "0", "--steps", "3", "--grid", GRID,
+                       "--out", str(out), "--no-figures", "--baseline-every", "2", *extra])
+
+
+PROMPTS = None
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _prompt_file(tmp_path_factory):
+    global PROMPTS
+    PROMPTS = tmp_path_factory.mktemp("prompts") / "p.txt"
+    PROMPTS.write_text("# two prompts\n" + "\n".join(CAPTIONS[:2]) + "\n")
+
+
+def _quality(table):
+    return sorted((r["prompt_id"], r["seed"], r["setting"], r["psnr_db"], r["ssim"], r["fidelity"], r["frechet"])
+                  for r in table)
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sweep") / "full"
+    assert _sweep(out) == 0
+    return out
+
+
+def test_sweep_writes_tidy_table_summary_and_report(full_run):
+    table = json.loads((full_run / "table.json").read_text())
+    assert len(table) == 2 * 1 * 4  # prompts x seeds x (baseline + 3 settings)
+    for r in table:
+        assert set(sweep.TABLE_COLUMNS) <= set(r)
+        assert r["latency_s"] > 0 and r["speedup"] > 0 and r["frechet"] is not None
+    base = [r for r in table if r["setting"] == "baseline"]
+    assert all(r["psnr_db"] == "inf" and r["ssim"] == 1.0 and r["speedup"] == 1.0 for r in base)
+    ru = [r for r in table if r["setting"] == "ru"]
+    assert all(r["counters"]["reuse"]["maps_reused"] > 0 for r in ru)
+    summary = json.loads((full_run / "summary.json").read_text())
+    assert {r["setting"] for r in summary} == {"baseline", "st2", "tg", "ru"}
+    assert (full_run / "table.csv").read_text().splitlines()[0].startswith("prompt_id,prompt,held_out,seed")
+    front = json.loads((full_run / "frontier.json").read_text())
+    assert set(front["pareto"]) == set(pareto.AXES)
+    assert "Against step reduction" in (full_run / "report.md").read_text()
+    assert len(list((full_run / "images" / "tg").glob("*.png"))) == 2
+
+
+def test_killed_sweep_resumes_without_recomputing(full_run, tmp_path):
+    import shutil
+
+    out = tmp_path / "resumed"
+    shutil.copytree(full_run, out)
+    rows_file = out / "rows" / "shard-0-of-1.jsonl"
+    lines = rows_file.read_text().splitlines()
+    kept = lines[:5]  # the first unit and the second unit's baseline
+    rows_file.write_text("\n".join(kept) + "\n" + lines[5][: len(lines[5]) // 2])  # killed mid-write
+    (out / "rows" / "stats-0-of-1.jsonl").unlink()
+    assert _sweep(out) == 0
+    rows = sweep.read_rows(out)
+    assert len(rows) == len(lines)
+    before = {sweep.row_key(json.loads(line)): json.loads(line)["latency_s"] for line in kept}
+    for r in rows:  # the finished rows were not recomputed: their timings are the first run's, bit for bit
+        if sweep.row_key(r) in before:
+            assert r["latency_s"] == before[sweep.row_key(r)]
+    stats = [json.loads(x) for x in (out / "rows" / "stats-0-of-1.jsonl").read_text().splitlines()]
+    assert sum(s["rows_run"] for s in stats) == len(lines) - len(kept) - sum(
+        1 for line in lines[len(kept):] if json.loads(line)["setting"] == "baseline")
+    assert _quality(json.loads((out / "table.json").read_text())) == _quality(json.loads((full_run / "table.json").read_text()))
+    # a second rerun has nothing left to do
+    assert _sweep(out) == 0
+    assert len(sweep.read_rows(out)) == len(lines)
+
+
+def test_shards_merged_equal_one_run(full_run, tmp_path):
+    out = tmp_path / "sharded"
+    assert _sweep(out, "--shard", "0/2") == 0
+    assert _sweep(out, "--shard", "1/2") == 0
+    assert not (out / "table.json").exists()
+    assert sweep.main(["--out", str(out), "--merge", "--no-figures"]) == 0
+    sharded = json.loads((out / "table.json").read_text())
+    assert _quality(sharded) == _quality(json.loads((full_run / "table.json").read_text()))
+    for r in sharded:
+        a = (out / "images" / r["setting"] / f"p{r['prompt_id']:03d}-s{r['seed']}.png").read_bytes()
+        b = (full_run / "images" / r["setting"] / f"p{r['prompt_id']:03d}-s{r['seed']}.png").read_bytes()
+        assert a == b
+
+
+def test_sweep_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
+    for argv in (["--grid", "nope"], ["--shard", "2/2"], ["--seeds", "a"], ["--prompts", str(tmp_path / "none.txt")]):
+        assert sweep.main(["--out", str(tmp_path / "o"), *argv]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: ")
+    assert sweep.main(["--out", str(tmp_path / "empty"), "--merge"]) == 2
+
+
+def test_unavailable_measures_are_reported_as_unavailable(tmp_path):
+    assert sweep.reference_free_scorers("some/hub-model") == {"fidelity": False, "frechet": False}
+    rows = [{"prompt_id": 0, "seed": 0, "setting": "a", "prompt": "a photo of a cat"}]
+    values, meta = sweep.frechet_per_setting(tmp_path, rows)
+    assert values == {} and meta["frechet"].startswith("unavailable")
+
+
+def test_fast_and_faithful():
+    summary = [{"setting": "baseline", "technique": "baseline", "speedup": 1.0, "fidelity": 0.95},
+               {"setting": "a", "technique": "tgate", "speedup": 1.6, "fidelity": 0.945},
+               {"setting": "b", "technique": "steps", "speedup": 2.0, "fidelity": 0.90}]
+    out = sweep.fast_and_faithful(summary)
+    assert out["settings"] == ["a"] and out["best_fast"]["setting"] == "a"
+
+
+def test_load_shipped_has_the_app_contract():
+    rows = sweep.load_shipped(steps=20)
+    assert rows, "assets/results/default-20/summary.json is shipped"
+    for r in rows:
+        assert {"setting", "technique", "latency_s", "speedup", "psnr_db", "fidelity", "frechet"} <= set(r)
+    assert {r["technique"] for r in rows} >= {"baseline", "steps", "tgate", "reuse"}
+    assert sweep.load_shipped(steps=999) == []
+
+
+# ---- figures ----------------------------------------------------------------------------------------------------
+
+SUMMARY = [{"setting": "baseline", "technique": "baseline", "latency_s": 1.0, "psnr_db": math.inf, "fidelity": 0.9,
+            "fidelity_se": 0.01, "frechet": 2.0},
+           {"setting": "steps-5", "technique": "steps", "latency_s": 0.5, "latency_s_q25": 0.45, "latency_s_q75": 0.55,
+            "psnr_db": 30.0, "psnr_db_q25": 28.0, "psnr_db_q75": 31.0, "fidelity": 0.85, "frechet": 3.0},
+           {"setting": "steps-8", "technique": "steps", "latency_s": 0.8, "psnr_db": 35.0, "fidelity": 0.88, "frechet": 2.5},
+           {"setting": "tg", "technique": "tgate", "latency_s": 0.6, "psnr_db": 25.0, "fidelity": 0.9, "frechet": 2.2}]
+
+
+def test_tradeoff_figures_have_the_traces_and_labels():
+    from viz import sweep_figs
+
+    fig = sweep_figs.tradeoff_figure(SUMMARY, "psnr_db", shipped=SUMMARY, latency="latency_s")
+    names = [t.name for t in fig.data]
+    assert names == ["shipped sweep", "baseline", "step reduction", "tgate"]
+    steps = fig.data[2]
+    assert steps.mode == "lines+markers" and list(steps.x) == [0.5, 0.8]
+    assert list(steps.error_y.arrayminus) == [2.0, 0.0]
+    assert fig.data[1].y[0] == 40.0  # +inf PSNR drawn 5 dB above the best finite value
+    assert fig.layout.xaxis.title.text == sweep_figs.LATENCY_LABELS["latency_s"]
+    assert fig.layout.yaxis.title.text == sweep_figs.AXIS_LABELS["psnr_db"]
+    mfig = sweep_figs.tradeoff_figure_mpl(SUMMARY, "frechet", latency="latency_s")
+    ax = mfig.axes[0]
+    assert ax.get_xlabel() == sweep_figs.LATENCY_LABELS["latency_s"] and ax.get_ylabel() == sweep_figs.AXIS_LABELS["frechet"]
+    labels = ax.get_legend_handles_labels()[1]
+    assert "step reduction (baseline frontier)" in labels and "full compute" in labels and "tgate" in labels
+
+
+def test_write_all_writes_html_and_slide_formats(tmp_path):
+    from viz import sweep_figs
+
+    summary = [{**r, "relative_latency": r["latency_s"]} for r in SUMMARY]
+    paths = sweep_figs.write_all(summary, [], tmp_path, axes=("fidelity",))
+    assert sorted(p.suffix for p in paths) == [".html", ".pdf", ".png", ".svg"]
+    assert all(p.stat().st_size > 0 for p in paths)
+
+
+def test_peers_leave_the_pipeline_as_they_found_it(toy_pipe):
+    """DeepCache and tomesd are optional: skipped when not installed; when installed, a peer run leaves no
+    hook behind (our own plug-ins can attach afterwards) and the image changes."""
+    pytest.importorskip("DeepCache")
+    pytest.importorskip("tomesd")
+    from analysis.accel import parse_accel
+    from analysis.eval import peers
+    from analysis.run import RunConfig, run_once
+
+    config = RunConfig(prompt="a red circle", steps=4, warmup=False)
+    base = run_once(toy_pipe, config, (), 4)[0]
+    for spec in ("peer:deepcache:cache_interval=2,cache_branch_id=0", "peer:tomesd:ratio=0.5"):
+        image, seconds, counters = peers.run_peer(toy_pipe, config, (spec,))
+        assert image.shape == base.shape and seconds > 0 and counters
+        assert not any("forward" in m.__dict__ for m in toy_pipe.unet.modules())
+    tg = RunConfig(prompt="a red circle", steps=4, warmup=False, accel=(parse_accel("tgate:gate_step=2"),))
+    run_once(toy_pipe, tg, tg.hooked_accel(), 4)  # our seam attaches again
+    assert np.array_equal(run_once(toy_pipe, config, (), 4)[0], base)
+    with pytest.raises(ValueError, match="peer spec"):
+        peers.parse_peer("peer:nope")
+
+
+@pytest.mark.parametrize("pipe_name", ["toy_pipe", "sdxl_pipe"])
+def test_atedm_ranking_ablation_prunes_the_same_amount(pipe_name, request):
+    """random and cross-attention ranking (the G-WPR ablation) prune exactly as many tokens as G-WPR, but
+    other ones; cross works on one-layer blocks (toy) and multi-layer blocks (SDXL-like)."""
+    from analysis.accel import parse_accel
+    from analysis.run import RunConfig, run_once
+
+    pipe = request.getfixturevalue(pipe_name)
+    out = {}
+    for ranking in ("gwpr", "random", "cross"):
+        config = RunConfig(prompt="a red circle", steps=3, warmup=False, guidance=5.0,
+                           accel=(parse_accel(f"atedm:ratio=0.5,dsap=false,ranking={ranking}"),))
+        image, _, counters, _, _ = run_once(pipe, config, config.hooked_accel(), 3)
+        out[ranking] = (image, counters["atedm"]["tokens_pruned"], counters["atedm"]["tokens_total"])
+    assert out["gwpr"][1] > 0 and out["gwpr"][1:] == out["random"][1:] == out["cross"][1:]
+    assert not np.array_equal(out["gwpr"][0], out["random"][0])
+    assert not np.array_equal(out["gwpr"][0], out["cross"][0])
+    with pytest.raises(ValueError, match="ranking"):
+        parse_accel("atedm:ranking=magic")
+
+
+def test_best_at_matched_latency():
+    summary = [{"setting": "dc", "technique": "peer", "relative_latency": 0.5, "psnr_db": 30.0},
+               {"setting": "a", "technique": "tgate", "relative_latency": 0.52, "psnr_db": 28.0, "frechet": 3.0},
+               {"setting": "b", "technique": "steps", "relative_latency": 0.48, "psnr_db": 33.0, "frechet": 4.0},
+               {"setting": "c", "technique": "steps", "relative_latency": 0.8, "psnr_db": 45.0, "frechet": 1.0}]
+    out = pareto.best_at_matched_latency(summary, summary[0])
+    assert out["psnr_db"] == ("b", 33.0) and out["frechet"] == ("a", 3.0) and out["fidelity"] is None
