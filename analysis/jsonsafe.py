@@ -47,6 +47,15 @@ def read_number(x: Any) -> float | None:
     return float(x)
 
 
+def from_json_value(x: Any) -> Any:
+    """A value read back from JSON with "inf" / "-inf" restored to floats; anything else unchanged."""
+    if x == INF:
+        return math.inf
+    if x == NEG_INF:
+        return -math.inf
+    return x
+
+
 def jsonable(obj: Any) -> Any:
     """Plain JSON types only, numbers in the convention of this module."""
     if obj is None or isinstance(obj, str):

@@ -4,6 +4,8 @@ import math
 
 import numpy as np
 import pytest
+
+from analysis.jsonsafe import from_json_value, jsonable
 from skimage.filters import gaussian
 
 from analysis import metrics
@@ -34,8 +36,8 @@ def test_identical_images_psnr_inf_shown_as_such_and_ssim_one():
     img = scenes.render(scenes.evaluation_scenes(1, 0, False)[0])
     assert metrics.psnr(img, img.copy()) == math.inf
     assert metrics.ssim(img, img.copy()) == pytest.approx(1.0)
-    assert json.loads(json.dumps(sweep.json_value({"psnr_db": math.inf, "x": float("nan")}))) == {"psnr_db": "inf", "x": None}
-    assert sweep.from_json("inf") == math.inf
+    assert json.loads(json.dumps(jsonable({"psnr_db": math.inf, "x": float("nan")}))) == {"psnr_db": "inf", "x": None}
+    assert from_json_value("inf") == math.inf
 
 
 def test_frechet_of_a_set_with_itself_is_zero(reference):

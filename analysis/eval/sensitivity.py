@@ -259,13 +259,14 @@ def policies(steps: int, model: str = "default") -> dict[str, str]:
 def load_shipped(steps: int = 20, directory: Path | None = None) -> dict | None:
     """The default model's shipped sensitivity curve (assets/results/sensitivity-<steps>/curve.json): keys
     curve (per kind and t), verdict, policies; None when none is shipped for that step count."""
-    from analysis.eval.sweep import SHIPPED_DIR, from_json
+    from analysis.eval.sweep import SHIPPED_DIR
+    from analysis.jsonsafe import from_json_value
 
     path = (directory or SHIPPED_DIR) / f"sensitivity-{steps}" / "curve.json"
     if not path.exists():
         return None
     data = json.loads(path.read_text())
-    data["curve"] = [{k: from_json(v) for k, v in row.items()} for row in data["curve"]]
+    data["curve"] = [{k: from_json_value(v) for k, v in row.items()} for row in data["curve"]]
     return data
 
 
@@ -301,7 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args) -> dict:
     from tqdm import tqdm
 
-    from analysis.eval.sweep import _parse_seeds, json_value, read_prompts
+    from analysis.eval.sweep import _parse_seeds, read_prompts
+    from analysis.jsonsafe import jsonable
     from analysis.models import ModelLoadError, load_pipeline
 
     try:
@@ -335,8 +337,8 @@ def run(args) -> dict:
     result = {"model": args.model, "steps": args.steps, "scheduler": args.scheduler, "guidance": args.guidance,
               "noise_relative": args.noise, "prompts": prompts, "seeds": seeds, "curve": curve_rows,
               "verdict": verdict(curve_rows), "policies": policies(args.steps, args.model)}
-    (out / "sensitivity.json").write_text(json.dumps(json_value({**result, "runs": rows})))
-    (out / "curve.json").write_text(json.dumps(json_value(result), indent=1))
+    (out / "sensitivity.json").write_text(json.dumps(jsonable({**result, "runs": rows})))
+    (out / "curve.json").write_text(json.dumps(jsonable(result), indent=1))
     with (out / "curve.csv").open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(curve_rows[0]))
         w.writeheader()

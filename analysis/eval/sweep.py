@@ -36,6 +36,8 @@ from typing import Any
 
 import numpy as np
 
+from analysis.jsonsafe import from_json_value, jsonable
+
 from analysis.eval.grid import Setting, parse_grid
 
 SHIPPED_DIR = Path(__file__).resolve().parent.parent.parent / "assets" / "results"
@@ -52,35 +54,13 @@ class UsageError(Exception):
 
 # ---- small swappable pieces (the lead may replace these with analysis/eval's registry and sanitiser) --------
 
-def json_value(x: Any) -> Any:
-    """JSON has no infinity or NaN: +-inf as "inf"/"-inf" (as analysis.metrics.json_number), NaN as null."""
-    if isinstance(x, float):
-        if math.isnan(x):
-            return None
-        if math.isinf(x):
-            return "inf" if x > 0 else "-inf"
-    if isinstance(x, dict):
-        return {k: json_value(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [json_value(v) for v in x]
-    if isinstance(x, np.generic):
-        return json_value(x.item())
-    return x
-
-
-def from_json(x: Any) -> Any:
-    if x == "inf":
-        return math.inf
-    if x == "-inf":
-        return -math.inf
-    return x
-
-
 def reference_free_scorers(model: str) -> dict[str, bool]:
     """Which reference-free quality measures exist for `model`: prompt fidelity and the Fréchet distance need
     the shapes world (the default model). Elsewhere they are reported as unavailable (None), never faked."""
-    shapes = model == "default"
-    return {"fidelity": shapes, "frechet": shapes}
+    from analysis.eval.quality import scorers_for
+
+    return {"fidelity": any(s.name == "fidelity" for s in scorers_for(model)),
+            "frechet": model == "default"}  # true renders of the captions exist only in the shapes world
 
 
 def score_fidelity(image: np.ndarray, prompt: str) -> tuple[float | None, int, int]:
@@ -141,7 +121,7 @@ def read_rows(out: Path) -> list[dict]:
                 row = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            row = {k: from_json(v) for k, v in row.items()}
+            row = {k: from_json_value(v) for k, v in row.items()}
             if row_key(row) not in seen:
                 seen.add(row_key(row))
                 rows.append(row)
@@ -275,7 +255,7 @@ class SweepRunner:
                 row["speedup"] = 1.0 if row["technique"] == "baseline" else base / row["latency_s"]
                 if row["technique"] == "baseline":
                     row["latency_s"] = base
-                f.write(json.dumps(json_value(row)) + "\n")
+                f.write(json.dumps(jsonable(row)) + "\n")
             f.flush()
             os.fsync(f.fileno())
 
@@ -389,9 +369,9 @@ def merge(out: Path, figures: bool = True) -> dict:
     for r in rows:
         r["frechet"] = frechet.get(r["setting"])
     summary = summarise(rows, frechet)
-    (out / "table.json").write_text(json.dumps(json_value(rows), indent=1))
+    (out / "table.json").write_text(json.dumps(jsonable(rows), indent=1))
     write_table(out / "table.csv", rows, TABLE_COLUMNS)
-    (out / "summary.json").write_text(json.dumps(json_value(summary), indent=1))
+    (out / "summary.json").write_text(json.dumps(jsonable(summary), indent=1))
     write_table(out / "summary.csv", summary, list(summary[0]))
     frontier = {"pareto": {axis: [r["setting"] for r in pareto.pareto_front(summary, axis, "relative_latency")]
                            for axis in pareto.AXES},
@@ -401,9 +381,9 @@ def merge(out: Path, figures: bool = True) -> dict:
                                    **{a: r.get(a) for a in pareto.AXES},
                                    "ours": pareto.best_at_matched_latency(summary, r)}
                                   for r in summary if r["technique"] == "peer"], **frechet_meta}
-    (out / "frontier.json").write_text(json.dumps(json_value(frontier), indent=1))
+    (out / "frontier.json").write_text(json.dumps(jsonable(frontier), indent=1))
     (out / "report.md").write_text(report_text(summary, frontier, meta))
-    (out / "merge.json").write_text(json.dumps(json_value({k: v for k, v in meta.items() if k != "settings"}), indent=1))
+    (out / "merge.json").write_text(json.dumps(jsonable({k: v for k, v in meta.items() if k != "settings"}), indent=1))
     if figures:
         from viz import sweep_figs
 
@@ -544,7 +524,7 @@ def load_shipped(steps: int = 20, directory: Path | None = None) -> list[dict]:
     path = (directory or SHIPPED_DIR) / f"default-{steps}" / "summary.json"
     if not path.exists():
         return []
-    return [{k: from_json(v) for k, v in row.items()} for row in json.loads(path.read_text())]
+    return [{k: from_json_value(v) for k, v in row.items()} for row in json.loads(path.read_text())]
 
 
 # ---- CLI ----------------------------------------------------------------------------------------------------
