@@ -28,8 +28,8 @@ import numpy as np  # noqa: E402
 
 from ui.techniques import client_inputs  # noqa: E402
 
-def run_args(prompt, seed, steps, **on) -> list:
-    return client_inputs(prompt, seed=str(seed), steps=steps, **on)
+def run_args(prompt, seed, n_steps, **on) -> list:
+    return client_inputs(prompt, seed=str(seed), steps=n_steps, on=on)
 
 
 def _img(path) -> np.ndarray:

@@ -23,7 +23,7 @@ def run_args(prompt=PROMPT, seed="0", steps=4, y="psnr", **on) -> list:
     """The /run inputs (ui.techniques.client_inputs); T-GATE's gate at step 2 of the tests' 4 unless set."""
     if "tgate" in on:
         on["tgate"] = {1: 2, **(on["tgate"] or {})}
-    return client_inputs(prompt, seed=seed, steps=steps, y=y, **on)
+    return client_inputs(prompt, seed=seed, steps=steps, y=y, on=on)
 
 
 @pytest.fixture(scope="module")

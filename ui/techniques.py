@@ -40,10 +40,11 @@ def panel_defaults(steps: int = 20) -> dict[str, list]:
 
 
 def client_inputs(prompt: str, seed="0", steps: int = 20, y: str = "psnr", negative: str = "",
-                  guidance: float = 5.0, scheduler: str = "ddim", **on) -> list:
+                  guidance: float = 5.0, scheduler: str = "ddim", on: dict | None = None) -> list:
     """The /run endpoint's inputs in order, for gradio_client: the request, the quality axis, then every
-    block's toggle and knobs in panel order. on=dict(tgate={}, atedm={1: 0.5}) switches techniques on, a knob
-    overridden by its position in the block (1 = the first knob)."""
+    block's toggle and knobs in panel order. on={"tgate": {}, "atedm": {1: 0.5}} switches techniques on, a
+    knob overridden by its position in the block (1 = the first knob)."""
+    on = on or {}
     args = [prompt, negative, seed, steps, guidance, scheduler, y]
     for name, values in panel_defaults(steps).items():
         if name in on:
