@@ -272,8 +272,7 @@ def load_shipped(steps: int = 20, directory: Path | None = None) -> dict | None:
 
 # ---- CLI ------------------------------------------------------------------------------------------------------
 
-class UsageError(Exception):
-    pass
+from analysis.eval.sweep import UsageError  # noqa: E402  (one error type for the eval subcommands)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -306,10 +305,7 @@ def run(args) -> dict:
     from analysis.jsonsafe import jsonable
     from analysis.models import ModelLoadError, load_pipeline
 
-    try:
-        prompts, seeds = read_prompts(args.prompts), _parse_seeds(args.seeds)
-    except Exception as err:  # the sweep's UsageError
-        raise UsageError(err) from None
+    prompts, seeds = read_prompts(args.prompts), _parse_seeds(args.seeds)
     if args.limit_prompts:
         prompts = prompts[: args.limit_prompts]
     kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
@@ -351,17 +347,9 @@ def run(args) -> dict:
 
 
 def main(argv=None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        try:
-            args = build_parser().parse_args(argv)
-        except SystemExit as done:
-            return int(done.code or 0) if not isinstance(done.code, str) else 2
-        print(json.dumps(run(args)))
-        return 0
-    except UsageError as err:
-        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
-        return 2
+    from analysis.eval.sweep import cli_main
+
+    return cli_main(build_parser, run, argv)
 
 
 if __name__ == "__main__":

@@ -641,18 +641,24 @@ def run(args) -> dict:
     return stats
 
 
-def main(argv=None) -> int:
+def cli_main(build, run_args, argv=None) -> int:
+    """Run a JSON-printing subcommand: parse with `build()`, print `run_args(args)` as one JSON line; a
+    UsageError is one 'error:' line on stderr and exit code 2 (sweep and sensitivity share this)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         try:
-            args = build_parser().parse_args(argv)
+            args = build().parse_args(argv)
         except SystemExit as done:
             return int(done.code or 0) if not isinstance(done.code, str) else 2
-        print(json.dumps(run(args)))
+        print(json.dumps(run_args(args)))
         return 0
     except UsageError as err:
         print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
+
+
+def main(argv=None) -> int:
+    return cli_main(build_parser, run, argv)
 
 
 if __name__ == "__main__":
