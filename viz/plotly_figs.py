@@ -177,9 +177,10 @@ def convergence_figure(conv: dict, log_y: bool = False, gate_step: int | None = 
         fig.update_yaxes(type="log")
     if gate_step is not None:
         for col in (1, 2):
-            fig.add_vline(x=gate_step, line=dict(color="#e6550d", width=2, dash="dash"), row=1, col=col,
-                          annotation_text=f"T-GATE gate (step {gate_step})" if col == 1 else None,
-                          annotation_position="top right", annotation_font=dict(size=11, color="#e6550d"))
+            # an annotation on the first panel only: plotly labels an empty annotation "new text"
+            label = dict(annotation_text=f"T-GATE gate (step {gate_step})", annotation_position="top right",
+                         annotation_font=dict(size=11, color="#e6550d")) if col == 1 else {}
+            fig.add_vline(x=gate_step, line=dict(color="#e6550d", width=2, dash="dash"), row=1, col=col, **label)
     fig.update_layout(**_LAYOUT, height=430,
                       title=dict(text=D.with_prefix("Cross-attention convergence (T-GATE)", title_prefix), x=0.01),
                       legend=dict(font=dict(size=10)))
