@@ -155,10 +155,6 @@ def _psnr(x) -> str:
     return "n/a" if x is None else ("∞ (identical)" if math.isinf(x) else f"{x:.1f} dB")
 
 
-def _fidelity(quality: dict) -> float | None:
-    return ((quality or {}).get("fidelity") or {}).get("overall")
-
-
 def numbers_markdown(baseline: live.Baseline, run: live.LiveRun | None) -> str:
     lo, hi = baseline.noise
     n = len(baseline.latencies)
@@ -174,9 +170,9 @@ def numbers_markdown(baseline: live.Baseline, run: live.LiveRun | None) -> str:
                    f" {c['rounds']} interleaved pairs)")
         rows.append(("speed-up", "1.00x", sp))
         rows.append(("PSNR / SSIM vs full compute", "∞ / 1", f"{_psnr(run.psnr_db)} / {run.ssim:.4f}"))
-    fid_b = _fidelity(baseline.quality)
-    if fid_b is not None or (run is not None and _fidelity(run.quality) is not None):
-        rows.append(("prompt fidelity", _pct(fid_b), "—" if run is None else _pct(_fidelity(run.quality))))
+    fid_b = live.fidelity_of(baseline.quality)
+    if fid_b is not None or (run is not None and live.fidelity_of(run.quality) is not None):
+        rows.append(("prompt fidelity", _pct(fid_b), "—" if run is None else _pct(live.fidelity_of(run.quality))))
     unavailable = []
     for name, scores in ((run.quality if run is not None else baseline.quality) or {}).items():
         if name == "fidelity":

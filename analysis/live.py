@@ -72,6 +72,12 @@ class StopToken:
 
 # --- data -------------------------------------------------------------------------------------------------
 
+def fidelity_of(quality: dict | None) -> float | None:
+    """The overall prompt fidelity in a quality dict (analysis.eval.quality.score_all), None where the model
+    has no fidelity scorer."""
+    return ((quality or {}).get("fidelity") or {}).get("overall")
+
+
 @dataclass(frozen=True)
 class Request:
     """What makes a full-compute image: the baseline cache key."""
@@ -136,7 +142,7 @@ class LiveRun:
 
     @property
     def fidelity(self) -> float | None:
-        return (self.quality.get("fidelity") or {}).get("overall")
+        return fidelity_of(self.quality)
 
     def row(self) -> dict:
         """One point of the trade-off plot / one row of the runs table."""
@@ -422,9 +428,9 @@ def compute_frontier(pipe, baseline: Baseline, stop: StopToken | None = None) ->
         q = quality_of(pipe, request, image, baseline.image)
         rows.append({"steps": n, "latency_s": seconds, "psnr_db": metrics.psnr(baseline.image, image),
                      "ssim": metrics.ssim(baseline.image, image),
-                     "fidelity": (q.get("fidelity") or {}).get("overall")})
+                     "fidelity": fidelity_of(q)})
     rows.append({"steps": request.steps, "latency_s": baseline.latency_s, "psnr_db": math.inf, "ssim": 1.0,
-                 "fidelity": (baseline.quality.get("fidelity") or {}).get("overall")})
+                 "fidelity": fidelity_of(baseline.quality)})
     return sorted(rows, key=lambda r: r["steps"])
 
 
@@ -434,9 +440,9 @@ def equal_latency_steps(baseline: Baseline, latency_s: float) -> int:
     are paid once)."""
     if not baseline.frontier:
         raise ValueError("the step-reduction frontier has not been measured yet")
-    xs = np.array([r["steps"] for r in baseline.frontier], dtype=float)
-    ys = np.array([r["latency_s"] for r in baseline.frontier], dtype=float)
-    slope, intercept = np.polyfit(xs, ys, 1)
+    from analysis.eval.equal_latency import fit_line
+
+    intercept, slope = fit_line([(r["steps"], r["latency_s"]) for r in baseline.frontier])
     if slope <= 0:
         raise ValueError("latency does not grow with the step count on this machine's measurements; "
                          "run 'measure carefully' first")
@@ -462,10 +468,9 @@ def measure_carefully(pipe, baseline: Baseline, run: LiveRun, rounds: int = CARE
         order = ((), request.steps, base), (plugins, steps, acc)
         for p, n, out in (order if r % 2 == 0 else order[::-1]):
             out.append(run_once(pipe, config, p, n, stop=stop)[1])
-    ratios = [b / a for b, a in zip(base, acc)]
-    q1, med, q3 = statistics.quantiles(ratios, n=4, method="inclusive") if len(ratios) > 1 else (ratios[0],) * 3
-    return {"rounds": rounds, "paired_speedup": statistics.median(ratios), "paired_q1": q1, "paired_q3": q3,
-            "baseline_latencies": base, "latencies": acc}
+    from analysis.eval.jobs import paired_speedup
+
+    return {"rounds": rounds, **paired_speedup(base, acc), "baseline_latencies": base, "latencies": acc}
 
 
 def warm_up(pipe, request: Request) -> float:

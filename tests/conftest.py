@@ -34,3 +34,13 @@ def sdxl_pipe():
     pipe = random_pipeline("sdxl")
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+@pytest.fixture(scope="session")
+def default_pipe():
+    """The embedded shapes-world model."""
+    from analysis.models import load_pipeline
+
+    pipe = load_pipeline("default")
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

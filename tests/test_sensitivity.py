@@ -11,15 +11,6 @@ STEPS = 5
 
 
 @pytest.fixture(scope="module")
-def default_pipe():
-    from analysis.models import load_pipeline
-
-    pipe = load_pipeline("default")
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-@pytest.fixture(scope="module")
 def unit(default_pipe):
     return sensitivity.analyse_unit(default_pipe, PROMPT, 0, STEPS, ("reuse", "noise"), 0.05, 5.0, "ddim")
 

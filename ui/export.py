@@ -44,7 +44,7 @@ def slide_numbers(baseline: live.Baseline, run: live.LiveRun | None) -> list[tup
         if run.careful:
             rows.append(("speed-up, paired", f"{run.careful['paired_speedup']:.2f}x ({run.careful['rounds']} pairs)"))
         rows += [("PSNR / SSIM", ("∞" if math.isinf(run.psnr_db) else f"{run.psnr_db:.1f} dB") + f" / {run.ssim:.3f}")]
-        fid = (run.quality.get("fidelity") or {}).get("overall")
+        fid = live.fidelity_of(run.quality)
         if fid is not None:
             rows.append(("prompt fidelity", f"{fid:.0%}"))
     return rows

@@ -142,6 +142,24 @@ def _policy_steps(policy: str) -> list[int]:
     return [i for i, c in enumerate(policy) if c == "R"]
 
 
+SENSITIVITY_COLOURS = {"reuse": "#0072B2", "noise": "#D55E00"}
+
+
+def _sensitivity_series(result: dict) -> tuple[dict[str, dict], float]:
+    """Per perturbation kind: steps t, median final deviation, its distances to the quartiles, growth rate;
+    and the highest upper quartile (where the policies' R-step markers go above the curves)."""
+    series, top = {}, 0.0
+    for kind in sorted({r["kind"] for r in result["curve"]}):
+        rows = [r for r in result["curve"] if r["kind"] == kind]
+        med = [r["final_deviation"] for r in rows]
+        series[kind] = {"t": [r["t"] for r in rows], "median": med,
+                        "below": [m - r["final_deviation_q25"] for m, r in zip(med, rows)],
+                        "above": [r["final_deviation_q75"] - m for m, r in zip(med, rows)],
+                        "exponent": [r["exponent"] if r["exponent"] is not None else float("nan") for r in rows]}
+        top = max(top, max((r["final_deviation_q75"] for r in rows), default=0))
+    return series, top
+
+
 def sensitivity_figure(result: dict) -> go.Figure:
     """Final latent deviation (median, quartiles over prompts) after perturbing step t's attention maps only,
     per perturbation kind, with the R steps of the HURRY / PHAST policies drawn as markers above the curve."""
@@ -150,21 +168,15 @@ def sensitivity_figure(result: dict) -> go.Figure:
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08,
                         subplot_titles=("final latent deviation ||z_end - z_end(full)||",
                                         "growth rate of the deviation (slope of log d_s per step)"))
-    colours = {"reuse": "#0072B2", "noise": "#D55E00"}
-    top = 0.0
-    for kind in sorted({r["kind"] for r in result["curve"]}):
-        rows = [r for r in result["curve"] if r["kind"] == kind]
-        ts = [r["t"] for r in rows]
-        med = [r["final_deviation"] for r in rows]
-        top = max(top, max((r["final_deviation_q75"] for r in rows), default=0))
-        fig.add_trace(go.Scatter(x=ts, y=med, mode="lines+markers", name=f"{kind}: final deviation",
-                                 line=dict(color=colours.get(kind)),
-                                 error_y=dict(type="data", symmetric=False,
-                                              array=[r["final_deviation_q75"] - r["final_deviation"] for r in rows],
-                                              arrayminus=[r["final_deviation"] - r["final_deviation_q25"] for r in rows])),
+    series, top = _sensitivity_series(result)
+    for kind, d in series.items():
+        colour = SENSITIVITY_COLOURS.get(kind)
+        fig.add_trace(go.Scatter(x=d["t"], y=d["median"], mode="lines+markers", name=f"{kind}: final deviation",
+                                 line=dict(color=colour),
+                                 error_y=dict(type="data", symmetric=False, array=d["above"], arrayminus=d["below"])),
                       row=1, col=1)
-        fig.add_trace(go.Scatter(x=ts, y=[r["exponent"] for r in rows], mode="lines+markers",
-                                 name=f"{kind}: growth rate", line=dict(color=colours.get(kind), dash="dot")),
+        fig.add_trace(go.Scatter(x=d["t"], y=d["exponent"], mode="lines+markers",
+                                 name=f"{kind}: growth rate", line=dict(color=colour, dash="dot")),
                       row=2, col=1)
     for i, (name, policy) in enumerate(result.get("policies", {}).items()):
         steps = _policy_steps(policy)
@@ -184,20 +196,14 @@ def sensitivity_figure_mpl(result: dict):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colours = {"reuse": "#0072B2", "noise": "#D55E00"}
+    series, top = _sensitivity_series(result)
     with plt.rc_context({"font.size": SLIDE_FONT, "legend.fontsize": SLIDE_FONT - 4}):
         fig, (ax, ax2) = plt.subplots(2, 1, figsize=(10, 8), sharex=True, layout="constrained")
-        top = 0.0
-        for kind in sorted({r["kind"] for r in result["curve"]}):
-            rows = [r for r in result["curve"] if r["kind"] == kind]
-            ts = [r["t"] for r in rows]
-            med = [r["final_deviation"] for r in rows]
-            top = max(top, max((r["final_deviation_q75"] for r in rows), default=0))
-            ax.errorbar(ts, med, yerr=[[m - r["final_deviation_q25"] for m, r in zip(med, rows)],
-                                       [r["final_deviation_q75"] - m for m, r in zip(med, rows)]],
-                        color=colours.get(kind), marker="o", capsize=3, label=f"{kind} at step t")
-            ax2.plot(ts, [r["exponent"] if r["exponent"] is not None else float("nan") for r in rows],
-                     color=colours.get(kind), marker="o", ls=":", label=kind)
+        for kind, d in series.items():
+            colour = SENSITIVITY_COLOURS.get(kind)
+            ax.errorbar(d["t"], d["median"], yerr=[d["below"], d["above"]], color=colour, marker="o", capsize=3,
+                        label=f"{kind} at step t")
+            ax2.plot(d["t"], d["exponent"], color=colour, marker="o", ls=":", label=kind)
         for i, (name, policy) in enumerate(result.get("policies", {}).items()):
             steps = _policy_steps(policy)
             ax.plot(steps, [top * (1.08 + 0.07 * i)] * len(steps), ls="none", marker="v", ms=10,
