@@ -46,6 +46,10 @@ def _add_train(sub):
     p.add_argument("--batch", type=int)
     p.add_argument("--checkpoint-every", type=int)
     p.add_argument("--export-every", type=int)
+    p.add_argument("--text-encoder", choices=["joint", "frozen", "embeddings"],
+                   help="text side of the recipe (default joint; see analysis/toy/train.py TEXT_ENCODERS)")
+    p.add_argument("--vae-from", metavar="MODEL_DIR",
+                   help="reuse this model's autoencoder instead of training one (text-side variants)")
 
 
 def _add_generate(sub):

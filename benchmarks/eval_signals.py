@@ -1,9 +1,10 @@
 """Do the captured signals mean something on the default model? `python -m benchmarks.eval_signals`.
 
 For single-object prompts, with every probe attached:
-- attention localisation: the share of the colour word's and the shape word's cross-attention mass that
-  falls on the object (the generated image's foreground), divided by the object's share of the image
-  area (1.0 = no better than uniform; the target is >= 2);
+- attention localisation: the share of a word's cross-attention mass that falls on the object (the
+  generated image's foreground), divided by the object's share of the image area (1.0 = no better than
+  uniform; the target for the colour and shape words is >= 2), per word kind (colour, shape, size, the
+  position noun such as "left", and the function words "a"/"on"/"the"/"at"/"in", averaged) and per layer;
 - cross-attention convergence (T-GATE's observation): mean L2 change of the attn2 outputs over the last
   quarter of the steps divided by that over the first quarter (target < 0.10);
 - feature drift (Faster-Diffusion's observation): mean adjacent-step MSE of the encoder (down) blocks
@@ -44,18 +45,30 @@ def layer_maps(cross: dict[str, np.ndarray], token: int, size: int) -> dict[str,
     return maps
 
 
+WORD_KINDS = ("colour", "shape", "size", "position", "function")
+
+
+def words_by_kind(obj: scenes.SceneObject) -> dict[str, list[str]]:
+    """The caption words of a one-object prompt, by what they say about the object."""
+    *function_words, position_noun = scenes.POSITION_PHRASES[obj.position].split()
+    return {"colour": [obj.colour], "shape": [obj.shape], "size": [obj.size], "position": [position_noun],
+            "function": ["a", *function_words]}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", default="default")
     parser.add_argument("--prompts", type=int, default=20)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--guidance", type=float, default=5.0)
+    parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
 
     pipe = load_pipeline(args.model)
     pipe.set_progress_bar_config(disable=True)
     rng = np.random.default_rng(5)
-    ratios: dict[str, list[float]] = {"colour": [], "shape": []}
+    ratios: dict[str, list[float]] = {kind: [] for kind in WORD_KINDS}
     layer_ratios: dict[str, dict[str, list[float]]] = {}
     convergence, drift = [], []
     for i in range(args.prompts):
@@ -69,12 +82,13 @@ def main(argv=None) -> int:
             continue
         area_share = mask.mean()
         tokens = result.tokens[0]
-        for kind, word in (("colour", obj.colour), ("shape", obj.shape)):
-            per_layer = layer_maps(result.signals["attention_maps"]["cross"], tokens.index(word), image.shape[0])
+        for kind, words in words_by_kind(obj).items():
+            maps = [layer_maps(result.signals["attention_maps"]["cross"], tokens.index(w), image.shape[0]) for w in words]
+            per_layer = {name: np.mean([m[name] for m in maps], axis=0) for name in maps[0]}
             m = np.mean(list(per_layer.values()), axis=0)
             ratios[kind].append(float(m[mask].sum() / area_share))
             for name, lm in per_layer.items():
-                layer_ratios.setdefault(name, {"colour": [], "shape": []})[kind].append(float(lm[mask].sum() / area_share))
+                layer_ratios.setdefault(name, {k: [] for k in WORD_KINDS})[kind].append(float(lm[mask].sum() / area_share))
         conv = result.signals["cross_attn_convergence"]["output_l2"].mean(0)
         q = max(1, len(conv) // 4)
         convergence.append(float(conv[-q:].mean() / conv[:q].mean()))
@@ -83,12 +97,13 @@ def main(argv=None) -> int:
         enc = [j for j, b in enumerate(fd["blocks"]) if fd["role"][b] == "encoder"]
         dec = [j for j, b in enumerate(fd["blocks"]) if fd["role"][b] == "decoder"]
         drift.append(float(mse[enc].mean() / mse[dec].mean()))
-        print(f"{i}: {prompt}: colour x{ratios['colour'][-1]:.2f} shape x{ratios['shape'][-1]:.2f} "
+        print(f"{i}: {prompt}: " + " ".join(f"{k} x{ratios[k][-1]:.2f}" for k in WORD_KINDS) + " "
               f"late/early {convergence[-1]:.3f} enc/dec {drift[-1]:.3f}", flush=True)
     report = {
         "model": args.model, "steps": args.steps, "prompts": args.prompts, "objects_found": len(convergence),
         "colour_mass_over_area_median": statistics.median(ratios["colour"]),
         "shape_mass_over_area_median": statistics.median(ratios["shape"]),
+        "mass_over_area_median": {kind: statistics.median(v) for kind, v in ratios.items()},
         "colour_ratio_ge_2_fraction": float(np.mean(np.array(ratios["colour"]) >= 2)),
         "shape_ratio_ge_2_fraction": float(np.mean(np.array(ratios["shape"]) >= 2)),
         "per_layer_mass_over_area_median": {name: {k: statistics.median(v) for k, v in r.items()}

@@ -69,6 +69,53 @@ def test_training_command_smoke(tmp_path):
     assert main(args[:-1] + ["0"]) == 2  # invalid batch: exit 2
 
 
+def test_text_encoder_variants_share_the_joint_initialisation():
+    from analysis.toy import architecture
+    from analysis.toy.train import text_encoder_variant
+
+    torch.manual_seed(0)
+    joint = architecture.make_text_encoder(40, 38, 39)
+    reference = {k: v.clone() for k, v in joint.state_dict().items()}
+    embeddings = text_encoder_variant(joint, "embeddings")
+    assert embeddings.config.num_hidden_layers == 0 and joint.config.num_hidden_layers == 3
+    for key, value in embeddings.state_dict().items():
+        assert torch.equal(value, reference[key])
+    ids = torch.tensor([[38, 1, 2, 3, 39], [38, 5, 2, 3, 39]])  # only token 1 differs
+    with torch.no_grad():
+        alone, contextual = embeddings(ids)[0], joint(ids)[0]
+    # each token's state is its own word: changing token 1 leaves every other token's state as it was
+    assert torch.equal(alone[0, 2:], alone[1, 2:]) and not torch.equal(alone[0, 1], alone[1, 1])
+    # the contextual encoder carries token 1 into the causal tokens after it
+    assert not torch.allclose(contextual[0, 2:], contextual[1, 2:])
+    frozen = text_encoder_variant(joint, "frozen")
+    assert not any(p.requires_grad for p in frozen.parameters())
+
+
+def test_training_variant_frozen_text_encoder_and_borrowed_autoencoder(tmp_path):
+    from analysis.__main__ import main
+    from analysis.toy import architecture
+    from analysis.toy.tokenizer import build_tokenizer
+
+    first, second, work = tmp_path / "first", tmp_path / "second", tmp_path / "work"
+    small = ["--vae-steps", "2", "--unet-steps", "2", "--n-scenes", "16", "--batch", "4"]
+    assert main(["train-default", "--out-dir", str(first), "--work-dir", str(work / "a"), *small]) == 0
+    args = ["train-default", "--out-dir", str(second), "--work-dir", str(work / "b"), *small,
+            "--text-encoder", "frozen", "--vae-from", str(first)]
+    assert main(args) == 0
+    pipe = StableDiffusionPipeline.from_pretrained(second)
+    source = AutoencoderKL.from_pretrained(first / "vae")
+    for key, value in pipe.vae.state_dict().items():
+        assert torch.equal(value, source.state_dict()[key])
+    tok = build_tokenizer(tmp_path / "tok")
+    torch.manual_seed(0)
+    initial = architecture.make_text_encoder(len(tok), tok.bos_token_id, tok.eos_token_id).state_dict()
+    for key, value in pipe.text_encoder.state_dict().items():  # frozen: exported exactly as initialised
+        assert torch.equal(value, initial[key])
+    recipe = json.loads((second / "training.json").read_text())["recipe"]
+    assert recipe["text_encoder"] == "frozen" and recipe["vae_from"] == str(first)
+    assert main(args[:-4] + ["--text-encoder", "contextual"]) == 2
+
+
 def test_default_model_loads_offline_and_is_deterministic():
     assert (DEFAULT_MODEL_DIR / "model_index.json").exists(), "the embedded default model is missing from assets/"
     pipe = load_pipeline("default")

@@ -11,6 +11,11 @@ Three stages, each resumable from `work_dir`:
    means any step count is a complete recipe).
 Every batch, noise draw and dropout decision is derived from (seed, step), so a resumed run equals an
 uninterrupted one. The EMA weights are exported in the stock Stable Diffusion layout.
+
+The text side is a recipe field (`text_encoder`, see TEXT_ENCODERS) because it decides how the
+cross-attention maps read: a jointly trained contextual encoder may move a caption's meaning into its last
+tokens, so object pixels attend to "left" instead of "red" (issue 10). `vae_from` reuses the autoencoder of
+an existing model, so text-side variants share stage 1 and differ only where they are meant to.
 """
 from __future__ import annotations
 
@@ -22,12 +27,22 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers import StableDiffusionPipeline
+from diffusers import AutoencoderKL, StableDiffusionPipeline
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
+from transformers import CLIPTextConfig, CLIPTextModel
 
 from analysis.toy import architecture, scenes
 from analysis.toy.tokenizer import build_tokenizer
+
+
+# Every variant is a stock CLIPTextModel (StableDiffusionPipeline.from_pretrained loads it unchanged).
+TEXT_ENCODERS = {
+    "joint": "3 causal transformer layers, trained jointly with the UNet (the shipped shapes-v1)",
+    "frozen": "3 causal transformer layers kept at their random initialisation, as SD keeps CLIP frozen",
+    "embeddings": "no transformer layers: token + position embedding and the final norm, trained; each "
+                  "token's state is its own word",
+}
 
 
 @dataclass(frozen=True)
@@ -51,13 +66,30 @@ class TrainConfig:
     snr_gamma: float = 5.0
     checkpoint_every: int = 250
     export_every: int = 500
+    text_encoder: str = "joint"
+    vae_from: str | None = None
 
     def __post_init__(self):
+        if self.text_encoder not in TEXT_ENCODERS:
+            raise ValueError(f"text_encoder must be one of {', '.join(TEXT_ENCODERS)}, got {self.text_encoder!r}")
         for name in ("vae_steps", "unet_steps", "n_scenes", "batch", "vae_batch", "checkpoint_every", "export_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not 0 <= self.caption_dropout < 1:
             raise ValueError(f"caption_dropout must be in [0, 1), got {self.caption_dropout}")
+
+
+def text_encoder_variant(joint: CLIPTextModel, kind: str) -> CLIPTextModel:
+    """The recipe's text encoder, derived from the joint one so that all variants share an initialisation."""
+    if kind == "joint":
+        return joint
+    if kind == "frozen":
+        return joint.requires_grad_(False).eval()
+    config = CLIPTextConfig.from_dict({**joint.config.to_dict(), "num_hidden_layers": 0})
+    embeddings_only = CLIPTextModel(config)
+    # strict: a 0-layer model has exactly the embeddings and the final norm of the joint one
+    embeddings_only.load_state_dict({k: v for k, v in joint.state_dict().items() if "encoder.layers." not in k})
+    return embeddings_only
 
 
 def _step_rng(seed: int, stage: int, step: int) -> tuple[np.random.Generator, torch.Generator]:
@@ -157,7 +189,10 @@ def train(cfg: TrainConfig) -> Path:
     tokenizer = build_tokenizer(work / "tokenizer")
 
     images, captions, _ = scenes.sample_dataset(cfg.n_scenes, seed=cfg.seed)
-    vae = train_vae(cfg, images, work)
+    if cfg.vae_from:
+        vae = AutoencoderKL.from_pretrained(Path(cfg.vae_from) / "vae").eval()
+    else:
+        vae = train_vae(cfg, images, work)
     latents = encode_pool(cfg, vae, images, work)
     scale = float(1.0 / latents.std())
     vae.register_to_config(scaling_factor=scale)
@@ -167,11 +202,14 @@ def train(cfg: TrainConfig) -> Path:
     empty_ids = tokenizer([""], padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt").input_ids
 
     torch.manual_seed(cfg.seed)
+    # Built in the same order for every variant, so the UNet starts from the same weights in all of them.
     text_encoder = architecture.make_text_encoder(len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id)
     unet = architecture.make_unet()
     scheduler = architecture.make_scheduler()
     prediction_type = scheduler.config.prediction_type
-    params = list(unet.parameters()) + list(text_encoder.parameters())
+    text_encoder = text_encoder_variant(text_encoder, cfg.text_encoder)
+    train_text = cfg.text_encoder != "frozen"
+    params = list(unet.parameters()) + (list(text_encoder.parameters()) if train_text else [])
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
     lr_at = lambda step: cfg.lr * min(1.0, (step + 1) / cfg.warmup)  # noqa: E731
     ema = EMAModel(params, decay=cfg.ema_decay, use_ema_warmup=True, power=3 / 4)
@@ -187,7 +225,7 @@ def train(cfg: TrainConfig) -> Path:
         start = state["step"]
 
     unet.train()
-    text_encoder.train()
+    text_encoder.train(train_text)
     log = open(work / "unet_log.csv", "a")
     t0 = time.time()
     bar = tqdm(range(start, cfg.unet_steps), desc="unet", initial=start, total=cfg.unet_steps)
@@ -203,7 +241,8 @@ def train(cfg: TrainConfig) -> Path:
         noisy = scheduler.add_noise(x0, noise, timesteps)
         target = scheduler.get_velocity(x0, noise, timesteps) if prediction_type == "v_prediction" else noise
 
-        text = text_encoder(batch_ids)[0]
+        with torch.set_grad_enabled(train_text):
+            text = text_encoder(batch_ids)[0]
         pred = unet(noisy, timesteps, text).sample
         weight = loss_weight(_snr(scheduler, timesteps), prediction_type, cfg.snr_gamma)
         loss = (weight * (pred - target).square().mean(dim=(1, 2, 3))).mean()
