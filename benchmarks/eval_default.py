@@ -39,6 +39,35 @@ def latency(pipe, steps: int, guidance: float, repeats: int) -> list[float]:
     return times[1:]  # the first run is warm-up
 
 
+def split_accuracy(pipe, n_prompts: int, steps: int, guidance: float, seed: int) -> tuple[dict, list, list]:
+    """Attribute accuracy on seen and held-out colour-shape pairs, pooled and by object count.
+
+    Returns (report per split, the first 12 images of each split, their prompts) for a sample grid.
+    """
+    report, sample_images, sample_prompts = {}, [], []
+    for split, held_out, split_seed in (("seen", False, 11), ("held_out", True, 12)):
+        split_scenes = scenes.evaluation_scenes(n_prompts, seed=split_seed, held_out=held_out)
+        prompts = [scenes.caption(s) for s in split_scenes]
+        images = generate_batch(pipe, prompts, steps, guidance, seed)
+        acc = attribute_accuracy(list(images), prompts)
+        for label, n_objects in (("one_object", 1), ("two_objects", 2)):
+            idx = [i for i, s in enumerate(split_scenes) if len(s.objects) == n_objects]
+            if idx:
+                acc[label] = attribute_accuracy([images[i] for i in idx], [prompts[i] for i in idx])
+        report[split] = _rounded(acc)
+        renders = np.stack([scenes.render(s) for s in split_scenes])
+        report[split]["scorer_on_renders"] = round(attribute_accuracy(list(renders), prompts)["overall"], 4)
+        sample_images += list(images[:12])
+        sample_prompts += prompts[:12]
+    return report, sample_images, sample_prompts
+
+
+def _rounded(value):
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    return round(value, 4) if isinstance(value, float) else value
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", default="default")
@@ -55,16 +84,9 @@ def main(argv=None) -> int:
     pipe = load_pipeline(args.model, scheduler="ddim")
     pipe.set_progress_bar_config(disable=True)
     report: dict = {"model": args.model, "steps": args.steps, "guidance": args.guidance, "prompts_per_split": args.prompts}
-    all_images, all_prompts = [], []
-    for split, held_out, seed in (("seen", False, 11), ("held_out", True, 12)):
-        prompts = [scenes.caption(s) for s in scenes.evaluation_scenes(args.prompts, seed=seed, held_out=held_out)]
-        images = generate_batch(pipe, prompts, args.steps, args.guidance, args.seed)
-        acc = attribute_accuracy(list(images), prompts)
-        report[split] = {k: round(v, 4) if isinstance(v, float) else v for k, v in acc.items()}
-        renders = np.stack([scenes.render(s) for s in scenes.evaluation_scenes(args.prompts, seed=seed, held_out=held_out)])
-        report[split]["scorer_on_renders"] = round(attribute_accuracy(list(renders), prompts)["overall"], 4)
-        all_images += list(images[:12])
-        all_prompts += prompts[:12]
+    accuracy, all_images, all_prompts = split_accuracy(pipe, args.prompts, args.steps, args.guidance, args.seed)
+    report.update(accuracy)
+    for split in accuracy:
         print(split, dumps(report[split]), flush=True)
 
     times = latency(pipe, args.steps, args.guidance, args.repeats)

@@ -55,26 +55,20 @@ def words_by_kind(obj: scenes.SceneObject) -> dict[str, list[str]]:
             "function": ["a", *function_words]}
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--model", default="default")
-    parser.add_argument("--prompts", type=int, default=20)
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--guidance", type=float, default=5.0)
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
+def _median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None  # None: the model drew no object to measure
 
-    pipe = load_pipeline(args.model)
-    pipe.set_progress_bar_config(disable=True)
+
+def signal_report(pipe, n_prompts: int, steps: int, guidance: float) -> dict:
+    """Localisation per word kind and layer, convergence and drift over n_prompts one-object prompts."""
     rng = np.random.default_rng(5)
     ratios: dict[str, list[float]] = {kind: [] for kind in WORD_KINDS}
     layer_ratios: dict[str, dict[str, list[float]]] = {}
     convergence, drift = [], []
-    for i in range(args.prompts):
+    for i in range(n_prompts):
         obj = scenes.sample_object(rng, str(rng.choice(list(scenes.POSITIONS))))
         prompt = obj.phrase()
-        result = generate(pipe, RunConfig(prompt, seed=i, steps=args.steps, guidance=args.guidance,
+        result = generate(pipe, RunConfig(prompt, seed=i, steps=steps, guidance=guidance,
                                           probes=default_probes()), measure_latency=False)
         image = result.image[0]
         mask = foreground_mask(image)
@@ -99,18 +93,33 @@ def main(argv=None) -> int:
         drift.append(float(mse[enc].mean() / mse[dec].mean()))
         print(f"{i}: {prompt}: " + " ".join(f"{k} x{ratios[k][-1]:.2f}" for k in WORD_KINDS) + " "
               f"late/early {convergence[-1]:.3f} enc/dec {drift[-1]:.3f}", flush=True)
-    report = {
-        "model": args.model, "steps": args.steps, "prompts": args.prompts, "objects_found": len(convergence),
-        "colour_mass_over_area_median": statistics.median(ratios["colour"]),
-        "shape_mass_over_area_median": statistics.median(ratios["shape"]),
-        "mass_over_area_median": {kind: statistics.median(v) for kind, v in ratios.items()},
-        "colour_ratio_ge_2_fraction": float(np.mean(np.array(ratios["colour"]) >= 2)),
-        "shape_ratio_ge_2_fraction": float(np.mean(np.array(ratios["shape"]) >= 2)),
-        "per_layer_mass_over_area_median": {name: {k: statistics.median(v) for k, v in r.items()}
+    return {
+        "steps": steps, "prompts": n_prompts, "objects_found": len(convergence),
+        "colour_mass_over_area_median": _median(ratios["colour"]),
+        "shape_mass_over_area_median": _median(ratios["shape"]),
+        "mass_over_area_median": {kind: _median(v) for kind, v in ratios.items()},
+        "colour_ratio_ge_2_fraction": float(np.mean(np.array(ratios["colour"]) >= 2)) if ratios["colour"] else None,
+        "shape_ratio_ge_2_fraction": float(np.mean(np.array(ratios["shape"]) >= 2)) if ratios["shape"] else None,
+        "per_layer_mass_over_area_median": {name: {k: _median(v) for k, v in r.items()}
                                             for name, r in layer_ratios.items()},
-        "cross_attn_late_over_early_median": statistics.median(convergence),
-        "encoder_over_decoder_drift_median": statistics.median(drift),
+        "cross_attn_late_over_early_median": _median(convergence),
+        "encoder_over_decoder_drift_median": _median(drift),
     }
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model", default="default")
+    parser.add_argument("--prompts", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--guidance", type=float, default=5.0)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    pipe = load_pipeline(args.model)
+    pipe.set_progress_bar_config(disable=True)
+    report = {"model": args.model, **signal_report(pipe, args.prompts, args.steps, args.guidance)}
     print(dumps(report))
     return 0
 
