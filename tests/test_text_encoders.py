@@ -1,0 +1,35 @@
+"""Issue 10's experiment: the word kinds it measures and its decision rule."""
+import numpy as np
+
+from analysis.toy import scenes
+from benchmarks.eval_signals import WORD_KINDS, words_by_kind
+from analysis.models import DEFAULT_MODEL_DIR
+from benchmarks.text_encoders import decide, text_encoder_of
+
+
+def test_word_kinds_cover_every_word_of_a_one_object_prompt_once():
+    rng = np.random.default_rng(0)
+    for position in scenes.POSITIONS:
+        obj = scenes.sample_object(rng, position)
+        kinds = words_by_kind(obj)
+        assert tuple(kinds) == WORD_KINDS
+        assert sorted(w for words in kinds.values() for w in words) == sorted(obj.phrase().split())
+
+
+def _signals(colour, shape):
+    return {"mass_over_area_median": {"colour": colour, "shape": shape}}
+
+
+def test_decision_rule_thresholds():
+    good = {"seen": {"overall": 0.90}, "held_out": {"overall": 0.75}}
+    assert decide(good, _signals(2.0, 2.0))["passes"]
+    assert not decide(good, _signals(2.0, 1.99))["passes"]
+    assert not decide(good, _signals(None, 3.0))["passes"]  # no object drawn: nothing localised
+    assert not decide({"seen": {"overall": 0.899}, "held_out": {"overall": 0.9}}, _signals(3, 3))["passes"]
+    checks = decide({"seen": {"overall": 0.95}, "held_out": {"overall": 0.74}}, _signals(3, 3))["checks"]
+    assert checks == {"seen_accuracy": True, "held_out_accuracy": False, "colour_localisation": True,
+                      "shape_localisation": True}
+
+
+def test_shipped_model_reports_its_text_encoder():
+    assert text_encoder_of(DEFAULT_MODEL_DIR)["layers"] == 3
