@@ -222,7 +222,7 @@ def shipped_rows(slot: ModelSlot, steps: int) -> list[dict]:
     if slot.name != "default":
         return []
     try:
-        from analysis.eval.sweep import load_shipped
+        from analysis.eval.sweep_results import load_shipped
     except ImportError:
         return []
     try:

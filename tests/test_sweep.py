@@ -9,7 +9,7 @@ from analysis.jsonsafe import from_json_value, jsonable
 from skimage.filters import gaussian
 
 from analysis import metrics
-from analysis.eval import frechet, grid, pareto, sweep
+from analysis.eval import frechet, grid, pareto, sweep, sweep_results
 from analysis.toy import scenes
 
 CAPTIONS = [scenes.caption(s) for s in scenes.evaluation_scenes(24, 7, False)]
@@ -167,7 +167,7 @@ def test_sweep_writes_tidy_table_summary_and_report(full_run):
     table = json.loads((full_run / "table.json").read_text())
     assert len(table) == 2 * 1 * 4  # prompts x seeds x (baseline + 3 settings)
     for r in table:
-        assert set(sweep.TABLE_COLUMNS) <= set(r)
+        assert set(sweep_results.TABLE_COLUMNS) <= set(r)
         assert r["latency_s"] > 0 and r["speedup"] > 0 and r["frechet"] is not None
     base = [r for r in table if r["setting"] == "baseline"]
     assert all(r["psnr_db"] == "inf" and r["ssim"] == 1.0 and r["speedup"] == 1.0 for r in base)
@@ -193,19 +193,19 @@ def test_killed_sweep_resumes_without_recomputing(full_run, tmp_path):
     rows_file.write_text("\n".join(kept) + "\n" + lines[5][: len(lines[5]) // 2])  # killed mid-write
     (out / "rows" / "stats-0-of-1.jsonl").unlink()
     assert _sweep(out) == 0
-    rows = sweep.read_rows(out)
+    rows = sweep_results.read_rows(out)
     assert len(rows) == len(lines)
-    before = {sweep.row_key(json.loads(line)): json.loads(line)["latency_s"] for line in kept}
+    before = {sweep_results.row_key(json.loads(line)): json.loads(line)["latency_s"] for line in kept}
     for r in rows:  # the finished rows were not recomputed: their timings are the first run's, bit for bit
-        if sweep.row_key(r) in before:
-            assert r["latency_s"] == before[sweep.row_key(r)]
+        if sweep_results.row_key(r) in before:
+            assert r["latency_s"] == before[sweep_results.row_key(r)]
     stats = [json.loads(x) for x in (out / "rows" / "stats-0-of-1.jsonl").read_text().splitlines()]
     assert sum(s["rows_run"] for s in stats) == len(lines) - len(kept) - sum(
         1 for line in lines[len(kept):] if json.loads(line)["setting"] == "baseline")
     assert _quality(json.loads((out / "table.json").read_text())) == _quality(json.loads((full_run / "table.json").read_text()))
     # a second rerun has nothing left to do
     assert _sweep(out) == 0
-    assert len(sweep.read_rows(out)) == len(lines)
+    assert len(sweep_results.read_rows(out)) == len(lines)
 
 
 def test_shards_merged_equal_one_run(full_run, tmp_path):
@@ -233,7 +233,7 @@ def test_sweep_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
 def test_unavailable_measures_are_reported_as_unavailable(tmp_path):
     assert sweep.reference_free_scorers("some/hub-model") == {"fidelity": False, "frechet": False}
     rows = [{"prompt_id": 0, "seed": 0, "setting": "a", "prompt": "a photo of a cat"}]
-    values, meta = sweep.frechet_per_setting(tmp_path, rows)
+    values, meta = sweep_results.frechet_per_setting(tmp_path, rows)
     assert values == {} and meta["frechet"].startswith("unavailable")
 
 
@@ -241,17 +241,17 @@ def test_fast_and_faithful():
     summary = [{"setting": "baseline", "technique": "baseline", "speedup": 1.0, "fidelity": 0.95},
                {"setting": "a", "technique": "tgate", "speedup": 1.6, "fidelity": 0.945},
                {"setting": "b", "technique": "steps", "speedup": 2.0, "fidelity": 0.90}]
-    out = sweep.fast_and_faithful(summary)
+    out = sweep_results.fast_and_faithful(summary)
     assert out["settings"] == ["a"] and out["best_fast"]["setting"] == "a"
 
 
 def test_load_shipped_has_the_app_contract():
-    rows = sweep.load_shipped(steps=20)
+    rows = sweep_results.load_shipped(steps=20)
     assert rows, "assets/results/default-20/summary.json is shipped"
     for r in rows:
         assert {"setting", "technique", "latency_s", "speedup", "psnr_db", "fidelity", "frechet"} <= set(r)
     assert {r["technique"] for r in rows} >= {"baseline", "steps", "tgate", "reuse"}
-    assert sweep.load_shipped(steps=999) == []
+    assert sweep_results.load_shipped(steps=999) == []
 
 
 # ---- figures ----------------------------------------------------------------------------------------------------

@@ -259,7 +259,7 @@ def policies(steps: int, model: str = "default") -> dict[str, str]:
 def load_shipped(steps: int = 20, directory: Path | None = None) -> dict | None:
     """The default model's shipped sensitivity curve (assets/results/sensitivity-<steps>/curve.json): keys
     curve (per kind and t), verdict, policies; None when none is shipped for that step count."""
-    from analysis.eval.sweep import SHIPPED_DIR
+    from analysis.eval.sweep_results import SHIPPED_DIR
     from analysis.jsonsafe import from_json_value
 
     path = (directory or SHIPPED_DIR) / f"sensitivity-{steps}" / "curve.json"
@@ -272,7 +272,7 @@ def load_shipped(steps: int = 20, directory: Path | None = None) -> dict | None:
 
 # ---- CLI ------------------------------------------------------------------------------------------------------
 
-from analysis.eval.sweep import UsageError  # noqa: E402  (one error type for the eval subcommands)
+from analysis.eval.sweep_results import UsageError  # noqa: E402  (one error type for the eval subcommands)
 
 
 class _Parser(argparse.ArgumentParser):
