@@ -27,7 +27,7 @@ from analysis import live
 from analysis.catalog import SCHEDULERS
 from analysis.models import load_pipeline
 from analysis.run import RunStopped
-from ui.inside import InsideTabs
+from ui.inside import InsideTabs, reading_note
 from ui.techniques import ORDER as TECHNIQUE_ORDER, TechniquePanel
 from ui.tokens import token_spans, truncation_note
 from viz import plotly_figs as P
@@ -366,7 +366,7 @@ def build_demo(pipe, probes=None) -> gr.Blocks:
 
         name = (name or "").strip()
         if not name or name == slot.name:
-            return f"Model: **{slot.name}**"
+            return f"Model: **{slot.name}**", reading_note(slot.pipe)
         try:
             with live.pipeline_lock(slot.pipe):
                 new = load_pipeline(name)
@@ -374,7 +374,7 @@ def build_demo(pipe, probes=None) -> gr.Blocks:
                 slot.pipe = new
         except ModelLoadError as err:
             raise gr.Error(f"{err}. The current model ({slot.name}) stays loaded.", title="Model not loaded") from None
-        return f"Model: **{slot.name}**"
+        return f"Model: **{slot.name}**", reading_note(slot.pipe)
 
     def on_unload(request: gr.Request = None):
         STORE.drop(getattr(request, "session_hash", None) or "anonymous")
@@ -458,7 +458,7 @@ def build_demo(pipe, probes=None) -> gr.Blocks:
                                                                      measure_event], queue=False)
         runs.select(show_run, y_axis, [full_img, acc_img, diff_img, numbers, tradeoff_plot], api_name="show_run")
         export_btn.click(export, y_axis, export_files, api_name="export")
-        model_box.submit(load_model, model_box, model_status, api_name="load_model", concurrency_limit=1,
+        model_box.submit(load_model, model_box, [model_status, inside.reading], api_name="load_model", concurrency_limit=1,
                          concurrency_id="live")
         prompt.change(tokens_view, prompt, [tokens, token_warning], api_name="tokens", show_progress="hidden")
         demo.load(tokens_view, prompt, [tokens, token_warning], api_visibility="private", show_progress="hidden")

@@ -204,6 +204,8 @@ def test_two_sessions_at_once_get_their_own_results(server):
 
 
 def test_a_model_that_cannot_load_leaves_the_current_one(client):
+    status, note = client.predict("default", api_name="/load_model")  # the loaded one: nothing changes
+    assert "default" in status and "Reading these maps" in note
     with pytest.raises(AppError, match="The current model \\(default\\) stays loaded"):
         client.predict("nobody/no-such-model", api_name="/load_model")
     _, acc, *_ = client.predict(*run_args(tgate={}), api_name="/run")

@@ -273,3 +273,16 @@ def test_every_figure_takes_a_title_prefix(full_run):
     ]
     for fig in figs:
         assert fig.layout.title.text.startswith("X · ")
+
+
+def test_reading_note_follows_the_text_encoder():
+    from types import SimpleNamespace
+
+    from ui.inside import reading_note
+
+    def pipe(layers):
+        return SimpleNamespace(text_encoder=SimpleNamespace(config=SimpleNamespace(num_hidden_layers=layers)))
+
+    assert "its own word" in reading_note(pipe(0))
+    assert "12-layer causal transformer" in reading_note(pipe(12)) and "left context" in reading_note(pipe(12))
+    assert reading_note(SimpleNamespace()) == ""  # no text encoder: nothing to say

@@ -19,6 +19,23 @@ MEAN_HEADS = "mean of heads"
 SIDES = (("0-full", "full compute"), ("1-accel", "accelerated"))
 
 
+def reading_note(pipe) -> str:
+    """How to read this model's cross-attention maps, from what its text encoder does with a caption."""
+    encoder = getattr(pipe, "text_encoder", None)
+    layers = getattr(getattr(encoder, "config", None), "num_hidden_layers", None)
+    if layers is None:
+        return ""
+    if layers == 0:
+        return ("**Reading these maps.** This model's text encoder has no transformer layers: a token's state is "
+                "its own word (and its place in the prompt), so a word's map shows where the UNet reads that word. "
+                "In Stable Diffusion, CLIP's causal transformer also mixes the words before a token into it, so a "
+                "later word or the end token can light up an object named earlier.")
+    return (f"**Reading these maps.** This model's text encoder is a {layers}-layer causal transformer: a "
+            "token's state also carries the words before it, so a word's map is that word in its left context, "
+            "and a later word or the end token can light up an object named earlier (hide or show them with "
+            "*Show start/end tokens*).")
+
+
 class InsideTabs:
     def __init__(self, slot, probes: tuple, session_of):
         self.slot, self.probes, self.session_of = slot, probes, session_of
@@ -40,6 +57,7 @@ class InsideTabs:
                             self.overlay = gr.Checkbox(label="Overlay on image", value=True)
                             self.alpha = gr.Slider(0.0, 1.0, value=0.55, step=0.05, label="Overlay alpha")
                             self.special = gr.Checkbox(label="Show start/end tokens", value=False)
+                        self.reading = gr.Markdown(reading_note(slot.pipe))
                         self._pair("attn", "Cross-attention maps")
                     with gr.Tab("Self-attention"):
                         with gr.Row():
