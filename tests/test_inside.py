@@ -286,3 +286,28 @@ def test_reading_note_follows_the_text_encoder():
     assert "its own word" in reading_note(pipe(0))
     assert "12-layer causal transformer" in reading_note(pipe(12)) and "left context" in reading_note(pipe(12))
     assert reading_note(SimpleNamespace()) == ""  # no text encoder: nothing to say
+
+
+def test_a_step_that_computed_no_attention_shows_the_map_the_unet_used(full_run):
+    """T-GATE after its gate and reuse R steps compute no attention: nothing is captured there (NaN), and the
+    view shows the source step's map under the REUSED badge instead of an empty overlay."""
+    import copy
+
+    maps = copy.deepcopy(full_run["attention_maps"])
+    tokens = ["<|startoftext|>", "a", "red", "circle", "on", "the", "left", "<|endoftext|>"]
+    layer = D.cross_layers(maps)[0]
+    maps["cross"][layer][2:] = np.nan
+    fig = P.cross_attention_figure(maps, tokens, step=2, layer=layer, norm="shared", reused_steps=[2, 3])
+    first = next(i for i, _ in D.token_entries(tokens))
+    heat = [t for t in fig.data if t.type == "heatmap"][0]
+    np.testing.assert_array_equal(heat.z, maps["cross"][layer][1, 0, first].astype(np.float32))
+    assert "map of step 1" in fig.layout.title.text
+    E.cross_attention_figure(maps, tokens, step=2, layer=layer, reused_steps=[2, 3])
+    # a reused step that did capture something keeps its own data (reuse records the map it used)
+    same, _, source = D.cross_maps_shown(full_run["attention_maps"], layer, 2, None, 0, [2])
+    assert source == 1 and np.array_equal(same, D.cross_maps(full_run["attention_maps"], layer, 2)[0])
+    self_layer = D.self_layers(maps)[0]
+    maps["self"][self_layer][2:] = np.nan
+    m, shown, _, source = D.self_map_shown(maps, 2, self_layer, (0, 0), None, 0, None, [2])
+    assert shown == 2 and source == 1 and not np.isnan(m).all()
+    P.self_attention_figure(maps, step=2, layer=self_layer, reused_steps=[2])

@@ -330,6 +330,36 @@ def reuse_source(step: int, reused_steps: Sequence[int]) -> int | None:
     return s if s >= 0 else None
 
 
+def cross_maps_shown(attention_maps: dict, layer: str | None, step: int | None, head: int | None, prompt: int,
+                     reused_steps: Sequence[int] | None) -> tuple[np.ndarray, int, int | None]:
+    """(maps, shown step, source step or None) for a cross-attention view. At a step whose attention was not
+    computed (nothing was captured there), the maps are those of the source step the UNet used instead."""
+    if head is not None and layer in (None, MEAN_LAYER):
+        raise ValueError("pick one layer to see a single head (heads of different layers are unrelated)")
+
+    def maps_at(s):
+        if head is None:
+            return cross_maps(attention_maps, layer, s, prompt)
+        return cross_head_maps(attention_maps, layer, s, head, prompt)
+
+    maps, shown = maps_at(step)
+    source = reuse_source(shown, reused_steps or ())
+    if source is not None and np.isnan(maps).all():
+        maps, _ = maps_at(source)
+    return maps, shown, source
+
+
+def self_map_shown(attention_maps: dict, step: int | None, layer: str | None, pixel, head: int | None, prompt: int,
+                   image_hw, reused_steps: Sequence[int] | None):
+    """(map, shown step, query cell, source step or None): `self_attention_map`, with the source step's map at
+    a step whose self-attention was not computed."""
+    m, shown, cell = self_attention_map(attention_maps, step, layer, pixel, head, prompt, image_hw)
+    source = reuse_source(shown, reused_steps or ())
+    if source is not None and np.isnan(m).all():
+        m, _, cell = self_attention_map(attention_maps, source, layer, pixel, head, prompt, image_hw)
+    return m, shown, cell, source
+
+
 def self_layers(attention_maps: dict) -> list[str]:
     return list((attention_maps or {}).get("self", {}) or {})
 

@@ -97,12 +97,7 @@ def cross_attention_figure(attention_maps: dict, tokens: Sequence[str], step: in
                            title_prefix: str | None = None) -> Figure:
     if not attention_maps or not attention_maps.get("cross"):
         return _message("No cross-attention maps were captured.")
-    if head is None:
-        maps, shown = D.cross_maps(attention_maps, layer, step, prompt)
-    elif layer in (None, MEAN_LAYER):
-        raise ValueError("pick one layer to see a single head (heads of different layers are unrelated)")
-    else:
-        maps, shown = D.cross_head_maps(attention_maps, layer, step, head, prompt)
+    maps, shown, source = D.cross_maps_shown(attention_maps, layer, step, head, prompt, reused_steps)
     entries = [(i, lab) for i, lab in D.token_entries(tokens, special=special) if i < maps.shape[0]]
     if not entries:
         return _message("The prompt has no tokens to show.")
@@ -128,7 +123,6 @@ def cross_attention_figure(attention_maps: dict, tokens: Sequence[str], step: in
     bar.set_label("0-1 per token" if norm == "per-token" else "attention mass")
     layer_name = "mean of all layers" if layer in (None, MEAN_LAYER) else D.layer_label(layer)
     head_name = "mean over heads" if head is None else f"head {head}"
-    source = D.reuse_source(shown, reused_steps or ())
     badge = "" if source is None else f" · REUSED (map of step {source})"
     fig.suptitle(D.with_prefix(f"Cross-attention per token · {layer_name} · {head_name} · "
                                f"{_step_title(shown, timesteps)}{badge}", title_prefix)
@@ -344,7 +338,7 @@ def self_attention_figure(attention_maps: dict, step: int | None = None, layer: 
     if not attention_maps or not attention_maps.get("self"):
         return _message("No self-attention maps were captured.")
     image_hw = None if image is None else tuple(np.asarray(image).shape[:2])
-    m, shown, cell = D.self_attention_map(attention_maps, step, layer, pixel, head, prompt, image_hw)
+    m, shown, cell, source = D.self_map_shown(attention_maps, step, layer, pixel, head, prompt, image_hw, reused_steps)
     fig = Figure(figsize=(3.6, 3.4), layout="constrained")
     ax = fig.add_subplot()
     if image is not None:
@@ -359,7 +353,6 @@ def self_attention_figure(attention_maps: dict, step: int | None = None, layer: 
     fig.colorbar(im, ax=ax, shrink=0.8).set_label("attention mass")
     layer_name = "mean of all layers" if layer in (None, MEAN_LAYER) else D.layer_label(layer)
     head_name = "mean over heads" if head is None else f"head {head}"
-    source = D.reuse_source(shown, reused_steps or ())
     badge = "" if source is None else f" · REUSED (map of step {source})"
     fig.suptitle(D.with_prefix(f"Self-attention of one query{badge}", title_prefix)
                  + f"\n{layer_name} · {head_name} · {_step_title(shown, timesteps)}", fontsize=9)

@@ -84,12 +84,7 @@ def cross_attention_figure(attention_maps: dict, tokens: Sequence[str], step: in
     `analysis.accel.reused_attention_steps`): when the shown step is one, a badge names the step whose map it is."""
     if not attention_maps or not attention_maps.get("cross"):
         return empty_figure("No cross-attention maps were captured.")
-    if head is None:
-        maps, shown_step = D.cross_maps(attention_maps, layer, step, prompt)
-    elif layer in (None, MEAN_LAYER):
-        raise ValueError("pick one layer to see a single head (heads of different layers are unrelated)")
-    else:
-        maps, shown_step = D.cross_head_maps(attention_maps, layer, step, head, prompt)
+    maps, shown_step, source = D.cross_maps_shown(attention_maps, layer, step, head, prompt, reused_steps)
     entries = D.token_entries(tokens, special=special)
     entries = [(i, lab) for i, lab in entries if i < maps.shape[0]]
     if not entries:
@@ -126,19 +121,19 @@ def cross_attention_figure(attention_maps: dict, tokens: Sequence[str], step: in
         fig.layout[f"xaxis{suffix}"].update(showticklabels=False, showgrid=False, constrain="domain")
     layer_name = "mean of all layers" if layer in (None, MEAN_LAYER) else D.layer_label(layer)
     head_name = "mean over heads" if head is None else f"head {head}"
-    source = D.reuse_source(shown_step, reused_steps or ())
     badge = "" if source is None else f" · <b>REUSED</b> (map of step {source})"
     fig.update_layout(
-        **{**_LAYOUT, "margin": dict(l=30, r=30, t=105, b=30)},
-        height=max(280, 190 * rows + 120),
+        **{**_LAYOUT, "margin": dict(l=30, r=30, t=105, b=30 if source is None else 55)},
+        height=max(280, 190 * rows + 120) + (0 if source is None else 25),
         title=dict(text=D.with_prefix(f"Cross-attention per token · {layer_name} · {head_name} · "
                                       f"{_step_title(shown_step, timesteps)}{badge}", title_prefix)
                         + f"<br><sup>normalisation: {NORM_MODES[norm]}</sup>", x=0.01),
     )
     if source is not None:
         fig.add_annotation(text=f"♻ reused: not computed at step {shown_step}, map of step {source}",
-                           name="reused-badge", showarrow=False, xref="paper", yref="paper", x=1.0, y=1.0,
-                           xanchor="right", yanchor="bottom", yshift=34, bgcolor="#fde2c8", bordercolor="#e6550d",
+                           name="reused-badge", showarrow=False, xref="paper", yref="paper", x=1.0, y=0.0,
+                           # under the maps: above them it collides with the title or the token labels in a narrow panel
+                           xanchor="right", yanchor="top", yshift=-8, bgcolor="#fde2c8", bordercolor="#e6550d",
                            borderwidth=1, font=dict(size=11, color="#7f2704"))
     return fig
 
@@ -453,7 +448,7 @@ def self_attention_figure(attention_maps: dict, step: int | None = None, layer: 
     if not attention_maps or not attention_maps.get("self"):
         return empty_figure("No self-attention maps were captured.")
     image_hw = None if image is None else tuple(np.asarray(image).shape[:2])
-    m, shown, cell = D.self_attention_map(attention_maps, step, layer, pixel, head, prompt, image_hw)
+    m, shown, cell, source = D.self_map_shown(attention_maps, step, layer, pixel, head, prompt, image_hw, reused_steps)
     fig = go.Figure()
     if image is not None:
         img = np.asarray(image)
@@ -478,7 +473,6 @@ def self_attention_figure(attention_maps: dict, step: int | None = None, layer: 
     fig.update_xaxes(showticklabels=False, showgrid=False, constrain="domain")
     layer_name = "mean of all layers" if layer in (None, MEAN_LAYER) else D.layer_label(layer)
     head_name = "mean over heads" if head is None else f"head {head}"
-    source = D.reuse_source(shown, reused_steps or ())
     badge = "" if source is None else f" · <b>REUSED</b> (map of step {source})"
     where = f"pixel (row {pixel[0]:g}, col {pixel[1]:g})" if image is not None else f"cell {cell}"
     fig.update_layout(**{**_LAYOUT, "margin": dict(l=30, r=30, t=90, b=30)}, height=460,
