@@ -20,12 +20,13 @@ import statistics
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from analysis.jsonsafe import dumps
 from analysis.models import load_pipeline
 from benchmarks.eval_default import split_accuracy
-from benchmarks.eval_signals import signal_report
+from benchmarks.eval_signals import layer_maps, signal_report
 
 RULE = {"seen": 0.90, "held_out": 0.75, "localisation": 2.0}
 
@@ -63,6 +64,20 @@ def interleaved_latency(pipes: dict, steps: int, guidance: float, rounds: int) -
     return times
 
 
+def word_maps(pipe, prompt: str, seed: int, steps: int, guidance: float) -> dict:
+    """The image and each word's cross-attention map (mean over steps and layers, image size) for one prompt."""
+    from analysis.probes import default_probes
+    from analysis.run import RunConfig, generate
+
+    result = generate(pipe, RunConfig(prompt, seed=seed, steps=steps, guidance=guidance, probes=default_probes()),
+                      measure_latency=False)
+    image, tokens = result.image[0], result.tokens[0]
+    words = prompt.split()
+    cross = result.signals["attention_maps"]["cross"]
+    maps = [np.mean(list(layer_maps(cross, tokens.index(w), image.shape[0]).values()), axis=0) for w in words]
+    return {"image": image, "words": words, "maps": np.stack(maps)}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", required=True, help="model folders; the first is the reference")
@@ -75,6 +90,9 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--skip-latency", action="store_true", help="(while something else loads the machine)")
     parser.add_argument("--json", default=None, help="also write the report here")
+    parser.add_argument("--figure", default=None, help="also write a PNG of each word's map per model here")
+    parser.add_argument("--figure-prompt", default="a large red circle on the left")
+    parser.add_argument("--figure-only", action="store_true", help="only the figure (no measurements)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -82,6 +100,15 @@ def main(argv=None) -> int:
     for model in args.models:
         pipes[model] = load_pipeline(model, scheduler="ddim")
         pipes[model].set_progress_bar_config(disable=True)
+    if args.figure:
+        from viz.grid import word_maps_figure
+
+        rows = [{"label": f"{text_encoder_of(m)['kind']} ({text_encoder_of(m)['layers']} layers)",
+                 **word_maps(pipe, args.figure_prompt, 0, args.steps, args.guidance)} for m, pipe in pipes.items()]
+        word_maps_figure(rows, title=f"'{args.figure_prompt}', seed 0, {args.steps} DDIM steps: each word's "
+                                     "cross-attention (mean of steps and layers)").savefig(args.figure, dpi=100)
+        if args.figure_only:
+            return 0
     report: dict = {"steps": args.steps, "guidance": args.guidance, "prompts_per_split": args.prompts,
                     "signal_prompts": args.signal_prompts, "rule": RULE, "models": {}}
     for model, pipe in pipes.items():

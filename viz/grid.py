@@ -23,3 +23,32 @@ def image_grid_figure(images: list[np.ndarray], captions: list[str], cols: int =
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def word_maps_figure(rows: list[dict], alpha: float = 0.6, title: str | None = None):
+    """One row per model: its image, then each word's cross-attention map over it (each map min-max to 0-1).
+
+    rows: dicts with "label", "image" (H, W, 3) uint8, "words" and "maps" (n_words, H, W), the same words in
+    every row, so that a column compares one word across models.
+    """
+    words = rows[0]["words"]
+    fig, axes = plt.subplots(len(rows), len(words) + 1, figsize=(1.45 * (len(words) + 1) + 0.6, 1.6 * len(rows)),
+                             squeeze=False)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    for r, row in enumerate(rows):
+        axes[r, 0].imshow(row["image"], interpolation="nearest")
+        axes[r, 0].set_ylabel("\n".join(textwrap.wrap(row["label"], 16)), fontsize=7)
+        for c, (word, m) in enumerate(zip(row["words"], row["maps"]), start=1):
+            span = float(m.max() - m.min())
+            axes[r, c].imshow(row["image"], interpolation="nearest")
+            axes[r, c].imshow((m - m.min()) / span if span > 0 else np.zeros_like(m), cmap="inferno", alpha=alpha,
+                              vmin=0, vmax=1, interpolation="bilinear")
+            if r == 0:
+                axes[r, c].set_title(word, fontsize=8)
+    axes[0, 0].set_title("image", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
