@@ -78,6 +78,19 @@ def word_maps(pipe, prompt: str, seed: int, steps: int, guidance: float) -> dict
     return {"image": image, "words": words, "maps": np.stack(maps)}
 
 
+@torch.no_grad()
+def own_word_cosine(pipe, prompt: str) -> list[float]:
+    """Per word of `prompt`: cosine between its token's state and the state of its word alone (the same
+    encoder's embeddings and final norm, no transformer layers). 1.0 = the state is its own word."""
+    from analysis.toy.train import text_encoder_variant
+
+    ids = pipe.tokenizer(prompt, return_tensors="pt").input_ids
+    contextual = pipe.text_encoder(ids)[0][0]
+    alone = text_encoder_variant(pipe.text_encoder, "embeddings")(ids)[0][0]
+    cos = torch.nn.functional.cosine_similarity(contextual, alone, dim=-1)
+    return [round(float(c), 3) for c in cos[1:-1]]  # without the start and end tokens
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", required=True, help="model folders; the first is the reference")
@@ -107,6 +120,9 @@ def main(argv=None) -> int:
                  **word_maps(pipe, args.figure_prompt, 0, args.steps, args.guidance)} for m, pipe in pipes.items()]
         word_maps_figure(rows, title=f"'{args.figure_prompt}', seed 0, {args.steps} DDIM steps: each word's "
                                      "cross-attention (mean of steps and layers)").savefig(args.figure, dpi=100)
+        for model, pipe in pipes.items():
+            print(f"{model}: cosine of each word's state to its word alone "
+                  f"{dict(zip(args.figure_prompt.split(), own_word_cosine(pipe, args.figure_prompt)))}")
         if args.figure_only:
             return 0
     report: dict = {"steps": args.steps, "guidance": args.guidance, "prompts_per_split": args.prompts,
