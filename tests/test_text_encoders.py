@@ -33,3 +33,18 @@ def test_decision_rule_thresholds():
 
 def test_shipped_model_reports_its_text_encoder():
     assert text_encoder_of(DEFAULT_MODEL_DIR)["layers"] == 3
+
+
+def test_own_word_cosine_is_one_without_transformer_layers():
+    from types import SimpleNamespace
+
+    from analysis.models import load_pipeline
+    from analysis.toy.train import text_encoder_variant
+    from benchmarks.text_encoders import own_word_cosine
+
+    pipe = load_pipeline("default")
+    prompt = "a large red circle on the left"
+    contextual = own_word_cosine(pipe, prompt)
+    assert len(contextual) == len(prompt.split()) and max(contextual) < 0.9
+    alone = SimpleNamespace(tokenizer=pipe.tokenizer, text_encoder=text_encoder_variant(pipe.text_encoder, "embeddings"))
+    assert own_word_cosine(alone, prompt) == [1.0] * len(prompt.split())
