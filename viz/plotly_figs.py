@@ -149,8 +149,8 @@ def convergence_figure(conv: dict, log_y: bool = False, gate_step: int | None = 
         return empty_figure("No cross-attention convergence was captured.")
     steps = list(conv["steps"])
     fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.1,
-                        subplot_titles=("attention output ‖C<sub>t</sub> − C<sub>t−1</sub>‖₂",
-                                        "attention probabilities ‖P<sub>t</sub> − P<sub>t−1</sub>‖₂"))
+                        subplot_titles=("output ‖C<sub>t</sub> − C<sub>t−1</sub>‖₂",
+                                        "probabilities ‖P<sub>t</sub> − P<sub>t−1</sub>‖₂"))
     for col, key in ((1, "output_l2"), (2, "probs_l2")):
         arr = np.asarray(conv.get(key, []), dtype=np.float64)
         if arr.size == 0:
@@ -195,7 +195,7 @@ def drift_figure(drift: dict, log_y: bool = False, key_steps: Sequence[int] | No
     roles = drift.get("role", {})
     blocks, colours, mse, frob = D.drift_arrays(drift)
     fig = make_subplots(rows=1, cols=2, column_widths=[0.58, 0.42], horizontal_spacing=0.1,
-                        subplot_titles=("feature change between steps (MSE)", "Frobenius norm per step, per block"))
+                        subplot_titles=("change between steps (MSE)", "Frobenius norm per block"))
     if mse.size:
         x = list(range(1, mse.shape[1] + 1))
         for i, b in enumerate(blocks):
@@ -245,7 +245,8 @@ def token_rank_figure(token_rank: dict, step: int | None = None, prompt: int = 0
         return empty_figure("No token ranks were captured.")
     maps, shown = D.token_rank_maps(token_rank, step, prompt, layers)
     rows, ncols = D.grid_shape(len(maps), cols)
-    fig = make_subplots(rows=rows, cols=ncols, subplot_titles=[D.layer_label(l) for l, _ in maps],
+    # every token-rank layer is an attn1: the suffix only crowds a half-width panel's titles
+    fig = make_subplots(rows=rows, cols=ncols, subplot_titles=[D.layer_label(l).removesuffix(".attn1") for l, _ in maps],
                         horizontal_spacing=0.03, vertical_spacing=0.1 if rows > 1 else 0.02)
     finite = np.concatenate([m[np.isfinite(m)].ravel() for _, m in maps]) if maps else np.array([1.0])
     zmax = float(np.percentile(finite, 99)) if finite.size else 1.0

@@ -36,7 +36,7 @@ import numpy as np
 from analysis.eval.grid import Setting, parse_grid
 from analysis.jsonsafe import jsonable
 from analysis.eval.sweep_results import (
-    UsageError, _save_png, image_path, merge, read_rows, row_key, ship,
+    UsageError, save_png, image_path, merge, read_rows, row_key, ship,
 )
 
 DEFAULT_PROMPTS = Path(__file__).resolve().parent.parent.parent / "assets" / "prompts" / "shapes-30.txt"
@@ -164,14 +164,14 @@ class SweepRunner:
             base_name = "baseline" if scheduler == self.args.scheduler else f"baseline-{scheduler}"
             block: list[dict] = []
             if (pid, seed, base_name) not in done:
-                _save_png(image_path(self.out, base_name, pid, seed), base_img)
+                save_png(image_path(self.out, base_name, pid, seed), base_img)
                 block.append(self._row(pid, seed, Setting(base_name, "baseline", (), scheduler), base_t, None,
                                        math.inf, 1.0, base_fid, {}))
             for j, setting in enumerate(group):
                 cfg = self.config(prompt, seed, scheduler, setting)
                 self._warm(cfg, setting, (setting.name, scheduler))
                 img, t, counters = self._run(cfg, setting)
-                _save_png(image_path(self.out, setting.name, pid, seed), img)
+                save_png(image_path(self.out, setting.name, pid, seed), img)
                 fid = score_fidelity(img, prompt) if self.scorers["fidelity"] else (None, 0, 0)
                 block.append(self._row(pid, seed, setting, t, None, metrics.psnr(base_img, img),
                                        metrics.ssim(base_img, img), fid, counters))

@@ -55,7 +55,7 @@ def image_path(out: Path, setting: str, prompt_id: int, seed: int) -> Path:
     return out / "images" / setting / f"p{prompt_id:03d}-s{seed}.png"
 
 
-def _save_png(path: Path, image: np.ndarray) -> None:
+def save_png(path: Path, image: np.ndarray) -> None:
     from PIL import Image
 
     path.parent.mkdir(parents=True, exist_ok=True)
