@@ -40,7 +40,8 @@ SEED_MAX = 2**63 - 1
 PROBE_BUDGET_MB = 64
 NORM_CHOICES = [("per-token min-max", "per-token"), ("shared scale", "shared")]
 VIEWS = ["full compute", "accelerated", "both"]
-Y_CHOICES = [("closeness to full compute (PSNR)", "psnr"), ("prompt fidelity", "fidelity")]
+Y_CHOICES = [("closeness to full compute (PSNR)", "psnr"), ("prompt fidelity", "fidelity"),
+             ("CLIP score (shapes-CLIP on the default model)", "clip")]
 EXAMPLES = [["a large red circle on the left", "0"],
             ["a small blue square at the top and a yellow triangle on the right", "1"],
             ["a large green triangle in the center", "2"]]
