@@ -180,8 +180,12 @@ def test_sweep_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
 def test_unavailable_measures_are_reported_as_unavailable(tmp_path):
     assert sweep.reference_free_scorers("some/hub-model") == {"fidelity": False}
     rows = [{"prompt_id": 0, "seed": 0, "setting": "a", "prompt": "a photo of a cat"}]
-    judged = judge_sweep.score_sweep(tmp_path, rows)
+    judged = judge_sweep.score_sweep(tmp_path, rows, "default")  # not shapes-world captions: no true renders
     assert judged.columns == {} and judged.row_clip == {} and judged.meta["judge"].startswith("unavailable")
+    from analysis.eval import quality
+
+    hub = judge_sweep.score_sweep(tmp_path, rows, "owner/some-model")  # offline: the Hub CLIP does not load
+    assert hub.columns == {} and hub.meta["judge"].startswith("unavailable") and quality.CLIP_MODEL in hub.meta["judge"]
 
 
 def test_fast_and_faithful():

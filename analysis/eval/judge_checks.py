@@ -68,9 +68,10 @@ def apply_defect(kind: str, strength: float, scene_list: Sequence[scenes.Scene],
 
 
 def sensitivity(model, processor, captions: Sequence[str], per_caption: int = 2, n_bootstrap: int = 200,
-                strengths: dict[str, Sequence[float]] | None = None) -> dict:
+                strengths: dict[str, Sequence[float]] | None = None, vae=None) -> dict:
     """FD and KID (with intervals) of defected renders (seed 1) against clean renders (seed 0) of the same
-    captions, per defect and strength. Strength 0 is a disjoint clean draw: KID's interval should hold 0."""
+    captions, per defect and strength. Strength 0 is a disjoint clean draw: KID's interval should hold 0.
+    With `vae`, also the autoencoder round trip of the clean draw (what every generation goes through)."""
     strengths = strengths or DEFECT_STRENGTHS
     ids = [p for p in range(len(captions)) for _ in range(per_caption)]
     _, reference = render_set(captions, per_caption, seed=0)
@@ -79,8 +80,13 @@ def sensitivity(model, processor, captions: Sequence[str], per_caption: int = 2,
     for kind, levels in strengths.items():
         for s in levels:
             sets[f"{kind}@{s}"] = image_embeddings(model, processor, apply_defect(kind, s, test_scenes, test_images))
+    if vae is not None:
+        sets["autoencoder"] = image_embeddings(model, processor, autoencoder_round_trip(vae, test_images))
     paired = distribution.PairedSets(sets, {name: ids for name in sets})
     out: dict = {"n_images": len(ids), "n_prompts": len(captions), "n_bootstrap": n_bootstrap}
+    if vae is not None:
+        out["autoencoder"] = {stat: paired.estimate(stat, "autoencoder", "reference", n_bootstrap).as_dict()
+                              for stat in ("fd", "kid")}
     for kind, levels in strengths.items():
         out[kind] = [{"strength": s, **{stat: paired.estimate(stat, f"{kind}@{s}", "reference", n_bootstrap).as_dict()
                                         for stat in ("fd", "kid")}} for s in levels]

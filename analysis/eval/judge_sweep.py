@@ -34,6 +34,12 @@ def _flat(name: str, est: distribution.Estimate | None) -> dict:
     return {name: est.value, f"{name}_low": est.low, f"{name}_high": est.high}
 
 
+def baseline_name(row: dict, summary: list[dict]) -> str | None:
+    """The full-compute setting on the row's scheduler."""
+    names = [r["setting"] for r in summary if r.get("technique") == "baseline" and r.get("scheduler") == row.get("scheduler")]
+    return names[0] if names else None
+
+
 def _nearest_step_setting(summary_row: dict, summary: list[dict]) -> dict | None:
     ladder = [r for r in summary if r.get("technique") == "steps" and r.get("scheduler") == summary_row.get("scheduler")
               and r.get("relative_latency") is not None]
@@ -54,20 +60,39 @@ class JudgeScores:
     prompt_ids: dict[str, list[int]] = field(default_factory=dict)  # setting -> prompt id of each of those rows
 
 
-def score_sweep(out: Path, rows: list[dict], n_bootstrap: int = distribution.DEFAULT_BOOTSTRAP,
-                seed: int = 0) -> JudgeScores:
-    """The judge's measures of a sweep's rows and images. Unavailable (no judge, or prompts outside the shapes
-    world): only meta {"judge": "unavailable: ..."}."""
-    from analysis.eval.judge import JudgeUnavailable, clip_scores, image_embeddings, load_judge
+def _features_model(model_name: str):
+    """(CLIP model, processor, label, renders available) for a sweep of `model_name`; raises RuntimeError with
+    the reason where its CLIP does not load (a Hub CLIP offline, a missing judge)."""
+    from analysis.eval import quality
+    from analysis.eval.judge import JudgeUnavailable, load_judge
+
+    if model_name == "default":
+        try:
+            return (*load_judge(), "shapes-clip", True)
+        except JudgeUnavailable as err:
+            raise RuntimeError(str(err)) from None
+    clip, processor, reason = quality._clip(quality.CLIP_MODEL)
+    if clip is None:
+        raise RuntimeError(reason)
+    return clip, processor, quality.CLIP_MODEL, False
+
+
+def score_sweep(out: Path, rows: list[dict], model_name: str = "default",
+                n_bootstrap: int = distribution.DEFAULT_BOOTSTRAP, seed: int = 0) -> JudgeScores:
+    """The judge's measures of a sweep's rows and images. On the default model the judge is shapes-CLIP and
+    true renders are a second reference; on any other model the Hub CLIP (CLIP score, and FD / KID on CLIP
+    features against full compute, as Kynkäänniemi et al. 2023 recommend over Inception). Unavailable: only
+    meta {"judge": "unavailable: ..."}."""
+    from analysis.eval.judge import clip_scores, image_embeddings
     from analysis.eval.sweep_results import image_path, load_png, row_key
     from analysis.toy import scenes
 
     captions = sorted({r["prompt"] for r in rows})
+    seeds = sorted({int(r["seed"]) for r in rows})
     try:
-        model, processor = load_judge()
-        seeds = sorted({int(r["seed"]) for r in rows})
-        renders = scenes.true_renders(captions, len(seeds), seed=0)
-    except (JudgeUnavailable, ValueError) as err:
+        model, processor, label, with_renders = _features_model(model_name)
+        renders = scenes.true_renders(captions, len(seeds), seed=0) if with_renders else None
+    except (RuntimeError, ValueError) as err:
         return JudgeScores(meta={"judge": f"unavailable: {err}"})
     pid_of = {r["prompt"]: int(r["prompt_id"]) for r in rows}
     rows = sorted(rows, key=row_key)
@@ -81,12 +106,13 @@ def score_sweep(out: Path, rows: list[dict], n_bootstrap: int = distribution.DEF
         by_setting.setdefault(r["setting"], []).append(i)
     if len(captions) < 2:  # an interval over prompts, FD and KID need at least two
         columns = {name: {**EMPTY_COLUMNS, "clip_score": float(clip[idx].mean())} for name, idx in by_setting.items()}
-        return JudgeScores(row_clip, columns, {"judge": "shapes-clip", "judge_sets": "unavailable: FD, KID and "
+        return JudgeScores(row_clip, columns, {"judge": label, "judge_sets": "unavailable: FD, KID and "
                                                "intervals need at least 2 prompts"})
     sets = {name: embeddings[idx] for name, idx in by_setting.items()}
     prompts = {name: [int(rows[i]["prompt_id"]) for i in idx] for name, idx in by_setting.items()}
-    sets["renders"] = image_embeddings(model, processor, renders)
-    prompts["renders"] = [pid_of[c] for c in captions for _ in seeds]
+    if renders is not None:
+        sets["renders"] = image_embeddings(model, processor, renders)
+        prompts["renders"] = [pid_of[c] for c in captions for _ in seeds]
     paired = distribution.PairedSets(sets, prompts)
     baseline_of = {rows[idx[0]]["scheduler"]: name for name, idx in by_setting.items()
                    if rows[idx[0]]["technique"] == "baseline"}
@@ -97,8 +123,8 @@ def score_sweep(out: Path, rows: list[dict], n_bootstrap: int = distribution.DEF
         is_reference = full == name or full is None
         values, ids = clip[idx], prompts[name]
         col = {**_flat("clip_score", distribution.bootstrap_mean(values, ids, n_bootstrap, seed)),
-               **_flat("kid_renders", paired.estimate("kid", name, "renders", n_bootstrap, seed)),
-               **_flat("fd_renders", paired.estimate("fd", name, "renders", n_bootstrap, seed))}
+               **_flat("kid_renders", None if renders is None else paired.estimate("kid", name, "renders", n_bootstrap, seed)),
+               **_flat("fd_renders", None if renders is None else paired.estimate("fd", name, "renders", n_bootstrap, seed))}
         if is_reference:
             col.update({**_flat("clip_score_vs_full", None), **_flat("kid_full", None), **_flat("fd_full", None)})
         else:
@@ -107,16 +133,17 @@ def score_sweep(out: Path, rows: list[dict], n_bootstrap: int = distribution.DEF
             col.update(_flat("kid_full", paired.estimate("kid", name, full, n_bootstrap, seed)))
             col.update(_flat("fd_full", paired.estimate("fd", name, full, n_bootstrap, seed)))
         columns[name] = col
-    meta = {"judge": "shapes-clip (assets/shapes-clip)", "judge_images_per_setting": max(map(len, by_setting.values())),
+    meta = {"judge": label, "judge_images_per_setting": max(map(len, by_setting.values())),
             "judge_prompts": len(captions), "judge_bootstrap": n_bootstrap, "judge_interval": "95% percentile bootstrap over prompts",
-            "judge_renders_per_caption": len(seeds)}
+            "judge_renders_per_caption": len(seeds) if renders is not None else None}
     return JudgeScores(row_clip, columns, meta, paired, clip, by_setting, prompts)
 
 
 def versus_steps(summary: list[dict], scores: JudgeScores, n_bootstrap: int = distribution.DEFAULT_BOOTSTRAP,
                  seed: int = 0) -> list[dict]:
     """Every setting against the step-reduction setting nearest in measured relative latency (same scheduler):
-    paired differences of CLIP score and of KID to renders, with a verdict each."""
+    paired differences of CLIP score and of KID (to true renders on the default model, else to full compute),
+    with a verdict each."""
     if scores.paired is None:
         return []
     paired, clip, by_setting = scores.paired, scores.clip, scores.by_setting
@@ -131,9 +158,12 @@ def versus_steps(summary: list[dict], scores: JudgeScores, n_bootstrap: int = di
         d_clip = distribution.bootstrap_mean_difference(clip[by_setting[name]], clip[by_setting[other]],
                                                         scores.prompt_ids[name],
                                                         n_bootstrap, seed)
-        d_kid = paired.paired_difference("kid", name, other, "renders", n_bootstrap, seed)
+        reference = "renders" if "renders" in paired.sets else baseline_name(r, summary)
+        if reference is None:
+            continue
+        d_kid = paired.paired_difference("kid", name, other, reference, n_bootstrap, seed)
         out.append({"setting": name, "technique": r["technique"], "relative_latency": r["relative_latency"],
                     "steps_setting": other, "steps_relative_latency": ladder["relative_latency"],
                     **_flat("d_clip_score", d_clip), "clip_score_verdict": _verdict(d_clip, True),
-                    **_flat("d_kid_renders", d_kid), "kid_renders_verdict": _verdict(d_kid, False)})
+                    **_flat("d_kid", d_kid), "kid_reference": reference, "kid_verdict": _verdict(d_kid, False)})
     return out

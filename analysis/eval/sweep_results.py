@@ -131,7 +131,7 @@ def merge(out: Path, figures: bool = True) -> dict:
     rows, dropped = complete_units(rows)
     meta = {**meta, "units_merged": len({row_key(r)[:2] for r in rows}), "units_incomplete_dropped": dropped,
             "overhead": overhead(out)}
-    judged = judge_sweep.score_sweep(out, rows)
+    judged = judge_sweep.score_sweep(out, rows, meta.get("model", "default"))
     for r in rows:
         r["clip_score"] = judged.row_clip.get(row_key(r))
     summary = summarise(rows, judged.columns)
@@ -247,13 +247,13 @@ def report_text(summary: list[dict], frontier: dict, meta: dict) -> str:
                   "Each setting against the step-reduction setting nearest in measured relative latency; paired "
                   "bootstrap over prompts (95%). A verdict other than 'no difference shown' means the interval "
                   "excludes 0.", "",
-                  "| setting | rel. latency | steps setting (rel. latency) | dCLIP | verdict | dKID renders x1000 | verdict |",
+                  "| setting | rel. latency | steps setting (rel. latency) | dCLIP | verdict | dKID x1000 (to) | verdict |",
                   "|---|---|---|---|---|---|---|"]
         for v in frontier.get("versus_steps_judge", []):
-            m = milli(v, "d_kid_renders")
+            m = milli(v, "d_kid")
             lines.append(f"| {v['setting']} | {_fmt(v['relative_latency'], '.3f')} | {v['steps_setting']} "
                          f"({_fmt(v['steps_relative_latency'], '.3f')}) | {_ci(v, 'd_clip_score', '+.2f')} | "
-                         f"{v['clip_score_verdict']} | {_ci(m, 'd_kid_renders', '+.2f')} | {v['kid_renders_verdict']} |")
+                         f"{v['clip_score_verdict']} | {_ci(m, 'd_kid', '+.2f')} ({v['kid_reference']}) | {v['kid_verdict']} |")
     lines += ["", "## Against step reduction at equal measured latency (point estimates)", "",
               "Difference from the step-reduction ladder (ending at full compute) interpolated at the setting's "
               "latency relative to the interleaved full-compute timing (PSNR dB, fidelity points x100, CLIP score, "
