@@ -13,18 +13,26 @@ Both agree with torchmetrics' FrechetInceptionDistance / KernelInceptionDistance
 (tests/test_judge_metrics.py); this file exists because a bootstrap needs the statistic on thousands of
 resampled index sets, which is fast from precomputed kernels and centred data, and slow through a Metric.
 
-**Sets paired by prompt** (`PairedSets`). A sweep compares images of the *same* prompts (and seeds): an
-accelerated image and its full-compute image, or two seeds of one prompt, are far more alike than two
-independent draws, and the plain KID then comes out negative when nothing changed (the cross term gets more
-same-prompt pairs than the within-set terms). The distributions being compared are over prompts, so
-`PairedSets` estimates the MMD^2 from pairs of *different* prompts only, in all three terms: such pairs are
-independent draws of the two marginals, so the estimate is unbiased (0 in expectation when the settings do
-not differ), whatever the coupling within a prompt. With one image per prompt and no shared prompts it is
-the plain KID.
+**Sets paired by prompt** (`PairedSets`). A sweep compares images of the *same* prompts: each set is a
+mixture over a fixed prompt list, with a few draws (seeds) per prompt, and an accelerated image is made from
+the same seed as its full-compute image, so the two are far from independent. The plain U-statistic is then
+biased (with two seeds per prompt, its within-set term counts same-prompt pairs half as often as two
+independent draws from the mixture would meet them, while the cross term counts them fully: a negative KID
+when nothing changed). `PairedSets` estimates the mixtures' MMD^2 from prompt-by-prompt block means: block
+(p, q) is the mean kernel between the draws of prompt p in one set and of q in the other, leaving out a row
+with itself and, across sets, two rows of the same unit (prompt and seed: the same draw made twice); every
+block gets equal weight. Each block is then an unbiased mean of independent pairs, so the estimate is 0 in
+expectation when the settings do not differ, and a wrong colour for a prompt shows (its cross block with the
+prompt's references drops). With one draw per prompt the same-prompt blocks cannot be estimated and are left
+out of all three terms (the MMD between the prompt-population marginals, which a swap can leave unchanged).
 
 **Intervals** (`estimate`, `paired_difference`, `bootstrap_mean`): resample prompts with replacement (every
 image of a drawn prompt, in every set, comes along), recompute, take the 2.5 / 97.5 percentiles. Seeded, so
-reproducible. A prompt drawn twice is still one prompt: its copies never pair with each other in KID.
+reproducible. A prompt drawn twice counts twice, but its two copies are not a pair of each other (which would
+double the weight of the same-prompt blocks, where a defect like a wrong colour shows, and bias the
+resampled KID upwards). FD has
+no such cure: a resample holds fewer distinct prompts, so FD's small-sample bias grows in it and the percentile
+interval can lie above the estimate; FD is reported for comparison at equal n, decisions use KID and CLIP score.
 """
 from __future__ import annotations
 
@@ -51,25 +59,15 @@ def poly_kernel(x: np.ndarray, y: np.ndarray, degree: int = 3, coef: float = 1.0
     return (np.asarray(x, np.float64) @ np.asarray(y, np.float64).T / x.shape[1] + coef) ** degree
 
 
-def _mmd2(kxx, kyy, kxy, gx: np.ndarray, gy: np.ndarray, ix: np.ndarray, iy: np.ndarray) -> float:
-    """MMD^2 from kernel matrices over the (possibly repeated) row indices ix, iy, averaging each term over
-    the pairs whose groups differ (gx, gy: the group of each row; a group is a prompt, or a row alone)."""
-    def mean_over_other_groups(k, g1, g2, i1, i2):
-        keep = g1[i1][:, None] != g2[i2][None, :]
-        return k[np.ix_(i1, i2)][keep].sum() / max(1, keep.sum())
-
-    return float(mean_over_other_groups(kxx, gx, gx, ix, ix) + mean_over_other_groups(kyy, gy, gy, iy, iy)
-                 - 2 * mean_over_other_groups(kxy, gx, gy, ix, iy))
-
-
 def kid(x: np.ndarray, y: np.ndarray, degree: int = 3, coef: float = 1.0) -> float:
     """The plain unbiased KID of two independent samples (torchmetrics' estimator for equal sizes)."""
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     if len(x) < 2 or len(y) < 2:
         raise ValueError(f"KID needs at least 2 images per set, got {len(x)} and {len(y)}")
-    gx, gy = np.arange(len(x)), -1 - np.arange(len(y))  # every row its own group; no pair excluded across sets
-    return _mmd2(poly_kernel(x, x, degree, coef), poly_kernel(y, y, degree, coef), poly_kernel(x, y, degree, coef),
-                 gx, gy, np.arange(len(x)), np.arange(len(y)))
+    kxx, kyy = poly_kernel(x, x, degree, coef), poly_kernel(y, y, degree, coef)
+    m, n = len(x), len(y)
+    return float((kxx.sum() - np.trace(kxx)) / (m * (m - 1)) + (kyy.sum() - np.trace(kyy)) / (n * (n - 1))
+                 - 2 * poly_kernel(x, y, degree, coef).mean())
 
 
 @dataclass(frozen=True)
@@ -90,12 +88,15 @@ class Estimate:
 
 
 class PairedSets:
-    """Feature sets that share prompts: `sets[name]` is (n_i, d) with `prompts[name]` the prompt id of each row.
-    Statistics between sets, and bootstrap draws that resample prompt ids for all sets at once."""
+    """Feature sets that share prompts: `sets[name]` is (n_i, d), `prompts[name]` the prompt id of each row and
+    `units[name]` (optional) its coupling key: rows of two sets with equal keys are one draw made twice (same
+    prompt and seed) and never form a cross pair. Statistics between sets, and bootstrap draws that resample
+    prompt ids for all sets at once."""
 
-    def __init__(self, sets: dict[str, np.ndarray], prompts: dict[str, Sequence[int]]):
+    def __init__(self, sets: dict[str, np.ndarray], prompts: dict[str, Sequence[int]],
+                 units: dict[str, Sequence] | None = None):
         self.sets = {k: np.asarray(v, dtype=np.float64) for k, v in sets.items()}
-        self.groups = {k: np.asarray(prompts[k], dtype=int) for k in sets}
+        self.units = {k: list((units or {}).get(k) or [(k, i) for i in range(len(v))]) for k, v in sets.items()}
         self.rows = {k: {} for k in sets}
         for name, ids in prompts.items():
             for row, pid in enumerate(ids):
@@ -103,24 +104,52 @@ class PairedSets:
         self.prompt_ids = sorted(set.intersection(*(set(r) for r in self.rows.values())))
         if not self.prompt_ids:
             raise ValueError("the sets share no prompt")
-        self._kernels: dict[tuple[str, str], np.ndarray] = {}
+        position = {pid: i for i, pid in enumerate(self.prompt_ids)}
+        self.membership = {}  # (rows, n_prompts) one-hot of each row's prompt (rows of other prompts: all 0)
+        for name, ids in prompts.items():
+            m = np.zeros((len(ids), len(self.prompt_ids)))
+            for row, pid in enumerate(ids):
+                if int(pid) in position:
+                    m[row, position[int(pid)]] = 1.0
+            self.membership[name] = m
+        self._blocks: dict[tuple[str, str], np.ndarray] = {}
 
-    def _kernel(self, a: str, b: str) -> np.ndarray:
-        if (a, b) not in self._kernels:
-            self._kernels[(a, b)] = poly_kernel(self.sets[a], self.sets[b])
-        return self._kernels[(a, b)]
+    def block_means(self, a: str, b: str) -> np.ndarray:
+        """(n_prompts, n_prompts) mean kernel between prompt p's rows of `a` and prompt q's rows of `b`, over
+        pairs of different draws; NaN where no such pair exists (one draw of a prompt, against itself)."""
+        if (a, b) not in self._blocks:
+            kernel = poly_kernel(self.sets[a], self.sets[b])
+            ua, ub = self.units[a], self.units[b]
+            allowed = np.array([[x != y for y in ub] for x in ua], dtype=float)
+            ma, mb = self.membership[a], self.membership[b]
+            sums, counts = ma.T @ (kernel * allowed) @ mb, ma.T @ allowed @ mb
+            with np.errstate(invalid="ignore", divide="ignore"):
+                self._blocks[(a, b)] = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+        return self._blocks[(a, b)]
+
+    def _kid(self, a: str, b: str, weights: np.ndarray) -> float:
+        blocks = [self.block_means(a, a), self.block_means(b, b), self.block_means(a, b)]
+        valid = ~np.any([np.isnan(x) for x in blocks], axis=0)
+        # a prompt drawn c times counts c times, but its copies are not pairs of each other: the same-prompt
+        # blocks keep their share of the sample's pairs (1/n), as in the estimate itself
+        pair_weights = np.outer(weights, weights)
+        np.fill_diagonal(pair_weights, weights)
+        pair_weights = pair_weights * valid
+        total = pair_weights.sum()
+        aa, bb, ab = (float((np.nan_to_num(x) * pair_weights).sum() / total) for x in blocks)
+        return aa + bb - 2 * ab
 
     def indices(self, name: str, prompt_draw: Sequence[int]) -> np.ndarray:
         return np.array([row for pid in prompt_draw for row in self.rows[name][pid]], dtype=int)
 
     def statistic(self, kind: str, a: str, b: str, prompt_draw: Sequence[int] | None = None) -> float:
         draw = self.prompt_ids if prompt_draw is None else prompt_draw
-        ia, ib = self.indices(a, draw), self.indices(b, draw)
         if kind == "fd":
-            return frechet_distance(self.sets[a][ia], self.sets[b][ib])
+            return frechet_distance(self.sets[a][self.indices(a, draw)], self.sets[b][self.indices(b, draw)])
         if kind == "kid":
-            return _mmd2(self._kernel(a, a), self._kernel(b, b), self._kernel(a, b), self.groups[a], self.groups[b],
-                         ia, ib)
+            position = {pid: i for i, pid in enumerate(self.prompt_ids)}
+            weights = np.bincount([position[int(p)] for p in draw], minlength=len(self.prompt_ids)).astype(float)
+            return self._kid(a, b, weights)
         raise ValueError(f"unknown statistic {kind!r} (fd or kid)")
 
     def draws(self, n_bootstrap: int, seed: int) -> np.ndarray:

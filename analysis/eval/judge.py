@@ -83,6 +83,21 @@ def clip_scores(model, processor, images, prompts: Sequence[str]) -> np.ndarray:
     return 100 * np.clip(cos, 0, None)
 
 
+def joint_features(model, processor, images, captions: Sequence[str]) -> np.ndarray:
+    """(n, 2 d) features of (image, caption) pairs for FD and KID: [sqrt(d) image embedding, sqrt(d) caption
+    embedding], both unit-norm before scaling.
+
+    Why joint: a sweep's sets share their captions, and a generator that paints a prompt's red circle blue
+    and its blue one red keeps the image marginal; only the image-caption pairing shows it (as conditional
+    FID does, Soloveitchik et al. 2021). Why the sqrt(d) scale: KID's kernel (x . y / D + 1)^3 expects features
+    of unit scale per dimension (as Inception's); on unit-norm embeddings x . y / D is ~1/D and the kernel is
+    nearly linear (it then sees only mean shifts). Scaled, it is ((cos_image + cos_caption) / 2 + 1)^3.
+    """
+    image = image_embeddings(model, processor, images)
+    text = text_embeddings(model, processor, captions)
+    return np.concatenate([image, text], axis=1) * np.sqrt(image.shape[1])
+
+
 # ---- zero-shot attribute classification ------------------------------------------------------------------------
 
 def attribute_questions(caption: str) -> list[dict]:

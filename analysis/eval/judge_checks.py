@@ -11,7 +11,7 @@ from dataclasses import replace
 import numpy as np
 
 from analysis.eval import distribution
-from analysis.eval.judge import accuracy_by_attribute, image_embeddings, zero_shot
+from analysis.eval.judge import accuracy_by_attribute, joint_features, zero_shot
 from analysis.toy import scenes
 from analysis.toy.judge import ATTRIBUTE_VALUES
 
@@ -74,14 +74,19 @@ def sensitivity(model, processor, captions: Sequence[str], per_caption: int = 2,
     With `vae`, also the autoencoder round trip of the clean draw (what every generation goes through)."""
     strengths = strengths or DEFECT_STRENGTHS
     ids = [p for p in range(len(captions)) for _ in range(per_caption)]
+    texts = [c for c in captions for _ in range(per_caption)]
     _, reference = render_set(captions, per_caption, seed=0)
     test_scenes, test_images = render_set(captions, per_caption, seed=1)
-    sets = {"reference": image_embeddings(model, processor, reference)}
+
+    def features(images):
+        return joint_features(model, processor, images, texts)
+
+    sets = {"reference": features(reference)}
     for kind, levels in strengths.items():
         for s in levels:
-            sets[f"{kind}@{s}"] = image_embeddings(model, processor, apply_defect(kind, s, test_scenes, test_images))
+            sets[f"{kind}@{s}"] = features(apply_defect(kind, s, test_scenes, test_images))
     if vae is not None:
-        sets["autoencoder"] = image_embeddings(model, processor, autoencoder_round_trip(vae, test_images))
+        sets["autoencoder"] = features(autoencoder_round_trip(vae, test_images))
     paired = distribution.PairedSets(sets, {name: ids for name in sets})
     out: dict = {"n_images": len(ids), "n_prompts": len(captions), "n_bootstrap": n_bootstrap}
     if vae is not None:

@@ -1,5 +1,5 @@
-"""The judge's measures over a sweep's images: CLIP score per image, and per setting CLIP score, FD and KID with
-95% bootstrap intervals over prompts, and paired comparisons with full compute and with step reduction at
+"""The judge's measures over a sweep's images: CLIP score per image, and per setting CLIP score, FD and KID (on
+joint image-caption features, analysis/eval/judge.py `joint_features`) with 95% bootstrap intervals over prompts, and paired comparisons with full compute and with step reduction at
 equal latency. Called by the sweep's merge (analysis/eval/sweep_results.py).
 
 References, both paired with the setting's images by prompt:
@@ -41,8 +41,9 @@ def baseline_name(row: dict, summary: list[dict]) -> str | None:
 
 
 def _nearest_step_setting(summary_row: dict, summary: list[dict]) -> dict | None:
-    ladder = [r for r in summary if r.get("technique") == "steps" and r.get("scheduler") == summary_row.get("scheduler")
-              and r.get("relative_latency") is not None]
+    # the ladder ends at full compute, which is the nearest point for settings as slow as it or slower
+    ladder = [r for r in summary if r.get("technique") in ("steps", "baseline")
+              and r.get("scheduler") == summary_row.get("scheduler") and r.get("relative_latency") is not None]
     lat = summary_row.get("relative_latency")
     if not ladder or lat is None:
         return None
@@ -83,7 +84,7 @@ def score_sweep(out: Path, rows: list[dict], model_name: str = "default",
     true renders are a second reference; on any other model the Hub CLIP (CLIP score, and FD / KID on CLIP
     features against full compute, as Kynkäänniemi et al. 2023 recommend over Inception). Unavailable: only
     meta {"judge": "unavailable: ..."}."""
-    from analysis.eval.judge import clip_scores, image_embeddings
+    from analysis.eval.judge import clip_scores, joint_features
     from analysis.eval.sweep_results import image_path, load_png, row_key
     from analysis.toy import scenes
 
@@ -97,7 +98,7 @@ def score_sweep(out: Path, rows: list[dict], model_name: str = "default",
     pid_of = {r["prompt"]: int(r["prompt_id"]) for r in rows}
     rows = sorted(rows, key=row_key)
     images = [load_png(image_path(out, r["setting"], int(r["prompt_id"]), int(r["seed"]))) for r in rows]
-    embeddings = image_embeddings(model, processor, images)
+    embeddings = joint_features(model, processor, images, [r["prompt"] for r in rows])
     clip = clip_scores(model, processor, images, [r["prompt"] for r in rows])
     row_clip = {row_key(r): float(c) for r, c in zip(rows, clip)}
 
@@ -111,9 +112,11 @@ def score_sweep(out: Path, rows: list[dict], model_name: str = "default",
     sets = {name: embeddings[idx] for name, idx in by_setting.items()}
     prompts = {name: [int(rows[i]["prompt_id"]) for i in idx] for name, idx in by_setting.items()}
     if renders is not None:
-        sets["renders"] = image_embeddings(model, processor, renders)
+        sets["renders"] = joint_features(model, processor, renders, [c for c in captions for _ in seeds])
         prompts["renders"] = [pid_of[c] for c in captions for _ in seeds]
-    paired = distribution.PairedSets(sets, prompts)
+    # an accelerated image and its full-compute image share (prompt, seed): one draw made twice, never a cross pair
+    units = {name: [(rows[i]["prompt_id"], rows[i]["seed"]) for i in idx] for name, idx in by_setting.items()}
+    paired = distribution.PairedSets(sets, prompts, units)
     baseline_of = {rows[idx[0]]["scheduler"]: name for name, idx in by_setting.items()
                    if rows[idx[0]]["technique"] == "baseline"}
 
@@ -141,7 +144,8 @@ def score_sweep(out: Path, rows: list[dict], model_name: str = "default",
 
 def versus_steps(summary: list[dict], scores: JudgeScores, n_bootstrap: int = distribution.DEFAULT_BOOTSTRAP,
                  seed: int = 0) -> list[dict]:
-    """Every setting against the step-reduction setting nearest in measured relative latency (same scheduler):
+    """Every setting against the step-reduction setting nearest in measured relative latency (same scheduler; the
+    ladder includes full compute):
     paired differences of CLIP score and of KID (to true renders on the default model, else to full compute),
     with a verdict each."""
     if scores.paired is None:

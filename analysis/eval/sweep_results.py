@@ -232,7 +232,9 @@ def report_text(summary: list[dict], frontier: dict, meta: dict) -> str:
         lines += ["", "## The judge: CLIP score, KID and FD (shapes-CLIP embeddings; 95% bootstrap intervals over "
                   f"{frontier.get('judge_prompts')} prompts, {frontier.get('judge_bootstrap')} draws)", "",
                   "KID and FD against full compute of the same prompts and seeds (full) and against true renders of the "
-                  "captions (renders); KID x 1000. dCLIP: CLIP score minus full compute's, paired by image.", "",
+                  "captions (renders); KID x 1000. dCLIP: CLIP score minus full compute's, paired by image. KID is "
+                  "unbiased (its interval may hold 0); FD is biased upwards at this n, and more so in a resample (fewer "
+                  "distinct prompts), so its interval can sit above its value: compare FDs at equal n, decide with KID.", "",
                   "| setting | CLIP score | dCLIP vs full | KID full | KID renders | FD full | FD renders |",
                   "|---|---|---|---|---|---|---|"]
         milli = lambda r, k: {**r, k: None if r.get(k) is None else 1000 * r[k],  # noqa: E731
@@ -244,7 +246,7 @@ def report_text(summary: list[dict], frontier: dict, meta: dict) -> str:
                          f"{_ci(m, 'kid_full', '.2f')} | {_ci(m, 'kid_renders', '.2f')} | {_ci(r, 'fd_full', '.3f')} | "
                          f"{_ci(r, 'fd_renders', '.3f')} |")
         lines += ["", "## Against step reduction at equal latency, with statistical support", "",
-                  "Each setting against the step-reduction setting nearest in measured relative latency; paired "
+                  "Each setting against the step-reduction setting (or full compute) nearest in measured relative latency; paired "
                   "bootstrap over prompts (95%). A verdict other than 'no difference shown' means the interval "
                   "excludes 0.", "",
                   "| setting | rel. latency | steps setting (rel. latency) | dCLIP | verdict | dKID x1000 (to) | verdict |",
