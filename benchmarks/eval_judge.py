@@ -6,7 +6,9 @@
    the prompts and seeds of benchmarks.eval_default);
 3. FD and KID on its embeddings against clean renders, per defect and strength, with bootstrap intervals;
 4. the time to embed 200 images.
-Prints one JSON object on its last line.
+Prints one JSON object on its last line. (docs/results/judge_eval.json also holds the hand-made 34-feature
+Fréchet distance on the same sets, `handmade_fd`, made by this script's --compare-handmade at commit 690145a,
+before that measure was removed.)
 """
 from __future__ import annotations
 
@@ -23,26 +25,6 @@ from analysis.jsonsafe import dumps
 from analysis.toy import scenes
 
 
-def handmade_fd(captions, vae) -> dict:
-    """The hand-made 34-feature Fréchet distance (with caption features) on the sensitivity sets, to decide
-    whether the judge's FD replaces it."""
-    from analysis.eval import frechet
-
-    caps = [c for c in captions for _ in range(2)]
-    _, reference = judge_checks.render_set(captions, 2, seed=0)
-    test_scenes, test_images = judge_checks.render_set(captions, 2, seed=1)
-    ref = frechet.features(reference, caps)
-    out = {}
-    for kind, levels in judge_checks.DEFECT_STRENGTHS.items():
-        values = [frechet.frechet_distance(frechet.features(judge_checks.apply_defect(kind, s, test_scenes, test_images),
-                                                            caps), ref) for s in levels]
-        out[kind] = values
-        out[kind + "_monotonic"] = bool(all(b > a for a, b in zip(values, values[1:])))
-    out["autoencoder"] = frechet.frechet_distance(frechet.features(judge_checks.autoencoder_round_trip(vae, test_images),
-                                                                   caps), ref)
-    return out
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--judge", default=None, help="judge folder (default assets/shapes-clip)")
@@ -53,8 +35,6 @@ def main(argv=None) -> int:
     parser.add_argument("--bootstrap", type=int, default=500)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--skip-generations", action="store_true", help="no agreement check (no generator runs)")
-    parser.add_argument("--compare-handmade", action="store_true",
-                        help="also the 34-feature Fréchet distance (analysis/eval/frechet.py) on the same sets")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -85,8 +65,6 @@ def main(argv=None) -> int:
     captions = [scenes.caption(s) for s in scenes.evaluation_scenes(args.sensitivity_prompts, seed=3000, held_out=False)]
     report["sensitivity"] = judge_checks.sensitivity(model, processor, captions, per_caption=2, n_bootstrap=args.bootstrap,
                                                      vae=vae)
-    if args.compare_handmade:
-        report["handmade_fd"] = handmade_fd(captions, vae)
 
     images = judge_checks.render_set(captions, 4, seed=5)[1][:200]
     judge.image_embeddings(model, processor, images[:8])  # warm-up

@@ -285,6 +285,8 @@ def report_text(summary: list[dict], frontier: dict, meta: dict) -> str:
                          f"{cell('fidelity', '.3f')} | {cell('clip_score', '.2f')} |")
     lines += ["", "## Pareto frontiers", ""]
     lines += [f"- {axis}: {', '.join(names)}" for axis, names in frontier["pareto"].items()]
+    lines += ["", "Frontiers are drawn on point estimates (medians; CLIP score and KID: the estimates above). A member "
+              "is better than its neighbours only where the paired comparisons above support it."]
     if meta.get("units_merged") is not None:
         lines += ["", f"Units (prompt, seed) merged: {meta['units_merged']}; incomplete units left out: "
                       f"{meta.get('units_incomplete_dropped', 0)}."]
