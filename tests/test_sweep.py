@@ -229,7 +229,8 @@ def test_tradeoff_figures_have_the_traces_and_labels():
     assert fig.layout.xaxis.title.text == sweep_figs.LATENCY_LABELS["latency_s"]
     assert fig.layout.yaxis.title.text == sweep_figs.AXIS_LABELS["psnr_db"]
     kid = sweep_figs.tradeoff_figure(SUMMARY, "kid_renders", latency="latency_s")
-    assert list(kid.data[2].error_y.arrayminus) == [0.0, 0.5] and list(kid.data[2].error_y.array) == [0.0, 0.75]
+    assert [t.name for t in kid.data] == ["baseline", "step reduction", "tgate"]
+    assert list(kid.data[1].error_y.arrayminus) == [0.0, 0.5] and list(kid.data[1].error_y.array) == [0.0, 0.75]
     mfig = sweep_figs.tradeoff_figure_mpl(SUMMARY, "kid_renders", latency="latency_s")
     ax = mfig.axes[0]
     assert ax.get_xlabel() == sweep_figs.LATENCY_LABELS["latency_s"] and ax.get_ylabel() == sweep_figs.AXIS_LABELS["kid_renders"]

@@ -136,6 +136,8 @@ class PairedSets:
         np.fill_diagonal(pair_weights, weights)
         pair_weights = pair_weights * valid
         total = pair_weights.sum()
+        if total == 0:  # a resample of a single prompt with one draw each: no pair to compare
+            return float("nan")
         aa, bb, ab = (float((np.nan_to_num(x) * pair_weights).sum() / total) for x in blocks)
         return aa + bb - 2 * ab
 
@@ -174,7 +176,9 @@ class PairedSets:
 
 
 def _estimate(value: float, draws: Sequence[float], n: int, n_prompts: int, n_bootstrap: int) -> Estimate:
-    low, high = np.percentile(np.asarray(draws, dtype=float), [2.5, 97.5])
+    draws = np.asarray(draws, dtype=float)
+    draws = draws[np.isfinite(draws)]  # resamples where the statistic is undefined (see _kid) are left out
+    low, high = np.percentile(draws, [2.5, 97.5]) if len(draws) else (float("nan"), float("nan"))
     return Estimate(float(value), float(low), float(high), n, n_prompts, n_bootstrap)
 
 
