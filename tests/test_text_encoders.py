@@ -48,3 +48,19 @@ def test_own_word_cosine_is_one_without_transformer_layers():
     assert len(contextual) == len(prompt.split()) and max(contextual) < 0.9
     alone = SimpleNamespace(tokenizer=pipe.tokenizer, text_encoder=text_encoder_variant(pipe.text_encoder, "embeddings"))
     assert own_word_cosine(alone, prompt) == [1.0] * len(prompt.split())
+
+
+def test_binding_finds_each_objects_words_in_its_own_phrase():
+    from benchmarks.eval_signals import binding_ratio, object_words
+
+    scene = scenes.Scene((scenes.SceneObject("red", "circle", "large", "left"),
+                          scenes.SceneObject("blue", "circle", "small", "top")))
+    tokens = scenes.caption(scene).split()
+    words = object_words(tokens, scene)
+    assert [tokens[w["colour"]] for w in words] == ["red", "blue"]
+    assert words[0]["shape"] < tokens.index("and") < words[1]["shape"]  # "circle" twice: each in its phrase
+    own, other = np.zeros((16, 16), bool), np.zeros((16, 16), bool)
+    own[:5, :5], other[10:, 10:] = True, True
+    word_map = np.where(own, 3.0, 1.0)
+    assert binding_ratio(word_map, own, other) == 25 * 3.0 / 36
+    assert binding_ratio(word_map, own, np.zeros((16, 16), bool)) is None  # the other object was not drawn

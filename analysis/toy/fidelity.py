@@ -254,6 +254,18 @@ def _fit_template(mask: np.ndarray, hidden: np.ndarray) -> tuple[str, str, int, 
     return best
 
 
+def colour_masks(image: np.ndarray) -> dict[str, np.ndarray]:
+    """Per palette colour, the foreground pixels assigned to it (64x64 canvas; the first steps of
+    `detect_objects`, without splitting a colour into objects): where each object of a prompt whose objects
+    have distinct colours is."""
+    image = _on_canvas(image)
+    lab = color.rgb2lab(image)
+    background_lab = color.rgb2lab(estimate_background(image)[None, None, :] / 255.0)[0, 0]
+    foreground = np.linalg.norm(lab - background_lab, axis=-1) > FOREGROUND_DELTA_E
+    labels = _colour_labels(lab, foreground)
+    return {name: labels == k for k, name in enumerate(_PALETTE_NAMES)}
+
+
 def detect_objects(image: np.ndarray) -> list[dict]:
     """Every object the image shows, largest first.
 
