@@ -153,7 +153,10 @@ def _toy_tokenizer():
 
     from analysis.toy.tokenizer import build_tokenizer
 
-    return build_tokenizer(Path(tempfile.mkdtemp(prefix="diffscope-tok-")))
+    # Built in a folder that is removed at once: the tokenizer keeps its vocabulary in memory, and a folder per
+    # process would otherwise pile up in /tmp.
+    with tempfile.TemporaryDirectory(prefix="diffscope-tok-") as folder:
+        return build_tokenizer(Path(folder))
 
 
 def _text_encoder(tokenizer, hidden: int, layers: int = 2, with_projection: bool = False, projection_dim: int = 32):
