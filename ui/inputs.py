@@ -89,13 +89,16 @@ def text(value, what: str, max_chars: int = 2000) -> str:
     return value
 
 
-class Slider(gr.Slider):
-    """A gr.Slider (same widget in the browser) whose value reaches the handler exactly as sent. Gradio's own
-    preprocessing compares the value with the bounds before any handler runs, so "abc" or None from an API
-    client ended as Gradio's generic "upstream app has raised an exception"; the handlers check the value
-    themselves (whole_number, real_number above) and say what is wrong."""
+def Slider(*args, **kwargs) -> gr.Slider:  # noqa: N802 - used as the component it returns
+    """A gr.Slider whose value reaches the handler exactly as sent. Gradio's own preprocessing compares the
+    value with the bounds before any handler runs, so "abc" or None from an API client ended as Gradio's
+    generic "upstream app has raised an exception"; the handlers check the value themselves (whole_number,
+    real_number above) and say what is wrong. (An instance attribute, not a subclass: Gradio writes a .pyi
+    file beside the source of every component subclass.)"""
+    slider = gr.Slider(*args, **kwargs)
+    slider.preprocess = _as_sent
+    return slider
 
-    is_template = True  # rendered by the frontend's slider
 
-    def preprocess(self, payload):
-        return payload
+def _as_sent(payload):
+    return payload
