@@ -1,0 +1,101 @@
+"""Models are a server setting: two gradio_client sessions against one server, one switching models between
+every request of the other, and the other's images never change (issue 19, item 1)."""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from gradio_client import Client  # noqa: E402
+from gradio_client.exceptions import AppError  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from ui.techniques import client_inputs  # noqa: E402
+
+PROMPT = "a large red circle on the left"
+ROUNDS = 10
+
+
+def _loader(source: str):
+    """The server's model loader: random-weight pipelines built in code (seeded, so a reload is the same model)."""
+    from analysis.models import random_pipeline
+
+    if source == "toy-random":
+        return random_pipeline("toy", seed=0)
+    if source == "tiny-random":
+        return random_pipeline("sd15", image_size=64, seed=1)
+    raise OSError(f"no model at /srv/private/{source}")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    os.environ["GRADIO_TEMP_DIR"] = str(tmp_path_factory.mktemp("gradio"))
+    import app
+    from analysis.model_pool import ModelPool, parse_allowlist
+
+    # Capacity 1: every switch evicts the other model, the harshest case for the session that did not switch.
+    pool = ModelPool(parse_allowlist("default=toy-random,tiny=tiny-random,broken=missing"), capacity=1,
+                     loader=_loader)
+    demo = app.build_demo(pool)
+    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True, **app.LAUNCH_SETTINGS)
+    yield url, pool
+    demo.close()
+
+
+def _img(path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def _run(client, model: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    args = client_inputs(PROMPT, seed=str(seed), steps=3, model=model, on={"tgate": {1: 2}})
+    full, acc, *_ = client.predict(*args, api_name="/run")
+    return _img(full), _img(acc)
+
+
+def test_one_sessions_model_switches_never_change_anothers_images(server):
+    url, pool = server
+    solo = Client(url, verbose=False)
+    try:
+        expected = [_run(solo, "default", seed) for seed in range(ROUNDS)]
+    finally:
+        solo.close()
+    a, b = Client(url, verbose=False), Client(url, verbose=False)
+    loads_before = pool.loads
+    unchanged = 0
+    try:
+        for seed in range(ROUNDS):
+            status, _ = b.predict("tiny", api_name="/load_model")
+            assert "tiny" in status
+            tiny_full, _ = _run(b, "tiny", seed)
+            assert pool.loaded() == ["tiny"]  # B's switch evicted the default model from the server
+            full, acc = _run(a, "default", seed)
+            unchanged += np.array_equal(full, expected[seed][0]) and np.array_equal(acc, expected[seed][1])
+            assert not np.array_equal(tiny_full, full)  # B really ran another model
+    finally:
+        a.close()
+        b.close()
+    assert unchanged == ROUNDS
+    assert pool.loads - loads_before == 2 * ROUNDS  # every round reloaded both: the pool never held two
+
+
+def test_a_model_that_fails_to_load_says_so_without_its_path(server):
+    url, _ = server
+    c = Client(url, verbose=False)
+    try:
+        with pytest.raises(AppError) as caught:
+            c.predict("broken", api_name="/load_model")
+        assert "could not be loaded on this server" in str(caught.value) and "/srv" not in str(caught.value)
+        full, _ = _run(c, "default", 0)
+        assert full.size > 0
+    finally:
+        c.close()
+
+
+def test_uploads_are_refused(server):
+    import httpx
+
+    url, _ = server
+    response = httpx.post(url.rstrip("/") + "/gradio_api/upload", files={"files": ("big.bin", b"x" * 4096)})
+    assert response.status_code == 413, response.text
