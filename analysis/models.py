@@ -113,6 +113,9 @@ def load_pipeline(name: str = "default", scheduler: str = "ddim", device: str | 
     """A text-to-image pipeline ready to run, progress bar on (the app mirrors it)."""
     if scheduler not in SCHEDULERS:
         raise ValueError(f"unknown scheduler {scheduler!r}; choose one of {', '.join(SCHEDULERS)}")
+    if not isinstance(name, str) or not name.strip():
+        raise ModelLoadError(f"no model named; use {', '.join(repr(a) for a in (DEFAULT_MODEL, *RANDOM_MODELS))}, "
+                             "a local pipeline folder or a Hub id like 'owner/name'")
     dev, dtype = pick_device(device)
     if name in RANDOM_MODELS:
         pipe = random_pipeline(**RANDOM_MODELS[name]).to(dtype=dtype)

@@ -99,3 +99,19 @@ def test_uploads_are_refused(server):
     url, _ = server
     response = httpx.post(url.rstrip("/") + "/gradio_api/upload", files={"files": ("big.bin", b"x" * 4096)})
     assert response.status_code == 413, response.text
+
+
+def test_the_app_is_built_and_runs_with_spaces_installed(server):
+    """The Space runtime package is imported by app.py when installed (requirements-dev.txt installs it):
+    the app above was built with it, its ZeroGPU wrapper exists, and requests run (off ZeroGPU, in-process)."""
+    import spaces
+
+    import app
+
+    assert app.spaces is spaces and callable(app.on_device) and app.ZERO_GPU is False
+    c = Client(server[0], verbose=False)
+    try:
+        full, acc = _run(c, "default", 3)
+        assert full.shape == acc.shape and full.size > 0
+    finally:
+        c.close()
