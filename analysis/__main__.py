@@ -222,6 +222,8 @@ def _check_size(pipe, config) -> None:
     """Refuse a size above the machine's ceiling; announce a long run (with its estimate) before it starts."""
     from analysis.size_guard import SLOW_S, check_size, estimate, native_size
 
+    if config.size is None:  # the model's native size
+        return
     try:
         check_size(config.size, native_size(pipe))
     except ValueError as err:
