@@ -356,9 +356,12 @@ def build_demo(pipe_or_pool, probes=None) -> gr.Blocks:
         return f"Stop requested ({n} run{'s' if n != 1 else ''} ending at the next denoising step)."
 
     @readable_errors(5)
-    def show_run(evt: gr.SelectData, y, request: gr.Request = None):
+    def show_run(evt: gr.EventData, y, request: gr.Request = None):
         session = session_of(request)
-        row = evt.row_value if evt is not None else None
+        # The raw event: gr.SelectData would fail inside Gradio (error: null) on event data an API client
+        # left out or made up, before this handler could say what is wrong.
+        data = getattr(evt, "_data", None)
+        row = data.get("row_value") if isinstance(data, dict) else None
         if not isinstance(row, (list, tuple)) or not row:
             raise gr.Error("Select a run in the runs table.", title="No run selected")
         run = session.run(inputs.whole_number(row[0], "The run number", 0, 2**31))

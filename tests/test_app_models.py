@@ -40,7 +40,7 @@ def server(tmp_path_factory):
                      loader=_loader)
     demo = app.build_demo(pool)
     _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True, **app.LAUNCH_SETTINGS)
-    yield url, pool
+    yield url, pool, demo
     demo.close()
 
 
@@ -55,7 +55,7 @@ def _run(client, model: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_one_sessions_model_switches_never_change_anothers_images(server):
-    url, pool = server
+    url, pool, _ = server
     solo = Client(url, verbose=False)
     try:
         expected = [_run(solo, "default", seed) for seed in range(ROUNDS)]
@@ -81,7 +81,7 @@ def test_one_sessions_model_switches_never_change_anothers_images(server):
 
 
 def test_a_model_that_fails_to_load_says_so_without_its_path(server):
-    url, _ = server
+    url, _, _ = server
     c = Client(url, verbose=False)
     try:
         with pytest.raises(AppError) as caught:
@@ -96,7 +96,7 @@ def test_a_model_that_fails_to_load_says_so_without_its_path(server):
 def test_uploads_are_refused(server):
     import httpx
 
-    url, _ = server
+    url, _, _ = server
     response = httpx.post(url.rstrip("/") + "/gradio_api/upload", files={"files": ("big.bin", b"x" * 4096)})
     assert response.status_code == 413, response.text
 
@@ -115,3 +115,72 @@ def test_the_app_is_built_and_runs_with_spaces_installed(server):
         assert full.shape == acc.shape and full.size > 0
     finally:
         c.close()
+
+
+def test_exports_stay_in_gradios_temp_folder_and_its_cleanup_removes_them(server):
+    import tempfile
+    from pathlib import Path
+
+    from gradio.route_utils import delete_files_created_by_app
+
+    url, _, demo = server
+    cache = Path(os.environ["GRADIO_TEMP_DIR"])
+    outside = set(Path(tempfile.gettempdir()).glob("diffscope-*"))
+    c = Client(url, verbose=False)
+    try:
+        _run(c, "default", 4)
+        c.predict("psnr", api_name="/export")
+    finally:
+        c.close()
+    exports = [p for p in (cache / "diffscope-exports").rglob("*") if p.is_file()]
+    assert sorted(p.name for p in exports) == ["diffscope-figures.zip", "diffscope-slide.png"]
+    assert set(Path(tempfile.gettempdir()).glob("diffscope-*")) == outside  # nothing written outside the cache
+    import app
+
+    assert demo.delete_cache == app.DELETE_CACHE
+    delete_files_created_by_app(demo, age=0)  # what the schedule does once an export is an hour old
+    assert not any(p.exists() for p in exports)
+
+
+def test_show_run_with_a_bogus_row_answers_with_a_message(server):
+    """/show_run is a table selection: a client can send any event data, and gets a message, never null."""
+    import httpx
+
+    url, _, _ = server
+    base = url.rstrip("/") + "/gradio_api/call/show_run"
+    for row in (["abc"], [None], [], "x", [10**12]):
+        event = httpx.post(base, json={"data": ["psnr"], "event_data": {"index": [0, 0], "value": None,
+                                                                         "row_value": row}}).json()["event_id"]
+        stream = httpx.get(f"{base}/{event}", timeout=60).text
+        assert "event: error" in stream and "data: null" not in stream, stream
+        assert "run" in stream.split("event: error", 1)[1], stream  # the message says what is wrong
+
+
+def test_selecting_a_run_in_the_table_shows_it(server):
+    """The browser's path: a table selection with its event data (queue/join, as the frontend sends it)."""
+    import json as _json
+
+    import httpx
+
+    url, _, demo = server
+    c = Client(url, verbose=False)
+    try:
+        _run(c, "default", 5)
+        args = client_inputs(PROMPT, seed="5", steps=3, on={"tgate": {1: 1}})
+        runs = c.predict(*args, api_name="/run")[5]["data"]
+        first = runs[-1]  # the table lists the newest first
+        fn_index = next(i for i, fn in demo.fns.items() if fn.api_name == "show_run")
+        base = url.rstrip("/") + "/gradio_api/queue"
+        httpx.post(f"{base}/join", json={"data": ["psnr"], "fn_index": fn_index, "session_hash": c.session_hash,
+                                         "event_data": {"index": [len(runs) - 1, 0], "value": first[0],
+                                                        "row_value": first}}).raise_for_status()
+        with httpx.stream("GET", f"{base}/data", params={"session_hash": c.session_hash}, timeout=60) as r:
+            for line in r.iter_lines():
+                if line.startswith("data:") and '"process_completed"' in line:
+                    message = _json.loads(line[5:])
+                    break
+    finally:
+        c.close()
+    assert message["success"], message
+    numbers = message["output"]["data"][3]
+    assert "gate at step 2" in numbers  # the first run (gate 2), not the one on screen (gate 1)
