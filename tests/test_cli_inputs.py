@@ -9,7 +9,7 @@ import pytest
 from analysis.__main__ import main
 from analysis.accel import parse_accel
 from analysis.eval.sweep_results import read_rows
-from analysis.size_guard import SizeEstimate, ceiling, check_size, estimate
+from analysis.size_guard import ceiling, check_size, estimate, step_seconds
 
 
 def _error_line(capsys, argv) -> str:
@@ -56,7 +56,14 @@ def test_the_size_ceiling_is_the_operators():
         check_size(1024, 64, {"DIFFSCOPE_MAX_SIZE": "big"})
 
 
-def test_a_large_size_is_estimated_from_a_measured_step(monkeypatch):
+def test_the_step_time_fit_passes_through_both_measured_steps():
+    assert step_seconds(0.01, 0.5, 16, 1) == pytest.approx(0.01)
+    assert step_seconds(0.01, 0.5, 16, 16) == pytest.approx(0.5)
+    assert step_seconds(0.01, 0.5, 16, 64) > 3 * 0.5 * 4  # well above linear growth: the square dominates
+    assert step_seconds(0.01, 0.1, 16, 64) == pytest.approx(0.01 * 64)  # sub-linear timings: never below linear
+
+
+def test_a_large_size_is_estimated_from_two_measured_steps(monkeypatch):
     import analysis.size_guard as guard
 
     class Pipe:
@@ -64,11 +71,14 @@ def test_a_large_size_is_estimated_from_a_measured_step(monkeypatch):
             config = type("C", (), {"sample_size": 8})
         vae_scale_factor = 8
 
-    monkeypatch.setattr(guard, "time_one_step", lambda pipe, native, guidance: 0.01)
-    assert estimate(Pipe(), 128, 30, 4, 5.0) is None  # at most twice the native side: nothing to measure
+    sides = []
+    monkeypatch.setattr(guard, "time_one_step", lambda pipe, side, guidance, repeats=1: sides.append(side) or
+                        (0.01 if side == 64 else 0.5))
+    assert estimate(Pipe(), 128, 30, 4, 5.0) is None and sides == []  # at most twice the native side
     guess = estimate(Pipe(), 512, 30, 4, 5.0)
-    assert guess == SizeEstimate(512, 64, 0.01, 0.01 * 64 * 30 * 4)
-    assert "64x the pixels" in guess.note() and "about 1 min" not in guess.note()
+    assert sides == [64, 256] and (guess.native, guess.half, guess.step_s, guess.half_s) == (64, 256, 0.01, 0.5)
+    assert guess.seconds == pytest.approx(step_seconds(0.01, 0.5, 16, 64) * 30 * 4)
+    assert "64x the pixels" in guess.note() and "500 ms at 256 px" in guess.note()
 
 
 def _row(pid, seed, setting="baseline", **extra):
