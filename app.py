@@ -44,11 +44,12 @@ MAX_GUIDANCE = 20.0
 PROBE_BUDGET_MB = 64
 NORM_CHOICES = [("per-token min-max", "per-token"), ("shared scale", "shared")]
 VIEWS = ["full compute", "accelerated", "both"]
-Y_CHOICES = [("closeness to full compute (PSNR)", "psnr"), ("prompt fidelity", "fidelity")]
+Y_CHOICES = [("closeness to full compute (PSNR)", "psnr"), ("prompt fidelity", "fidelity"),
+             ("CLIP score (shapes-CLIP on the default model)", "clip")]
 EXAMPLES = [["a large red circle on the left", "0"],
             ["a small blue square at the top and a yellow triangle on the right", "1"],
             ["a large green triangle in the center", "2"]]
-RUN_COLUMNS = ["#", "techniques", "latency (s)", "speed-up", "ideal", "PSNR (dB)", "SSIM", "fidelity"]
+RUN_COLUMNS = ["#", "techniques", "latency (s)", "speed-up", "ideal", "PSNR (dB)", "SSIM", "fidelity", "CLIP score"]
 CSS = """
 #diffscope-title h1 {margin-bottom: 0}
 .diffscope-image img {image-rendering: pixelated; object-fit: contain}
@@ -203,7 +204,8 @@ def runs_table(session: live.Session) -> list[list]:
         ideal = (r.ideal or {}).get("ideal_speedup")
         out.append([r.id, r.label, round(r.latency_s, 3), round(r.speedup, 2), None if ideal is None else round(ideal, 2),
                     "inf" if math.isinf(r.psnr_db) else round(r.psnr_db, 1), round(r.ssim, 4),
-                    None if r.fidelity is None else round(r.fidelity, 2)])
+                    None if r.fidelity is None else round(r.fidelity, 2),
+                    None if live.clip_score_of(r.quality) is None else round(live.clip_score_of(r.quality), 1)])
     return out
 
 

@@ -52,6 +52,24 @@ def _add_train(sub):
                    help="reuse this model's autoencoder instead of training one (text-side variants)")
 
 
+def _add_train_judge(sub):
+    p = sub.add_parser("train-judge", help="train shapes-CLIP, the shapes world's judge (CLIP score, FD, KID)")
+    p.add_argument("--out-dir")
+    p.add_argument("--work-dir")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--threads", type=int)
+    p.add_argument("--steps", type=int)
+    p.add_argument("--batch", type=int)
+    p.add_argument("--negatives", type=int, help="hard-negative captions per image (default 2)")
+    p.add_argument("--vae-share", type=float, help="share of each batch passed through the autoencoder (0.5)")
+    p.add_argument("--vae-pool", type=int, help="autoencoder round-trip renders built once (8192)")
+    p.add_argument("--vae-from", metavar="MODEL_DIR", help="whose autoencoder (default assets/shapes-v1)")
+    p.add_argument("--tokenizer-from", metavar="MODEL_DIR", help="whose tokenizer (default assets/shapes-v1)")
+    p.add_argument("--checkpoint-every", type=int)
+    p.add_argument("--stop-after", type=int, metavar="N",
+                   help="checkpoint after N steps and stop (the next run resumes exactly); not part of the recipe")
+
+
 def _add_generate(sub):
     p = sub.add_parser(
         "generate", help="run one request (baseline + accelerated) and write run.json and images",
@@ -239,6 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_generate(sub)
     _add_train(sub)
+    _add_train_judge(sub)
     sub.add_parser("search-policy", help="PHAST: greedy search for an attention-map reuse policy "
                    "(options: python -m analysis search-policy --help)", add_help=False)
     sub.add_parser("sweep", help="every setting of a grid on every prompt and seed against full compute; --merge "
@@ -310,6 +329,16 @@ def main(argv=None) -> int:
                 raise UsageError(err) from None
             _check_train_folders(cfg)
             print(train(cfg))
+            return 0
+        if args.command == "train-judge":
+            from analysis.toy.judge import config_from_args as judge_config, train_judge
+
+            try:
+                cfg = judge_config(args)
+            except ValueError as err:
+                raise UsageError(err) from None
+            done = train_judge(cfg, stop_after=args.stop_after)
+            print(done if done is not None else f"stopped after {args.stop_after} steps; run again to resume")
             return 0
         raise UsageError(f"unknown command {args.command!r}")
     except UsageError as err:

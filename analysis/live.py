@@ -78,6 +78,12 @@ def fidelity_of(quality: dict | None) -> float | None:
     return ((quality or {}).get("fidelity") or {}).get("overall")
 
 
+def clip_score_of(quality: dict | None) -> float | None:
+    """The CLIP score in a quality dict (shapes-CLIP on the default model, a Hub CLIP elsewhere); None where
+    the scorer is unavailable."""
+    return ((quality or {}).get("clip_score") or {}).get("clip_score")
+
+
 @dataclass(frozen=True)
 class Request:
     """What makes a full-compute image: the baseline cache key."""
@@ -148,7 +154,7 @@ class LiveRun:
         """One point of the trade-off plot / one row of the runs table."""
         return {"id": self.id, "label": self.label, "technique": technique_family(self.accel),
                 "latency_s": self.latency_s, "speedup": self.speedup, "psnr_db": self.psnr_db,
-                "ssim": self.ssim, "fidelity": self.fidelity,
+                "ssim": self.ssim, "fidelity": self.fidelity, "clip_score": clip_score_of(self.quality),
                 "ideal_speedup": (self.ideal or {}).get("ideal_speedup"),
                 "careful": None if not self.careful else self.careful.get("paired_speedup")}
 
@@ -428,9 +434,9 @@ def compute_frontier(pipe, baseline: Baseline, stop: StopToken | None = None) ->
         q = quality_of(pipe, request, image, baseline.image)
         rows.append({"steps": n, "latency_s": seconds, "psnr_db": metrics.psnr(baseline.image, image),
                      "ssim": metrics.ssim(baseline.image, image),
-                     "fidelity": fidelity_of(q)})
+                     "fidelity": fidelity_of(q), "clip_score": clip_score_of(q)})
     rows.append({"steps": request.steps, "latency_s": baseline.latency_s, "psnr_db": math.inf, "ssim": 1.0,
-                 "fidelity": fidelity_of(baseline.quality)})
+                 "fidelity": fidelity_of(baseline.quality), "clip_score": clip_score_of(baseline.quality)})
     return sorted(rows, key=lambda r: r["steps"])
 
 

@@ -65,7 +65,7 @@ def test_one_json_convention():
 def test_registry_picks_scorers_by_model():
     from analysis.eval.quality import scorers_for
 
-    assert [s.name for s in scorers_for("default")] == ["closeness", "lpips", "fidelity"]
+    assert [s.name for s in scorers_for("default")] == ["closeness", "lpips", "fidelity", "clip_score"]
     names = [s.name for s in scorers_for("owner/some-model")]
     assert names == ["closeness", "lpips", "clip_score"]
 

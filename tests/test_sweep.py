@@ -1,4 +1,4 @@
-"""Sweeps (analysis/eval/sweep.py, grid.py), the Fréchet distance, Pareto frontiers and their figures."""
+"""Sweeps (analysis/eval/sweep.py, grid.py), Pareto frontiers and their figures."""
 import json
 import math
 
@@ -6,29 +6,12 @@ import numpy as np
 import pytest
 
 from analysis.jsonsafe import from_json_value, jsonable
-from skimage.filters import gaussian
 
 from analysis import metrics
-from analysis.eval import frechet, grid, pareto, sweep, sweep_results
+from analysis.eval import grid, judge_sweep, pareto, sweep, sweep_results
 from analysis.toy import scenes
 
 CAPTIONS = [scenes.caption(s) for s in scenes.evaluation_scenes(24, 7, False)]
-SWAP = {"red": "blue", "blue": "red", "green": "orange", "orange": "green", "yellow": "purple", "purple": "yellow"}
-
-
-@pytest.fixture(scope="module")
-def reference():
-    caps = [c for c in CAPTIONS for _ in range(4)]
-    return frechet.features(frechet.true_renders(CAPTIONS, 4, seed=0), caps)
-
-
-def _gen(captions=CAPTIONS, seed=1):
-    return frechet.true_renders(captions, 2, seed=seed)
-
-
-def _fd(images, reference):
-    return frechet.frechet_distance(frechet.features(images, [c for c in CAPTIONS for _ in range(2)]), reference)
-
 
 # ---- metrics on known pairs -----------------------------------------------------------------------------------
 
@@ -38,42 +21,6 @@ def test_identical_images_psnr_inf_shown_as_such_and_ssim_one():
     assert metrics.ssim(img, img.copy()) == pytest.approx(1.0)
     assert json.loads(json.dumps(jsonable({"psnr_db": math.inf, "x": float("nan")}))) == {"psnr_db": "inf", "x": None}
     assert from_json_value("inf") == math.inf
-
-
-def test_frechet_of_a_set_with_itself_is_zero(reference):
-    assert frechet.frechet_distance(reference, reference) == pytest.approx(0.0, abs=1e-6)
-
-
-def test_frechet_grows_with_blur(reference):
-    gen = _gen()
-    base = _fd(gen, reference)
-    dists = [_fd(np.stack([np.clip(gaussian(g.astype(float), sigma=s, channel_axis=-1, preserve_range=True), 0, 255)
-                           .astype(np.uint8) for g in gen]), reference) for s in (0.5, 1.0, 2.0)]
-    assert base < dists[0] < dists[1] < dists[2]
-
-
-def test_frechet_grows_with_noise(reference):
-    gen, rng = _gen(), np.random.default_rng(0)
-    base = _fd(gen, reference)
-    noisy = [_fd(np.clip(gen + rng.normal(0, s, gen.shape), 0, 255).astype(np.uint8), reference) for s in (4, 16)]
-    assert base < noisy[0] < noisy[1]
-
-
-def test_frechet_sees_wrong_colours_and_shapes(reference):
-    """Recolouring keeps the set's colour histogram (every colour swaps with another): only the joint
-    caption-image features can see it."""
-    base = _fd(_gen(), reference)
-    recoloured = _gen([" ".join(SWAP.get(w, w) for w in c.split()) for c in CAPTIONS])
-    reshaped = _gen([c.replace("circle", "X").replace("square", "circle").replace("X", "square") for c in CAPTIONS])
-    assert _fd(recoloured, reference) > 2 * base
-    assert _fd(reshaped, reference) > 2 * base
-
-
-def test_frechet_input_checks():
-    with pytest.raises(ValueError, match="at least 2"):
-        frechet.frechet_distance(np.zeros((1, 3)), np.zeros((4, 3)))
-    with pytest.raises(ValueError, match="unstated"):
-        frechet.caption_scene("a red circle")
 
 
 # ---- grid and Pareto ----------------------------------------------------------------------------------------------
@@ -111,13 +58,13 @@ def test_grid_inline_file_and_errors(tmp_path):
 
 
 def test_pareto_on_a_hand_made_table():
-    rows = [{"setting": "a", "latency_s": 1.0, "psnr_db": 30.0, "frechet": 5.0},
-            {"setting": "b", "latency_s": 2.0, "psnr_db": 40.0, "frechet": 4.0},
-            {"setting": "c", "latency_s": 2.5, "psnr_db": 35.0, "frechet": 1.0},  # dominated on PSNR by b
-            {"setting": "d", "latency_s": 3.0, "psnr_db": math.inf, "frechet": 1.0},  # dominated on Fréchet by c
-            {"setting": "e", "latency_s": 0.5, "psnr_db": None, "frechet": 9.0}]
+    rows = [{"setting": "a", "latency_s": 1.0, "psnr_db": 30.0, "kid_renders": 5.0},
+            {"setting": "b", "latency_s": 2.0, "psnr_db": 40.0, "kid_renders": 4.0},
+            {"setting": "c", "latency_s": 2.5, "psnr_db": 35.0, "kid_renders": 1.0},  # dominated on PSNR by b
+            {"setting": "d", "latency_s": 3.0, "psnr_db": math.inf, "kid_renders": 1.0},  # dominated on KID by c
+            {"setting": "e", "latency_s": 0.5, "psnr_db": None, "kid_renders": 9.0}]
     assert [r["setting"] for r in pareto.pareto_front(rows, "psnr_db")] == ["a", "b", "d"]
-    assert [r["setting"] for r in pareto.pareto_front(rows, "frechet")] == ["e", "a", "b", "c"]
+    assert [r["setting"] for r in pareto.pareto_front(rows, "kid_renders")] == ["e", "a", "b", "c"]
 
 
 def test_versus_ladder_interpolates_at_equal_latency():
@@ -152,7 +99,7 @@ def _prompt_file(tmp_path_factory):
 
 
 def _quality(table):
-    return sorted((r["prompt_id"], r["seed"], r["setting"], r["psnr_db"], r["ssim"], r["fidelity"], r["frechet"])
+    return sorted((r["prompt_id"], r["seed"], r["setting"], r["psnr_db"], r["ssim"], r["fidelity"], r["clip_score"])
                   for r in table)
 
 
@@ -168,7 +115,7 @@ def test_sweep_writes_tidy_table_summary_and_report(full_run):
     assert len(table) == 2 * 1 * 4  # prompts x seeds x (baseline + 3 settings)
     for r in table:
         assert set(sweep_results.TABLE_COLUMNS) <= set(r)
-        assert r["latency_s"] > 0 and r["speedup"] > 0 and r["frechet"] is not None
+        assert r["latency_s"] > 0 and r["speedup"] > 0 and r["clip_score"] is not None
     base = [r for r in table if r["setting"] == "baseline"]
     assert all(r["psnr_db"] == "inf" and r["ssim"] == 1.0 and r["speedup"] == 1.0 for r in base)
     ru = [r for r in table if r["setting"] == "ru"]
@@ -231,10 +178,14 @@ def test_sweep_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
 
 
 def test_unavailable_measures_are_reported_as_unavailable(tmp_path):
-    assert sweep.reference_free_scorers("some/hub-model") == {"fidelity": False, "frechet": False}
+    assert sweep.reference_free_scorers("some/hub-model") == {"fidelity": False}
     rows = [{"prompt_id": 0, "seed": 0, "setting": "a", "prompt": "a photo of a cat"}]
-    values, meta = sweep_results.frechet_per_setting(tmp_path, rows)
-    assert values == {} and meta["frechet"].startswith("unavailable")
+    judged = judge_sweep.score_sweep(tmp_path, rows, "default")  # not shapes-world captions: no true renders
+    assert judged.columns == {} and judged.row_clip == {} and judged.meta["judge"].startswith("unavailable")
+    from analysis.eval import quality
+
+    hub = judge_sweep.score_sweep(tmp_path, rows, "owner/some-model")  # offline: the Hub CLIP does not load
+    assert hub.columns == {} and hub.meta["judge"].startswith("unavailable") and quality.CLIP_MODEL in hub.meta["judge"]
 
 
 def test_fast_and_faithful():
@@ -249,7 +200,8 @@ def test_load_shipped_has_the_app_contract():
     rows = sweep_results.load_shipped(steps=20)
     assert rows, "assets/results/default-20/summary.json is shipped"
     for r in rows:
-        assert {"setting", "technique", "latency_s", "speedup", "psnr_db", "fidelity", "frechet"} <= set(r)
+        assert {"setting", "technique", "latency_s", "speedup", "psnr_db", "fidelity", "clip_score",
+                "clip_score_low", "clip_score_high", "kid_renders", "kid_full"} <= set(r)
     assert {r["technique"] for r in rows} >= {"baseline", "steps", "tgate", "reuse"}
     assert sweep_results.load_shipped(steps=999) == []
 
@@ -257,11 +209,11 @@ def test_load_shipped_has_the_app_contract():
 # ---- figures ----------------------------------------------------------------------------------------------------
 
 SUMMARY = [{"setting": "baseline", "technique": "baseline", "latency_s": 1.0, "psnr_db": math.inf, "fidelity": 0.9,
-            "fidelity_se": 0.01, "frechet": 2.0},
+            "fidelity_se": 0.01, "kid_renders": 2.0},
            {"setting": "steps-5", "technique": "steps", "latency_s": 0.5, "latency_s_q25": 0.45, "latency_s_q75": 0.55,
-            "psnr_db": 30.0, "psnr_db_q25": 28.0, "psnr_db_q75": 31.0, "fidelity": 0.85, "frechet": 3.0},
-           {"setting": "steps-8", "technique": "steps", "latency_s": 0.8, "psnr_db": 35.0, "fidelity": 0.88, "frechet": 2.5},
-           {"setting": "tg", "technique": "tgate", "latency_s": 0.6, "psnr_db": 25.0, "fidelity": 0.9, "frechet": 2.2}]
+            "psnr_db": 30.0, "psnr_db_q25": 28.0, "psnr_db_q75": 31.0, "fidelity": 0.85, "kid_renders": 3.0},
+           {"setting": "steps-8", "technique": "steps", "latency_s": 0.8, "psnr_db": 35.0, "fidelity": 0.88, "kid_renders": 2.5, "kid_renders_low": 2.0, "kid_renders_high": 3.25},
+           {"setting": "tg", "technique": "tgate", "latency_s": 0.6, "psnr_db": 25.0, "fidelity": 0.9, "kid_renders": 2.2}]
 
 
 def test_tradeoff_figures_have_the_traces_and_labels():
@@ -276,9 +228,12 @@ def test_tradeoff_figures_have_the_traces_and_labels():
     assert fig.data[1].y[0] == 40.0  # +inf PSNR drawn 5 dB above the best finite value
     assert fig.layout.xaxis.title.text == sweep_figs.LATENCY_LABELS["latency_s"]
     assert fig.layout.yaxis.title.text == sweep_figs.AXIS_LABELS["psnr_db"]
-    mfig = sweep_figs.tradeoff_figure_mpl(SUMMARY, "frechet", latency="latency_s")
+    kid = sweep_figs.tradeoff_figure(SUMMARY, "kid_renders", latency="latency_s")
+    assert [t.name for t in kid.data] == ["baseline", "step reduction", "tgate"]
+    assert list(kid.data[1].error_y.arrayminus) == [0.0, 0.5] and list(kid.data[1].error_y.array) == [0.0, 0.75]
+    mfig = sweep_figs.tradeoff_figure_mpl(SUMMARY, "kid_renders", latency="latency_s")
     ax = mfig.axes[0]
-    assert ax.get_xlabel() == sweep_figs.LATENCY_LABELS["latency_s"] and ax.get_ylabel() == sweep_figs.AXIS_LABELS["frechet"]
+    assert ax.get_xlabel() == sweep_figs.LATENCY_LABELS["latency_s"] and ax.get_ylabel() == sweep_figs.AXIS_LABELS["kid_renders"]
     labels = ax.get_legend_handles_labels()[1]
     assert "step reduction (baseline frontier)" in labels and "full compute" in labels and "tgate" in labels
 
@@ -337,8 +292,8 @@ def test_atedm_ranking_ablation_prunes_the_same_amount(pipe_name, request):
 
 def test_best_at_matched_latency():
     summary = [{"setting": "dc", "technique": "peer", "relative_latency": 0.5, "psnr_db": 30.0},
-               {"setting": "a", "technique": "tgate", "relative_latency": 0.52, "psnr_db": 28.0, "frechet": 3.0},
-               {"setting": "b", "technique": "steps", "relative_latency": 0.48, "psnr_db": 33.0, "frechet": 4.0},
-               {"setting": "c", "technique": "steps", "relative_latency": 0.8, "psnr_db": 45.0, "frechet": 1.0}]
+               {"setting": "a", "technique": "tgate", "relative_latency": 0.52, "psnr_db": 28.0, "kid_renders": 3.0},
+               {"setting": "b", "technique": "steps", "relative_latency": 0.48, "psnr_db": 33.0, "kid_renders": 4.0},
+               {"setting": "c", "technique": "steps", "relative_latency": 0.8, "psnr_db": 45.0, "kid_renders": 1.0}]
     out = pareto.best_at_matched_latency(summary, summary[0])
-    assert out["psnr_db"] == ("b", 33.0) and out["frechet"] == ("a", 3.0) and out["fidelity"] is None
+    assert out["psnr_db"] == ("b", 33.0) and out["kid_renders"] == ("a", 3.0) and out["fidelity"] is None

@@ -134,3 +134,21 @@ def test_export_png_and_pdf(tmp_path, sig):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
     pdf = E.save(figs["drift"], tmp_path / "drift.pdf")
     assert pdf.read_bytes()[:5] == b"%PDF-"
+
+
+def test_live_tradeoff_clip_axis_draws_shipped_intervals():
+    from viz.tradeoff import tradeoff_figure
+
+    runs = [{"id": 1, "label": "tgate", "technique": "tgate", "latency_s": 0.5, "speedup": 2.0, "psnr_db": 30.0,
+             "ssim": 0.9, "fidelity": 0.9, "clip_score": 31.5, "current": True}]
+    frontier = [{"steps": 10, "latency_s": 0.5, "psnr_db": 35.0, "ssim": 0.95, "fidelity": 0.9, "clip_score": 31.0},
+                {"steps": 20, "latency_s": 1.0, "psnr_db": math.inf, "ssim": 1.0, "fidelity": 1.0, "clip_score": 32.0}]
+    shipped = [{"setting": "a", "technique": "tgate", "speedup": 2.0, "clip_score": 30.0, "clip_score_low": 29.0,
+                "clip_score_high": 30.5}]
+    fig = tradeoff_figure(runs, frontier, shipped, baseline_latency_s=1.0, y="clip")
+    ship = fig.data[0]
+    assert list(ship.y) == [30.0] and list(ship.error_y.arrayminus) == [1.0] and list(ship.error_y.array) == [0.5]
+    assert fig.layout.yaxis.title.text == "CLIP score" and list(fig.data[-1].y) == [31.5]
+    assert "CLIP score 31.5" in fig.data[-1].text[0]
+    psnr = tradeoff_figure(runs, frontier, shipped, baseline_latency_s=1.0, y="psnr")
+    assert psnr.data[0].error_y.array is None  # no interval on that axis: no bars drawn

@@ -47,6 +47,9 @@ def slide_numbers(baseline: live.Baseline, run: live.LiveRun | None) -> list[tup
         fid = live.fidelity_of(run.quality)
         if fid is not None:
             rows.append(("prompt fidelity", f"{fid:.0%}"))
+        clip = live.clip_score_of(run.quality)
+        if clip is not None:
+            rows.append(("CLIP score, full / accelerated", f"{run.quality['clip_score']['baseline']:.1f} / {clip:.1f}"))
     return rows
 
 

@@ -1,7 +1,7 @@
 """Figures of a sweep (analysis/eval/sweep.py) and of the sensitivity analysis (analysis/eval/sensitivity.py):
 interactive plotly for the app and the HTML report, matplotlib for slides (large fonts, the Okabe-Ito
 colour-blind-safe palette, error bars = quartiles over prompts and seeds; fidelity: +- one standard error over
-prompts). Functions take plain rows and return figures; `write_all` / `write_sensitivity` save them.
+prompts; CLIP score and KID: 95% bootstrap intervals over prompts). Functions take plain rows and return figures; `write_all` / `write_sensitivity` save them.
 """
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ FAMILY_COLOURS = {"steps": "#000000", "reuse": "#0072B2", "tgate": "#D55E00", "f
 FAMILY_MARKERS = {"reuse": "o", "tgate": "s", "fastdiff": "^", "atedm": "D", "combo": "P", "peer": "X",
                   "ablation": "v"}
 AXIS_LABELS = {"psnr_db": "PSNR to full compute (dB)", "ssim": "SSIM to full compute",
-               "fidelity": "prompt fidelity (attribute accuracy)", "frechet": "Fréchet distance to true renders (lower = better)"}
+               "fidelity": "prompt fidelity (attribute accuracy)", "clip_score": "CLIP score (shapes-CLIP)",
+               "kid_renders": "KID to true renders (shapes-CLIP; lower = better)"}
 LATENCY_LABELS = {"relative_latency": "latency relative to full compute (interleaved, median)",
                   "latency_s": "latency per image (s, median)"}
 LATENCY_LABEL = LATENCY_LABELS["relative_latency"]
@@ -49,6 +50,9 @@ def _cap(summary: Sequence[dict], axis: str) -> float:
 
 
 def _errors(row: dict, axis: str, value: float, cap: float) -> tuple[float, float]:
+    low, high = _num(row.get(f"{axis}_low")), _num(row.get(f"{axis}_high"))
+    if low is not None and high is not None:  # a 95% bootstrap interval (the judge's measures)
+        return max(0.0, value - low), max(0.0, high - value)
     if axis == "fidelity":
         se = _num(row.get("fidelity_se")) or 0.0
         return se, se
@@ -231,7 +235,7 @@ def _save_mpl(fig, stem: Path) -> list[Path]:
     return paths
 
 
-def write_all(summary: Sequence[dict], rows: Sequence[dict], directory: Path, axes=("psnr_db", "ssim", "fidelity", "frechet")) -> list[Path]:
+def write_all(summary: Sequence[dict], rows: Sequence[dict], directory: Path, axes=("psnr_db", "ssim", "fidelity", "clip_score", "kid_renders")) -> list[Path]:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     paths = []

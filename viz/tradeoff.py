@@ -9,7 +9,9 @@ Inputs are plain dicts (no torch):
 - `shipped`: per-setting summary rows of a sweep (setting, technique, speedup, psnr_db, fidelity). Their
   latencies were measured on another day and machine load, so they are placed at
   `baseline_latency_s / speedup`: on this machine's current clock, by their measured speed-up;
-- `y`: "psnr" (closeness to full compute) or "fidelity" (prompt fidelity, the CLIP-score analog).
+- `y`: "psnr" (closeness to full compute), "fidelity" (prompt fidelity) or "clip" (CLIP score; shapes-CLIP on
+  the default model). Shipped points carry their 95% bootstrap interval where the sweep has one
+  (`<key>_low`, `<key>_high`), drawn as error bars.
 """
 from __future__ import annotations
 
@@ -21,7 +23,8 @@ import numpy as np
 # Okabe-Ito: distinguishable with every common colour-vision deficiency.
 FAMILY_COLOURS = {"tgate": "#0072B2", "reuse": "#E69F00", "atedm": "#009E73", "fastdiff": "#D55E00",
                   "combo": "#CC79A7", "peer": "#56B4E9", "steps": "#666666", "baseline": "#000000"}
-Y_AXES = {"psnr": ("psnr_db", "PSNR vs full compute (dB)"), "fidelity": ("fidelity", "prompt fidelity (%)")}
+Y_AXES = {"psnr": ("psnr_db", "PSNR vs full compute (dB)"), "fidelity": ("fidelity", "prompt fidelity (%)"),
+          "clip": ("clip_score", "CLIP score")}
 
 
 def family_colour(family: str) -> str:
@@ -40,6 +43,17 @@ def y_values(rows: Sequence[dict], y: str) -> np.ndarray:
     key = Y_AXES[y][0]
     vals = np.array([_finite(r.get(key)) for r in rows], dtype=float)
     return vals * 100.0 if y == "fidelity" else vals
+
+
+def shipped_interval(rows: Sequence[dict], y: str, values: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """(below, above) error-bar lengths from the rows' 95% intervals on this axis; None where they have none."""
+    key = Y_AXES[y][0]
+    if not rows or not all(r.get(f"{key}_low") is not None and r.get(f"{key}_high") is not None for r in rows):
+        return None
+    scale = 100.0 if y == "fidelity" else 1.0
+    low = np.array([_finite(r[f"{key}_low"]) for r in rows]) * scale
+    high = np.array([_finite(r[f"{key}_high"]) for r in rows]) * scale
+    return np.maximum(values - low, 0), np.maximum(high - values, 0)
 
 
 def psnr_cap(*groups: Sequence[dict]) -> float:
@@ -69,6 +83,7 @@ def prepare(runs: Sequence[dict], frontier: Sequence[dict] | None, shipped: Sequ
         "shipped": shipped_rows,
         "shipped_x": np.array([baseline_latency_s / _finite(r["speedup"]) for r in shipped_rows]),
         "shipped_y": ys(shipped_rows),
+        "shipped_err": shipped_interval(shipped_rows, y, ys(shipped_rows)),
         "y_title": Y_AXES[y][1],
     }
 
@@ -80,7 +95,8 @@ def _hover(r: dict) -> str:
     ideal = r.get("ideal_speedup")
     return (f"<b>#{r.get('id', '')} {r.get('label', '')}</b><br>latency {_finite(r['latency_s']):.3f} s · "
             f"speed-up {_finite(r.get('speedup')):.2f}×" + (f" (ideal {ideal:.2f}×)" if ideal else "")
-            + f"<br>PSNR {psnr} · fidelity {'n/a' if fid is None else f'{fid:.0%}'}")
+            + f"<br>PSNR {psnr} · fidelity {'n/a' if fid is None else f'{fid:.0%}'}"
+            + ("" if r.get("clip_score") is None else f" · CLIP score {r['clip_score']:.1f}"))
 
 
 def tradeoff_figure(runs: Sequence[dict], frontier: Sequence[dict] | None = None,
@@ -96,6 +112,9 @@ def tradeoff_figure(runs: Sequence[dict], frontier: Sequence[dict] | None = None
         fig.add_trace(go.Scatter(
             x=d["shipped_x"].tolist(), y=d["shipped_y"].tolist(), mode="markers", name="shipped sweep (default model)",
             marker=dict(size=7, color=[family_colour(f) for f in fams], opacity=0.22),
+            error_y=None if d["shipped_err"] is None else dict(
+                type="data", symmetric=False, array=d["shipped_err"][1].tolist(),
+                arrayminus=d["shipped_err"][0].tolist(), color="rgba(120,120,120,0.35)", thickness=1, width=0),
             text=[f"{r.get('setting', '')}<br>sweep median: speed-up {_finite(r['speedup']):.2f}×" for r in d["shipped"]],
             hovertemplate="%{text}<extra>shipped sweep</extra>"))
     if d["frontier"]:
@@ -141,6 +160,9 @@ def tradeoff_axes(ax, runs: Sequence[dict], frontier: Sequence[dict] | None = No
     if d["shipped"]:
         ax.scatter(d["shipped_x"], d["shipped_y"], s=18, alpha=0.22, linewidths=0,
                    c=[family_colour(r.get("technique", "?")) for r in d["shipped"]], label="shipped sweep")
+        if d["shipped_err"] is not None:
+            ax.errorbar(d["shipped_x"], d["shipped_y"], yerr=np.vstack(d["shipped_err"]), fmt="none",
+                        ecolor="#999", alpha=0.35, lw=0.8)
     if d["frontier"]:
         ax.plot(d["frontier_x"], d["frontier_y"], "--o", color=family_colour("steps"), mfc="none", ms=5, lw=1.6,
                 label="step reduction")

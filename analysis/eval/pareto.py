@@ -8,7 +8,7 @@ from typing import Sequence
 import numpy as np
 
 # quality axis -> True when higher is better
-AXES: dict[str, bool] = {"psnr_db": True, "ssim": True, "fidelity": True, "frechet": False}
+AXES: dict[str, bool] = {"psnr_db": True, "ssim": True, "fidelity": True, "clip_score": True, "kid_renders": False}
 
 
 def _finite_or_inf(x) -> float | None:
@@ -58,7 +58,7 @@ def ladder_at(ladder: Sequence[dict], latency: float, axis: str, latency_key: st
 def versus_ladder(summary: Sequence[dict], axes: Sequence[str] = tuple(AXES),
                   latency_key: str = "relative_latency") -> list[dict]:
     """For every non-ladder setting: its quality minus the ladder's at the same latency, per axis (positive =
-    better than step reduction for higher-is-better axes; for frechet, negative = better). The ladder ends
+    better than step reduction for higher-is-better axes; for kid_renders, negative = better). The ladder ends
     at full compute (the baseline row). By default latency is relative to the interleaved full-compute
     timing (median of latency / baseline latency per row), which a drifting shared machine cannot bias."""
     ladder = [r for r in summary if r.get("technique") in ("steps", "baseline")]

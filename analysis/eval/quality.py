@@ -18,10 +18,14 @@ Registered (`scorers_for(model_name)`):
   stated attributes (colour, shape, size, position) the image shows: the analog of the CLIP score for a
   world whose captions can be checked exactly. Its dict is `attribute_accuracy(images, prompts)` plus
   "baseline" (the reference images' overall accuracy): RunResult.fidelity / run.json "fidelity";
-- "clip_score" (every other model): CLIP score (Hessel et al. 2021, as torchmetrics defines it:
-  100 * max(cos(image embedding, text embedding), 0), mean over images) with transformers' CLIPModel and
-  CLIP_MODEL (openai/clip-vit-base-patch32, the checkpoint torchmetrics defaults to), for the accelerated and
-  the reference images. The weights come from the Hugging Face Hub (a Space); offline it reports unavailable.
+- "clip_score": CLIP score (Hessel et al. 2021, as torchmetrics defines it: 100 * max(cos(image embedding,
+  text embedding), 0), mean over images; analysis/eval/judge.py) for the accelerated and the reference
+  images. On the default model the CLIP is shapes-CLIP, the world's own judge (assets/shapes-clip, trained by
+  `python -m analysis train-judge`); on every other model transformers' CLIPModel with CLIP_MODEL
+  (openai/clip-vit-base-patch32, the checkpoint torchmetrics defaults to), whose weights come from the
+  Hugging Face Hub (a Space); where they do not load (offline) it reports unavailable with the reason.
+Set-level measures (FD and KID on the judge's embeddings, with bootstrap intervals) need many images: they
+are computed by sweeps (analysis/eval/sweep_results.py, analysis/eval/distribution.py), not per run.
 """
 from __future__ import annotations
 
@@ -185,17 +189,21 @@ def _clip(model_id: str):
     return None, None, reason
 
 
+def _judge():
+    """(model, processor, None) or (None, None, reason) for the shapes world's own CLIP."""
+    from analysis.eval.judge import JudgeUnavailable, load_judge
+
+    try:
+        return (*load_judge(), None)
+    except JudgeUnavailable as err:
+        return None, None, str(err)
+
+
 def clip_score(model, processor, images: np.ndarray, prompts: Sequence[str]) -> float:
     """100 * max(cos(image, text), 0), mean over the images (torchmetrics' CLIPScore)."""
-    import torch
+    from analysis.eval.judge import clip_scores
 
-    inputs = processor(text=list(prompts), images=list(_batch(images)), return_tensors="pt", padding=True,
-                       truncation=True)
-    with torch.inference_mode():
-        img = model.get_image_features(pixel_values=inputs["pixel_values"])
-        txt = model.get_text_features(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
-    cos = torch.nn.functional.cosine_similarity(img, txt, dim=-1)
-    return float((100 * cos.clamp(min=0)).mean())
+    return float(clip_scores(model, processor, list(_batch(images)), list(prompts)).mean())
 
 
 @register_scorer(lambda name: not _default_model(name))
@@ -207,12 +215,27 @@ class CLIPScore:
     def __init__(self, model_id: str | None = None):
         self.model_id = model_id or CLIP_MODEL
 
+    def _load(self):
+        return _clip(self.model_id)
+
     def unavailable_reason(self) -> str | None:
-        return _clip(self.model_id)[2]
+        return self._load()[2]
 
     def score(self, images, prompts, reference_images) -> dict[str, Any]:
-        model, processor, reason = _clip(self.model_id)
+        model, processor, reason = self._load()
         if model is None:
             raise ScorerUnavailable(reason)
         return {"clip_score": clip_score(model, processor, images, prompts),
-                "baseline": clip_score(model, processor, reference_images, prompts), "model": self.model_id}
+                "baseline": clip_score(model, processor, reference_images, prompts),
+                "model": self.model_id}
+
+
+@register_scorer(_default_model)
+class JudgeCLIPScore(CLIPScore):
+    """CLIP score with shapes-CLIP, the default model's world's own judge."""
+
+    def __init__(self):
+        super().__init__("shapes-clip")
+
+    def _load(self):
+        return _judge()

@@ -46,12 +46,12 @@ DEFAULT_PROMPTS = Path(__file__).resolve().parent.parent.parent / "assets" / "pr
 # ---- small swappable pieces (the lead may replace these with analysis/eval's registry and sanitiser) --------
 
 def reference_free_scorers(model: str) -> dict[str, bool]:
-    """Which reference-free quality measures exist for `model`: prompt fidelity and the Fréchet distance need
-    the shapes world (the default model). Elsewhere they are reported as unavailable (None), never faked."""
+    """Which per-image reference-free measures the runner computes for `model`: prompt fidelity needs the shapes
+    world (the default model); elsewhere it is reported as unavailable (None), never faked. The judge's
+    measures (CLIP score, FD, KID) are computed by the merge, from the saved images."""
     from analysis.eval.quality import scorers_for
 
-    return {"fidelity": any(s.name == "fidelity" for s in scorers_for(model)),
-            "frechet": model == "default"}  # true renders of the captions exist only in the shapes world
+    return {"fidelity": any(s.name == "fidelity" for s in scorers_for(model))}
 
 
 def score_fidelity(image: np.ndarray, prompt: str) -> tuple[float | None, int, int]:

@@ -16,12 +16,13 @@ from typing import Any
 
 import numpy as np
 
+from analysis.eval import judge_sweep
 from analysis.jsonsafe import from_json_value, jsonable
 
 SHIPPED_DIR = Path(__file__).resolve().parent.parent.parent / "assets" / "results"
 TABLE_COLUMNS = ("prompt_id", "prompt", "held_out", "seed", "setting", "technique", "scheduler", "steps", "specs",
                  "latency_s", "baseline_latency_s", "speedup", "psnr_db", "ssim", "fidelity", "fidelity_correct",
-                 "fidelity_total", "frechet", "counters")
+                 "fidelity_total", "clip_score", "counters")
 SUMMARY_KEYS = ("latency_s", "speedup", "psnr_db", "ssim")
 
 
@@ -95,47 +96,13 @@ def save_png(path: Path, image: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
-def _load_png(path: Path) -> np.ndarray:
+def load_png(path: Path) -> np.ndarray:
     from PIL import Image
 
     return np.asarray(Image.open(path).convert("RGB"))
 
 
 # ---- merge: table, summary, frontier, figures -------------------------------------------------------------
-
-def frechet_per_setting(out: Path, rows: list[dict], per_caption: int = 4) -> tuple[dict[str, float], dict]:
-    """Fréchet distance of every setting's images (all prompts and seeds) to true renders of the same
-    captions; plus the measure's floor: fresh true renders of the same captions against the reference."""
-    import warnings
-
-    from analysis.eval import frechet
-
-    captions = sorted({r["prompt"] for r in rows})
-    try:
-        ref_captions = [c for c in captions for _ in range(per_caption)]
-        reference = frechet.features(frechet.true_renders(captions, per_caption, seed=0), ref_captions)
-    except ValueError:
-        return {}, {"frechet": "unavailable: the prompts are not shapes-world captions"}
-    by_setting: dict[str, list[dict]] = {}
-    for r in rows:
-        by_setting.setdefault(r["setting"], []).append(r)
-    result = {}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # scipy warns on the rank-deficient covariances of small sets
-        for name, rs in by_setting.items():
-            rs = sorted(rs, key=row_key)
-            paths = [image_path(out, name, int(r["prompt_id"]), int(r["seed"])) for r in rs]
-            if len(rs) < 2 or not all(p.exists() for p in paths):
-                continue
-            feats = frechet.features([_load_png(p) for p in paths], [r["prompt"] for r in rs])
-            result[name] = frechet.frechet_distance(feats, reference)
-        n = max((len(v) for v in by_setting.values()), default=0)
-        per = max(1, math.ceil(n / max(len(captions), 1)))
-        fresh = frechet.true_renders(captions, per, seed=1)
-        floor = frechet.frechet_distance(frechet.features(fresh, [c for c in captions for _ in range(per)]), reference)
-    return result, {"frechet_true_renders_floor": floor, "frechet_reference_images": len(reference),
-                    "frechet_features": list(frechet.FEATURE_NAMES) + list(frechet.CAPTION_FEATURE_NAMES)}
-
 
 def _quartiles(values: list[float]) -> tuple[float | None, float | None, float | None]:
     vals = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
@@ -148,9 +115,9 @@ def _quartiles(values: list[float]) -> tuple[float | None, float | None, float |
     return back[1], back[0], back[2]
 
 
-def summarise(rows: list[dict], frechet: dict[str, float]) -> list[dict]:
+def summarise(rows: list[dict], judge_columns: dict[str, dict]) -> list[dict]:
     """One row per setting: medians and quartiles over prompts and seeds; pooled fidelity with the standard
-    error over prompts; the setting's Fréchet distance."""
+    error over prompts; the judge's CLIP score, KID and FD with their intervals (analysis/eval/judge_sweep.py)."""
     by_setting: dict[str, list[dict]] = {}
     for r in rows:
         by_setting.setdefault(r["setting"], []).append(r)
@@ -170,7 +137,7 @@ def summarise(rows: list[dict], frechet: dict[str, float]) -> list[dict]:
                 per_prompt.setdefault(int(r["prompt_id"]), []).append(float(r["fidelity"]))
         means = [statistics.fmean(v) for v in per_prompt.values()]
         row["fidelity_se"] = statistics.stdev(means) / math.sqrt(len(means)) if len(means) > 1 else None
-        row["frechet"] = frechet.get(name)
+        row.update(judge_columns.get(name) or judge_sweep.EMPTY_COLUMNS)
         out.append(row)
     return out
 
@@ -195,10 +162,10 @@ def merge(out: Path, figures: bool = True) -> dict:
     rows, dropped = complete_units(rows)
     meta = {**meta, "units_merged": len({row_key(r)[:2] for r in rows}), "units_incomplete_dropped": dropped,
             "overhead": overhead(out)}
-    frechet, frechet_meta = frechet_per_setting(out, rows)
+    judged = judge_sweep.score_sweep(out, rows, meta.get("model", "default"))
     for r in rows:
-        r["frechet"] = frechet.get(r["setting"])
-    summary = summarise(rows, frechet)
+        r["clip_score"] = judged.row_clip.get(row_key(r))
+    summary = summarise(rows, judged.columns)
     (out / "table.json").write_text(json.dumps(jsonable(rows), indent=1))
     write_table(out / "table.csv", rows, TABLE_COLUMNS)
     (out / "summary.json").write_text(json.dumps(jsonable(summary), indent=1))
@@ -210,7 +177,8 @@ def merge(out: Path, figures: bool = True) -> dict:
                 "peers_matched": [{"peer": r["setting"], "relative_latency": r.get("relative_latency"),
                                    **{a: r.get(a) for a in pareto.AXES},
                                    "ours": pareto.best_at_matched_latency(summary, r)}
-                                  for r in summary if r["technique"] == "peer"], **frechet_meta}
+                                  for r in summary if r["technique"] == "peer"],
+                "versus_steps_judge": judge_sweep.versus_steps(summary, judged), **judged.meta}
     (out / "frontier.json").write_text(json.dumps(jsonable(frontier), indent=1))
     (out / "report.md").write_text(report_text(summary, frontier, meta))
     (out / "merge.json").write_text(json.dumps(jsonable({k: v for k, v in meta.items() if k != "settings"}), indent=1))
@@ -271,27 +239,64 @@ def _fmt(x, spec=".2f") -> str:
     return format(x, spec)
 
 
+def _ci(r: dict, key: str, spec: str) -> str:
+    if r.get(key) is None:
+        return "n/a"
+    return f"{_fmt(r[key], spec)} [{_fmt(r.get(key + '_low'), spec)}, {_fmt(r.get(key + '_high'), spec)}]"
+
+
 def report_text(summary: list[dict], frontier: dict, meta: dict) -> str:
     lines = ["# Sweep report", ""]
     if meta:
         lines += [f"Model {meta.get('model')}, {meta.get('steps')} steps, {meta.get('scheduler')}, "
                   f"{meta.get('n_prompts')} prompts x seeds {meta.get('seeds')}, grid `{meta.get('grid')}`.", ""]
     lines += ["## Settings (medians over prompts and seeds; fidelity pooled)", "",
-              "| setting | technique | n | latency s | rel. latency | speed-up | PSNR dB | SSIM | fidelity | Fréchet |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+              "| setting | technique | n | latency s | rel. latency | speed-up | PSNR dB | SSIM | fidelity |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(summary, key=lambda r: (r["technique"], r["setting"])):
         lines.append(f"| {r['setting']} | {r['technique']} | {r['n']} | {_fmt(r['latency_s'], '.3f')} | "
                      f"{_fmt(r.get('relative_latency'), '.3f')} | {_fmt(r['speedup'])} | {_fmt(r['psnr_db'], '.1f')} | {_fmt(r['ssim'], '.3f')} | "
-                     f"{_fmt(r['fidelity'], '.3f')} | {_fmt(r['frechet'], '.1f')} |")
-    lines += ["", "## Against step reduction at equal measured latency", "",
+                     f"{_fmt(r['fidelity'], '.3f')} |")
+    if frontier.get("judge", "").startswith("unavailable"):
+        lines += ["", f"Judge (CLIP score, FD, KID): {frontier['judge']}."]
+    else:
+        lines += ["", "## The judge: CLIP score, KID and FD (shapes-CLIP embeddings; 95% bootstrap intervals over "
+                  f"{frontier.get('judge_prompts')} prompts, {frontier.get('judge_bootstrap')} draws)", "",
+                  "KID and FD against full compute of the same prompts and seeds (full) and against true renders of the "
+                  "captions (renders); KID x 1000. dCLIP: CLIP score minus full compute's, paired by image. KID is "
+                  "unbiased (its interval may hold 0); FD is biased upwards at this n, and more so in a resample (fewer "
+                  "distinct prompts), so its interval can sit above its value: compare FDs at equal n, decide with KID.", "",
+                  "| setting | CLIP score | dCLIP vs full | KID full | KID renders | FD full | FD renders |",
+                  "|---|---|---|---|---|---|---|"]
+        milli = lambda r, k: {**r, k: None if r.get(k) is None else 1000 * r[k],  # noqa: E731
+                              k + "_low": None if r.get(k + "_low") is None else 1000 * r[k + "_low"],
+                              k + "_high": None if r.get(k + "_high") is None else 1000 * r[k + "_high"]}
+        for r in sorted(summary, key=lambda r: (r["technique"], r["setting"])):
+            m = milli(milli(r, "kid_full"), "kid_renders")
+            lines.append(f"| {r['setting']} | {_ci(r, 'clip_score', '.2f')} | {_ci(r, 'clip_score_vs_full', '+.2f')} | "
+                         f"{_ci(m, 'kid_full', '.2f')} | {_ci(m, 'kid_renders', '.2f')} | {_ci(r, 'fd_full', '.3f')} | "
+                         f"{_ci(r, 'fd_renders', '.3f')} |")
+        lines += ["", "## Against step reduction at equal latency, with statistical support", "",
+                  "Each setting against the step-reduction setting (or full compute) nearest in measured relative latency; paired "
+                  "bootstrap over prompts (95%). A verdict other than 'no difference shown' means the interval "
+                  "excludes 0.", "",
+                  "| setting | rel. latency | steps setting (rel. latency) | dCLIP | verdict | dKID x1000 (to) | verdict |",
+                  "|---|---|---|---|---|---|---|"]
+        for v in frontier.get("versus_steps_judge", []):
+            m = milli(v, "d_kid")
+            lines.append(f"| {v['setting']} | {_fmt(v['relative_latency'], '.3f')} | {v['steps_setting']} "
+                         f"({_fmt(v['steps_relative_latency'], '.3f')}) | {_ci(v, 'd_clip_score', '+.2f')} | "
+                         f"{v['clip_score_verdict']} | {_ci(m, 'd_kid', '+.2f')} ({v['kid_reference']}) | {v['kid_verdict']} |")
+    lines += ["", "## Against step reduction at equal measured latency (point estimates)", "",
               "Difference from the step-reduction ladder (ending at full compute) interpolated at the setting's "
-              "latency relative to the interleaved full-compute timing (PSNR dB, fidelity points x100, Fréchet: "
-              "negative = better); n/a = outside the ladder's range (slower than full compute).", "",
-              "| setting | speed-up | dPSNR | dfidelity (pts) | dFréchet |", "|---|---|---|---|---|"]
+              "latency relative to the interleaved full-compute timing (PSNR dB, fidelity points x100, CLIP score, "
+              "KID renders x1000: negative = better); n/a = outside the ladder's range (slower than full compute).", "",
+              "| setting | speed-up | dPSNR | dfidelity (pts) | dCLIP | dKID renders |", "|---|---|---|---|---|---|"]
     for r in frontier["versus_steps"]:
-        dfid = r.get("fidelity_vs_steps")
+        dfid, dkid = r.get("fidelity_vs_steps"), r.get("kid_renders_vs_steps")
         lines.append(f"| {r['setting']} | {_fmt(r['speedup'])} | {_fmt(r.get('psnr_db_vs_steps'), '+.1f')} | "
-                     f"{_fmt(None if dfid is None else 100 * dfid, '+.1f')} | {_fmt(r.get('frechet_vs_steps'), '+.1f')} |")
+                     f"{_fmt(None if dfid is None else 100 * dfid, '+.1f')} | {_fmt(r.get('clip_score_vs_steps'), '+.2f')} | "
+                     f"{_fmt(None if dkid is None else 1000 * dkid, '+.2f')} |")
     ff = frontier["fast_and_faithful"]
     lines += ["", "## 1.5x with fidelity within 1 point of full compute", ""]
     if ff.get("available"):
@@ -301,19 +306,18 @@ def report_text(summary: list[dict], frontier: dict, meta: dict) -> str:
         lines.append("Prompt fidelity unavailable for this model.")
     if frontier.get("peers_matched"):
         lines += ["", "## Peers against our best setting at matched latency (within 10% relative latency)", "",
-                  "| peer | rel. latency | PSNR | fidelity | Fréchet | ours: PSNR | ours: fidelity | ours: Fréchet |",
+                  "| peer | rel. latency | PSNR | fidelity | CLIP score | ours: PSNR | ours: fidelity | ours: CLIP score |",
                   "|---|---|---|---|---|---|---|---|"]
         for p in frontier["peers_matched"]:
             ours = p["ours"]
             cell = lambda a, spec: "n/a" if ours.get(a) is None else f"{ours[a][0]} {_fmt(ours[a][1], spec)}"  # noqa: E731
             lines.append(f"| {p['peer']} | {_fmt(p['relative_latency'], '.2f')} | {_fmt(p['psnr_db'], '.1f')} | "
-                         f"{_fmt(p['fidelity'], '.3f')} | {_fmt(p['frechet'], '.1f')} | {cell('psnr_db', '.1f')} | "
-                         f"{cell('fidelity', '.3f')} | {cell('frechet', '.1f')} |")
+                         f"{_fmt(p['fidelity'], '.3f')} | {_fmt(p.get('clip_score'), '.2f')} | {cell('psnr_db', '.1f')} | "
+                         f"{cell('fidelity', '.3f')} | {cell('clip_score', '.2f')} |")
     lines += ["", "## Pareto frontiers", ""]
     lines += [f"- {axis}: {', '.join(names)}" for axis, names in frontier["pareto"].items()]
-    if "frechet_true_renders_floor" in frontier:
-        lines += ["", f"Fréchet floor (fresh true renders vs the reference): "
-                      f"{_fmt(frontier['frechet_true_renders_floor'], '.2f')}."]
+    lines += ["", "Frontiers are drawn on point estimates (medians; CLIP score and KID: the estimates above). A member "
+              "is better than its neighbours only where the paired comparisons above support it."]
     if meta.get("units_merged") is not None:
         lines += ["", f"Units (prompt, seed) merged: {meta['units_merged']}; incomplete units left out: "
                       f"{meta.get('units_incomplete_dropped', 0)}."]
@@ -325,7 +329,7 @@ def report_text(summary: list[dict], frontier: dict, meta: dict) -> str:
 # ---- shipped results ----------------------------------------------------------------------------------------
 
 SHIPPED_FILES = ("summary.json", "summary.csv", "frontier.json", "report.md", "merge.json", "figures/tradeoff-psnr_db.png",
-                 "figures/tradeoff-fidelity.png", "figures/tradeoff-frechet.png")
+                 "figures/tradeoff-fidelity.png", "figures/tradeoff-clip_score.png", "figures/tradeoff-kid_renders.png")
 
 
 def ship(out: Path, steps: int, directory: Path | None = None) -> Path:
@@ -349,7 +353,7 @@ def ship(out: Path, steps: int, directory: Path | None = None) -> Path:
 
 def load_shipped(steps: int = 20, directory: Path | None = None) -> list[dict]:
     """The default model's shipped sweep summary (assets/results/default-<steps>/summary.json): per-setting
-    rows with at least setting, technique, latency_s, speedup, psnr_db, fidelity, frechet (medians over
+    rows with at least setting, technique, latency_s, speedup, psnr_db, fidelity, clip_score, kid_renders (medians over
     prompts and seeds; fidelity pooled). [] when none is shipped for that step count."""
     path = (directory or SHIPPED_DIR) / f"default-{steps}" / "summary.json"
     if not path.exists():

@@ -183,3 +183,30 @@ def parse_caption(text: str) -> list[dict[str, str]]:
         if obj:
             objects.append(obj)
     return objects
+
+
+def caption_scene(caption: str, background: str = "white", rng: np.random.Generator | None = None) -> Scene:
+    """The scene a shapes-world caption describes (every attribute stated); with `rng`, each object gets the
+    training distribution's position jitter, otherwise none."""
+    objects = []
+    for obj in parse_caption(caption):
+        jitter = (0, 0) if rng is None else tuple(int(v) for v in rng.integers(-JITTER_PX, JITTER_PX + 1, 2))
+        missing = {"colour", "shape", "size", "position"} - set(obj)
+        if missing:
+            raise ValueError(f"caption {caption!r} leaves {', '.join(sorted(missing))} unstated; cannot render it")
+        objects.append(SceneObject(obj["colour"], obj["shape"], obj["size"], obj["position"], *jitter))
+    if not objects:
+        raise ValueError(f"caption {caption!r} describes no object of the shapes world")
+    return Scene(tuple(objects), background)
+
+
+def true_renders(captions: Sequence[str], per_caption: int = 4, seed: int = 0) -> np.ndarray:
+    """Renders of the given captions, `per_caption` each, with the background and position jitter the
+    caption leaves open drawn as in training (deterministic in seed): the reference set."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for text in captions:
+        for _ in range(per_caption):
+            background = str(rng.choice(list(BACKGROUNDS)))
+            out.append(render(caption_scene(text, background, rng)))
+    return np.stack(out)
