@@ -252,6 +252,17 @@ def _check_size(pipe, config) -> None:
         print(f"warning: {guess.note()}", file=sys.stderr, flush=True)
 
 
+def _check_judge_folders(cfg) -> None:
+    """train-judge: the same policy for its model folder and its resumable work folder (which holds the
+    autoencoder pool first, then the checkpoint and the loss log)."""
+    from analysis.run_folder import check_out_dir
+
+    check_out_dir(cfg.out_dir, "training.json", ("recipe",), flag="--out-dir", kind="judge model", in_place=True,
+                  error=UsageError)
+    check_out_dir(cfg.work_dir, ("judge.pt", "judge_log.csv", "vae-pool-*.npz"), flag="--work-dir",
+                  kind="judge work folder", in_place=True, error=UsageError)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m analysis", description="DiffScope: look inside a diffusion pipeline.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -337,6 +348,7 @@ def main(argv=None) -> int:
                 cfg = judge_config(args)
             except ValueError as err:
                 raise UsageError(err) from None
+            _check_judge_folders(cfg)
             done = train_judge(cfg, stop_after=args.stop_after)
             print(done if done is not None else f"stopped after {args.stop_after} steps; run again to resume")
             return 0

@@ -121,9 +121,13 @@ def _unwritable(folder: Path) -> Path | None:
     return None
 
 
-def _marker_ok(target: Path, marker: str, keys: tuple[str, ...]) -> bool:
-    """`target/marker` exists; a `.json` marker must be a JSON object (holding `keys`): a stray or damaged
-    file of that name does not make a folder a previous output to be replaced."""
+def _marker_ok(target: Path, marker: str | tuple[str, ...], keys: tuple[str, ...]) -> bool:
+    """`target/marker` exists (any of several names or glob patterns); a `.json` marker must be a JSON object
+    (holding `keys`): a stray or damaged file of that name does not make a folder a previous output."""
+    if isinstance(marker, tuple):
+        return any(_marker_ok(target, m, keys) for m in marker)
+    if "*" in marker:
+        return any(target.glob(marker))
     path = target / marker
     if not keys and not marker.endswith(".json"):
         return path.exists()
@@ -158,7 +162,7 @@ def _checked_path(path: str, flag: str, what: str) -> Path:
     return target
 
 
-def check_out_dir(path: str, marker: str = RUN_MARKER, keys: tuple[str, ...] = (), flag: str = "--out",
+def check_out_dir(path: str, marker: str | tuple[str, ...] = RUN_MARKER, keys: tuple[str, ...] = (), flag: str = "--out",
                   kind: str = "run", in_place: bool = False, error: type[Exception] | None = None) -> Path:
     """The one output-folder policy of every CLI command that writes a folder. Refused with OutDirError
     (one line), before any work: an empty name, the filesystem root, the current folder or an ancestor,
@@ -175,7 +179,7 @@ def check_out_dir(path: str, marker: str = RUN_MARKER, keys: tuple[str, ...] = (
         raise error(str(err)) from None
 
 
-def _check_dir(path: str, marker: str, keys: tuple[str, ...], flag: str, kind: str, in_place: bool) -> Path:
+def _check_dir(path: str, marker: str | tuple[str, ...], keys: tuple[str, ...], flag: str, kind: str, in_place: bool) -> Path:
     shown = path
     target = _checked_path(path, flag, f"folder for the {kind}")
     if os.path.lexists(target):
@@ -184,7 +188,8 @@ def _check_dir(path: str, marker: str, keys: tuple[str, ...], flag: str, kind: s
         if os.path.ismount(target):
             raise OutDirError(f"{flag} {shown} is a mount point and cannot be {'used' if in_place else 'replaced'}")
         if any(target.iterdir()) and not _marker_ok(target, marker, keys):
-            raise OutDirError(f"{flag} {shown} is a non-empty folder without {'a valid ' if keys else ''}{marker} "
+            named = marker if isinstance(marker, str) else " or ".join(marker)
+            raise OutDirError(f"{flag} {shown} is a non-empty folder without {'a valid ' if keys else ''}{named} "
                               f"(not a previous {kind}); refusing to {'write into' if in_place else 'replace'} it")
         blocked = (None if os.access(target, os.W_OK | os.X_OK) else target) if in_place else _unwritable(target)
         if blocked is not None:

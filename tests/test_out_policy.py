@@ -16,6 +16,8 @@ COMMANDS = {
     "sensitivity": (["sensitivity", "--model", "tiny", "--steps", "2"], "--out"),
     "train-default": (["train-default", "--work-dir", "work"], "--out-dir"),
     "train-default work": (["train-default", "--out-dir", "model"], "--work-dir"),
+    "train-judge": (["train-judge", "--work-dir", "work"], "--out-dir"),
+    "train-judge work": (["train-judge", "--out-dir", "judge"], "--work-dir"),
     "generate": (["generate", "--prompt", "a red circle", "--model", "tiny"], "--out"),
 }
 
@@ -56,7 +58,7 @@ def test_a_folder_that_is_not_a_previous_output_is_left_alone(command, here, cap
     target.mkdir()
     (target / "notes.txt").write_text("my notes")
     # a stray marker (e.g. meta.json written by something else) does not make it a previous output either
-    for marker in ("meta.json", "sensitivity.json", "run.json"):
+    for marker in ("meta.json", "sensitivity.json", "run.json", "training.json"):
         (target / marker).write_text("not json {")
     before = _tree(here)
     _refused(capsys, argv + [flag, "mine"], "non-empty folder", "refusing")
@@ -92,6 +94,9 @@ def test_empty_new_and_previous_folders_pass(tmp_path):
     check_out_dir(str(tmp_path / "sweep"), "meta.json", ("model", "steps", "prompts"), in_place=True)
     with pytest.raises(OutDirError, match="without a valid meta.json"):
         check_out_dir(str(tmp_path / "sweep"), "meta.json", ("model", "grid"), in_place=True)
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / "vae-pool-8192.npz").write_bytes(b"")  # a judge run stopped before its checkpoint
+    check_out_dir(str(tmp_path / "work"), ("judge.pt", "vae-pool-*.npz"), in_place=True)
     (tmp_path / "policy.json").write_text(json.dumps({"format": 1, "policies": []}))
     assert check_out_file(str(tmp_path / "policy.json"), ("format", "policies")).name == "policy.json"
 
