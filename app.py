@@ -25,8 +25,10 @@ import numpy as np
 
 from analysis import live
 from analysis.catalog import SCHEDULERS
-from analysis.models import load_pipeline
+from analysis.model_pool import ModelPool, UnknownModel, allowlist_from, capacity_from
 from analysis.run import RunStopped
+from ui import inputs
+from ui.inputs import SEED_MAX
 from ui.inside import InsideTabs, reading_note
 from ui.techniques import ORDER as TECHNIQUE_ORDER, TechniquePanel
 from ui.tokens import token_spans, truncation_note
@@ -34,7 +36,9 @@ from viz import plotly_figs as P
 from viz.images import difference_image, first_image, upscale
 from viz.tradeoff import tradeoff_figure
 
-SEED_MAX = 2**63 - 1
+# The widgets' bounds, which the handlers enforce too (an API client can send anything).
+MAX_STEPS = 100
+MAX_GUIDANCE = 20.0
 # Kept attention maps per instrumented run (the default model needs ~50 MiB with per-head maps); a session
 # keeps signals of 2 baselines and 2 runs, the store 8 sessions: at most 2 GiB of signals in all.
 PROBE_BUDGET_MB = 64
@@ -53,24 +57,35 @@ CSS = """
 """
 THEME = gr.themes.Soft(primary_hue="indigo")
 
-class ModelSlot:
-    """The one pipeline every session shares, replaceable from the model box. `call` runs an
-    `analysis.live` function on it under the pipeline lock, on the GPU worker when on a ZeroGPU Space."""
+class Models:
+    """The models this server offers (an operator's allowlist, `analysis.model_pool`) and the pipelines it
+    keeps. Every request names its model, so one visitor's choice never changes another's images. `call`
+    runs an `analysis.live` function on a model's pipeline under its lock, on the GPU worker when on a
+    ZeroGPU Space."""
 
-    def __init__(self, pipe):
-        self.pipe = pipe
+    def __init__(self, pool: ModelPool):
+        self.pool = pool
 
-    @property
-    def name(self) -> str:
-        return getattr(self.pipe, "diffscope_name", "custom")
+    def label(self, model) -> str:
+        try:
+            return self.pool.check(model)
+        except UnknownModel as err:
+            raise gr.Error(str(err), title="Model not offered") from None
 
-    def call(self, fn_name: str, *args, stop: live.StopToken | None = None):
-        with live.pipeline_lock(self.pipe):
+    def pipe(self, model):
+        try:
+            return self.pool.get(model)
+        except UnknownModel as err:
+            raise gr.Error(str(err), title="Model not loaded") from None
+
+    def call(self, model: str, fn_name: str, *args, stop: live.StopToken | None = None):
+        pipe = self.pipe(model)
+        with live.pipeline_lock(pipe):
             if ZERO_GPU:
                 # The worker is another process: the stop token cannot follow it, results come back pickled.
-                _DEVICE["pipe"] = self.pipe
+                _DEVICE["pipe"] = pipe
                 return on_device(fn_name, *args)
-            return getattr(live, fn_name)(self.pipe, *args, stop=stop)
+            return getattr(live, fn_name)(pipe, *args, stop=stop)
 
 
 _DEVICE: dict = {}
@@ -94,33 +109,18 @@ if spaces is not None:
 STORE = live.SessionStore()
 
 
-# --- input parsing (item 9 of the live-app issue: whole numbers or refused) ------------------------------
+# --- input parsing: every value checked by the handler itself (ui/inputs.py) ------------------------------
 
-def whole_number(value, what: str, low: int, high: int) -> int:
-    text = str(value).strip() if value is not None else ""
-    try:
-        number = int(text) if text.lstrip("+-").isdigit() else float(text)
-    except ValueError:
-        raise gr.Error(f"{what} must be a whole number, got {text or 'nothing'!r}.", title="Invalid setting") from None
-    if isinstance(number, float):
-        if not math.isfinite(number) or not number.is_integer():
-            raise gr.Error(f"{what} must be a whole number, got {text}.", title="Invalid setting")
-        number = int(number)
-    if not low <= number <= high:
-        bound = "2^63-1" if high == SEED_MAX else str(high)
-        raise gr.Error(f"{what} must be between {low} and {bound}, got {text}.", title="Invalid setting")
-    return number
-
-
-def make_request(slot: ModelSlot, prompt, negative, seed, steps, guidance, scheduler) -> live.Request:
-    if prompt is None or not str(prompt).strip():
+def make_request(models: Models, model, prompt, negative, seed, steps, guidance, scheduler) -> live.Request:
+    prompt = inputs.text(prompt, "The prompt")
+    if not prompt.strip():
         raise gr.Error("Please enter a prompt.", title="No prompt")
-    if guidance is None:
-        raise gr.Error("Guidance must be set.", title="Invalid setting")
-    return live.Request(model=slot.name, prompt=str(prompt).strip(), negative_prompt=negative or "",
-                        seed=whole_number(seed, "The seed", 0, SEED_MAX),
-                        steps=whole_number(steps, "Steps", 1, 1000), guidance=float(guidance),
-                        scheduler=scheduler or "ddim")
+    return live.Request(model=models.label(model), prompt=prompt.strip(),
+                        negative_prompt=inputs.text(negative, "The negative prompt"),
+                        seed=inputs.whole_number(seed, "The seed", 0, SEED_MAX),
+                        steps=inputs.whole_number(steps, "Steps", 1, MAX_STEPS),
+                        guidance=inputs.real_number(guidance, "Guidance", 0.0, MAX_GUIDANCE),
+                        scheduler=inputs.one_of(scheduler or "ddim", "The scheduler", SCHEDULERS))
 
 
 def readable_errors(n_outputs: int):
@@ -219,9 +219,9 @@ def plot_rows(session: live.Session, baseline: live.Baseline | None, current_id:
     return rows
 
 
-def shipped_rows(slot: ModelSlot, steps: int) -> list[dict]:
+def shipped_rows(model: str, steps: int) -> list[dict]:
     """The shipped default-model sweep at this step count, when it exists (drawn faintly behind)."""
-    if slot.name != "default":
+    if model != "default":
         return []
     try:
         from analysis.eval.sweep_results import load_shipped
@@ -233,11 +233,25 @@ def shipped_rows(slot: ModelSlot, steps: int) -> list[dict]:
         return []
 
 
-def tradeoff(slot, session, baseline, current_id, y) -> "object":
+def export_folder(cache_dir: str) -> Path:
+    """A fresh folder for one export inside Gradio's temp folder, where `delete_cache` removes its files (and
+    this removes the empty folders earlier exports left)."""
+    root = Path(cache_dir) / "diffscope-exports"
+    root.mkdir(parents=True, exist_ok=True)
+    for old in root.iterdir():
+        try:
+            old.rmdir()  # only empty ones: their files were already deleted
+        except OSError:
+            pass
+    return Path(tempfile.mkdtemp(prefix="export-", dir=root))
+
+
+def tradeoff(session, baseline, current_id, y) -> "object":
     if baseline is None:
         return P.empty_figure("Generate an image to start the trade-off plot.")
     return tradeoff_figure(plot_rows(session, baseline, current_id), baseline.frontier,
-                           shipped_rows(slot, baseline.request.steps), baseline.latency_s, y=y or "psnr")
+                           shipped_rows(baseline.request.model, baseline.request.steps), baseline.latency_s,
+                           y=y or "psnr")
 
 
 def images(baseline: live.Baseline, run: live.LiveRun | None):
@@ -251,43 +265,48 @@ def images(baseline: live.Baseline, run: live.LiveRun | None):
 
 # --- the UI -----------------------------------------------------------------------------------------------
 
-def build_demo(pipe, probes=None) -> gr.Blocks:
-    """The DiffScope UI around `pipe`. `probes` defaults to `analysis.probes.default_probes()`."""
+def build_demo(pipe_or_pool, probes=None) -> gr.Blocks:
+    """The DiffScope UI over a `ModelPool` (the models this server offers), or over one pipeline (tests).
+    `probes` defaults to `analysis.probes.default_probes()`."""
     from analysis.probes import default_probes
 
     probes = tuple(default_probes(budget_mb=PROBE_BUDGET_MB) if probes is None else probes)
-    slot = ModelSlot(pipe)
+    pool = pipe_or_pool if isinstance(pipe_or_pool, ModelPool) else ModelPool.of(pipe_or_pool)
+    models = Models(pool)
     panel = TechniquePanel()
 
     def session_of(request: gr.Request) -> live.Session:
         return STORE.get(getattr(request, "session_hash", None) or "anonymous")
 
     # -- tokens
-    def tokens_view(prompt):
-        return token_spans(slot.pipe, slot.name, prompt)
+    def tokens_view(prompt, model=None):
+        model = models.label(model or pool.default)
+        return token_spans(models.pipe(model), model, inputs.text(prompt, "The prompt"))
 
     # -- the live run
     @readable_errors(8)
-    def run_live(request: gr.Request, prompt, negative, seed, steps, guidance, scheduler, y, *knobs):
-        req = make_request(slot, prompt, negative, seed, steps, guidance, scheduler)
+    def run_live(request: gr.Request, prompt, negative, seed, steps, guidance, scheduler, model, y, *knobs):
+        req = make_request(models, model, prompt, negative, seed, steps, guidance, scheduler)
+        y = inputs.one_of(y or "psnr", "The quality axis", [v for _, v in Y_CHOICES])
         accel = panel.configs(knobs, req.steps)
         session = session_of(request)
         with session.running(supersede=True) as token:
             baseline = session.baseline(req)
             cached = baseline is not None
             if not cached:
-                baseline = session.keep_baseline(slot.call("measure_baseline", req, stop=token))
-            run = session.add_run(slot.call("run_accelerated", baseline, accel, stop=token)) if accel else None
+                baseline = session.keep_baseline(models.call(req.model, "measure_baseline", req, stop=token))
+            run = (session.add_run(models.call(req.model, "run_accelerated", baseline, accel, stop=token))
+                   if accel else None)
         session.current = (baseline.request, None if run is None else run.id)
-        cut = truncation_note(slot.pipe, req.prompt)
+        cut = truncation_note(models.pipe(req.model), req.prompt)
         if cut:
             gr.Warning(cut)
         full, acc, diff = images(baseline, run)
-        status = (f"**{slot.name}** · {req.steps} steps · {req.scheduler} · seed {req.seed} · full compute "
+        status = (f"**{req.model}** · {req.steps} steps · {req.scheduler} · seed {req.seed} · full compute "
                   + ("cached" if cached else f"timed {len(baseline.latencies)}x") + ". "
                   + ("" if run else "Switch a technique on to compare."))
         return (full, acc, diff, numbers_markdown(baseline, run),
-                tradeoff(slot, session, baseline, None if run is None else run.id, y), runs_table(session), status,
+                tradeoff(session, baseline, None if run is None else run.id, y), runs_table(session), status,
                 gr.update(interactive=run is not None))
 
     @readable_errors(1)
@@ -297,12 +316,12 @@ def build_demo(pipe, probes=None) -> gr.Blocks:
         if baseline is None:
             return gr.skip()
         ensure_frontier(session, baseline)
-        return tradeoff(slot, session, baseline, None if run is None else run.id, y)
+        return tradeoff(session, baseline, None if run is None else run.id, y)
 
     def ensure_frontier(session, baseline) -> None:
         if baseline.frontier is None:
             with session.running() as token:
-                baseline.frontier = slot.call("compute_frontier", baseline, stop=token)
+                baseline.frontier = models.call(baseline.request.model, "compute_frontier", baseline, stop=token)
 
     def run_on_screen(session, what: str) -> tuple[live.Baseline, live.LiveRun]:
         baseline, run = session.on_screen()
@@ -313,7 +332,7 @@ def build_demo(pipe, probes=None) -> gr.Blocks:
     def redraw_tradeoff(y, request: gr.Request = None):
         session = session_of(request)
         baseline, run = session.on_screen()
-        return tradeoff(slot, session, baseline, None if run is None else run.id, y)
+        return tradeoff(session, baseline, None if run is None else run.id, y)
 
     @readable_errors(len(TECHNIQUE_ORDER) + 1)
     def equal_latency(request: gr.Request = None):
@@ -331,17 +350,23 @@ def build_demo(pipe, probes=None) -> gr.Blocks:
         baseline, run = run_on_screen(session, "measuring carefully")
         progress(0, desc=f"{live.CAREFUL_ROUNDS} interleaved pairs")
         with session.running() as token:
-            run.careful = slot.call("measure_carefully", baseline, run, stop=token)
+            run.careful = models.call(baseline.request.model, "measure_carefully", baseline, run, stop=token)
         return numbers_markdown(baseline, run), runs_table(session)
 
     def stop(request: gr.Request = None):
         n = session_of(request).stop("stopped by the user")
         return f"Stop requested ({n} run{'s' if n != 1 else ''} ending at the next denoising step)."
 
-    def show_run(evt: gr.SelectData, y, request: gr.Request = None):
+    @readable_errors(5)
+    def show_run(evt: gr.EventData, y, request: gr.Request = None):
         session = session_of(request)
-        row = evt.row_value if evt is not None else None
-        run = session.run(int(row[0])) if row else None
+        # The raw event: gr.SelectData would fail inside Gradio (error: null) on event data an API client
+        # left out or made up, before this handler could say what is wrong.
+        data = getattr(evt, "_data", None)
+        row = data.get("row_value") if isinstance(data, dict) else None
+        if not isinstance(row, (list, tuple)) or not row:
+            raise gr.Error("Select a run in the runs table.", title="No run selected")
+        run = session.run(inputs.whole_number(row[0], "The run number", 0, 2**31))
         if run is None:
             raise gr.Error("That run is no longer kept (a session keeps its newest runs).")
         baseline = session.baseline(run.request)
@@ -349,7 +374,7 @@ def build_demo(pipe, probes=None) -> gr.Blocks:
             raise gr.Error("That run's full-compute baseline is no longer cached; generate it again.")
         session.current = (run.request, run.id)
         full, acc, diff = images(baseline, run)
-        return full, acc, diff, numbers_markdown(baseline, run), tradeoff(slot, session, baseline, run.id, y)
+        return full, acc, diff, numbers_markdown(baseline, run), tradeoff(session, baseline, run.id, y)
 
     @readable_errors(1)
     def export(y, request: gr.Request = None):
@@ -359,29 +384,20 @@ def build_demo(pipe, probes=None) -> gr.Blocks:
         baseline, run = session.on_screen()
         if baseline is None:
             raise gr.Error("Generate first: there is no run to export.")
-        return figure_pack(Path(tempfile.mkdtemp(prefix="diffscope-export-")), slot.name, baseline, run,
+        y = inputs.one_of(y or "psnr", "The quality axis", [v for _, v in Y_CHOICES])
+        return figure_pack(export_folder(export_files.GRADIO_CACHE), baseline.request.model, baseline, run,
                            plot_rows(session, baseline, None if run is None else run.id),
-                           shipped_rows(slot, baseline.request.steps), y or "psnr")
+                           shipped_rows(baseline.request.model, baseline.request.steps), y)
 
-    def load_model(name):
-        from analysis.models import ModelLoadError
-
-        name = (name or "").strip()
-        if not name or name == slot.name:
-            return f"Model: **{slot.name}**", reading_note(slot.pipe)
-        try:
-            with live.pipeline_lock(slot.pipe):
-                new = load_pipeline(name)
-                new.set_progress_bar_config(disable=True)
-                slot.pipe = new
-        except ModelLoadError as err:
-            raise gr.Error(f"{err}. The current model ({slot.name}) stays loaded.", title="Model not loaded") from None
-        return f"Model: **{slot.name}**", reading_note(slot.pipe)
+    def load_model(model):
+        """Make sure an offered model is loaded and say how to read its maps; changes nothing for others."""
+        model = models.label(model)
+        return f"Model: **{model}**", reading_note(models.pipe(model))
 
     def on_unload(request: gr.Request = None):
         STORE.drop(getattr(request, "session_hash", None) or "anonymous")
 
-    with gr.Blocks(title="DiffScope") as demo:
+    with gr.Blocks(title="DiffScope", delete_cache=DELETE_CACHE) as demo:
         gr.Markdown("# DiffScope\nSwitch a training-free acceleration technique on, turn its knobs, and watch the "
                     "image, its quality and its latency move against the same-seed full-compute image.",
                     elem_id="diffscope-title")
@@ -398,8 +414,9 @@ def build_demo(pipe, probes=None) -> gr.Blocks:
                                       info="a whole number from 0 to 2^63-1")
                     scheduler = gr.Dropdown(label="Scheduler", choices=list(SCHEDULERS), value="ddim")
                 with gr.Row():
-                    steps = gr.Slider(label="Steps", minimum=1, maximum=100, step=1, value=20)
-                    guidance = gr.Slider(label="Guidance scale", minimum=0, maximum=20, step=0.5, value=5.0)
+                    steps = inputs.Slider(label="Steps", minimum=1, maximum=MAX_STEPS, step=1, value=20)
+                    guidance = inputs.Slider(label="Guidance scale", minimum=0, maximum=MAX_GUIDANCE, step=0.5,
+                                             value=5.0)
                 with gr.Row():
                     run_btn = gr.Button("Generate", variant="primary")
                     stop_btn = gr.Button("Stop", variant="stop")
@@ -410,10 +427,10 @@ def build_demo(pipe, probes=None) -> gr.Blocks:
                     measure_btn = gr.Button("Measure carefully", size="sm", interactive=False)
                     export_btn = gr.Button("Export figures + slide", size="sm")
                 export_files = gr.File(label="Export", file_count="multiple", interactive=False, height=90)
-                with gr.Accordion("Model", open=False):
-                    model_box = gr.Textbox(label="Model", value=slot.name,
-                                           info="'default', a local folder, or a Hub id (needs the Hub)")
-                    model_status = gr.Markdown(f"Model: **{slot.name}**")
+                with gr.Accordion("Model", open=len(pool.labels) > 1):
+                    model_box = gr.Dropdown(label="Model", choices=pool.labels, value=pool.default,
+                                            info="the models this server offers (set by its operator)")
+                    model_status = gr.Markdown(f"Model: **{pool.default}**")
             with gr.Column(scale=3, min_width=420):
                 with gr.Row():
                     full_img = gr.Image(label="Full compute", type="numpy", interactive=False, format="png",
@@ -428,9 +445,9 @@ def build_demo(pipe, probes=None) -> gr.Blocks:
                 runs = gr.Dataframe(headers=RUN_COLUMNS, label="Runs of this session (select one to show it)",
                                     interactive=False, max_height=220, wrap=True)
                 status = gr.Markdown()
-        inside = InsideTabs(slot, probes, session_of)
+        inside = InsideTabs(models, pool.default, probes, session_of)
 
-        request_inputs = [prompt, negative, seed, steps, guidance, scheduler]
+        request_inputs = [prompt, negative, seed, steps, guidance, scheduler, model_box]
         live_outputs = [full_img, acc_img, diff_img, numbers, tradeoff_plot, runs, status, measure_btn]
         knobs = panel.inputs()
         run_event = gr.on(
@@ -442,12 +459,12 @@ def build_demo(pipe, probes=None) -> gr.Blocks:
                                            concurrency_limit=1, concurrency_id="follow-up", show_progress="hidden")
         inside_event = frontier_event.then(inside.refresh, inside.inputs, inside.outputs, api_name="inside",
                                            concurrency_limit=1, concurrency_id="follow-up", show_progress="hidden")
-        def availability(steps_v, *values):
-            return panel.availability(steps_v, *values, model=slot.name)
+        def availability(model, steps_v, *values):
+            return panel.availability(steps_v, *values, model=models.label(model))
 
-        gr.on(triggers=panel.availability_triggers() + [steps.release], fn=availability, inputs=[steps] + knobs,
+        gr.on(triggers=panel.availability_triggers() + [steps.release], fn=availability, inputs=[model_box, steps] + knobs,
               outputs=panel.availability_outputs(), api_name="availability", show_progress="hidden", queue=False)
-        demo.load(availability, [steps] + knobs, panel.availability_outputs(), api_visibility="private",
+        demo.load(availability, [model_box, steps] + knobs, panel.availability_outputs(), api_visibility="private",
                   queue=False)
         y_axis.input(redraw_tradeoff, y_axis, tradeoff_plot, api_visibility="private", show_progress="hidden")
         eq = panel.equal_latency_button.click(equal_latency, None, panel.steps_outputs(), api_name="equal_latency",
@@ -460,23 +477,57 @@ def build_demo(pipe, probes=None) -> gr.Blocks:
                                                                      measure_event], queue=False)
         runs.select(show_run, y_axis, [full_img, acc_img, diff_img, numbers, tradeoff_plot], api_name="show_run")
         export_btn.click(export, y_axis, export_files, api_name="export")
-        model_box.submit(load_model, model_box, [model_status, inside.reading], api_name="load_model", concurrency_limit=1,
-                         concurrency_id="live")
-        prompt.change(tokens_view, prompt, [tokens, token_warning], api_name="tokens", show_progress="hidden")
-        demo.load(tokens_view, prompt, [tokens, token_warning], api_visibility="private", show_progress="hidden")
+        # Loading a model may evict another from the pool: in the "live" queue, between runs.
+        model_event = model_box.input(load_model, model_box, [model_status, inside.reading], api_name="load_model",
+                                      concurrency_limit=1, concurrency_id="live")
+        model_event.success(tokens_view, [prompt, model_box], [tokens, token_warning], api_visibility="private",
+                            show_progress="hidden")
+        model_event.success(availability, [model_box, steps] + knobs, panel.availability_outputs(),
+                            api_visibility="private", show_progress="hidden", queue=False)
+        prompt.change(tokens_view, [prompt, model_box], [tokens, token_warning], api_name="tokens",
+                      show_progress="hidden")
+        demo.load(tokens_view, [prompt, model_box], [tokens, token_warning], api_visibility="private",
+                  show_progress="hidden")
         demo.unload(on_unload)
     return demo
 
 
-def _startup():
-    pipe = load_pipeline(os.environ.get("DIFFSCOPE_MODEL", "default"))
-    pipe.set_progress_bar_config(disable=True)
+# The app takes no files: every upload is refused (Gradio answers 413), so no visitor can fill the disk.
+LAUNCH_SETTINGS = {"max_file_size": 0}
+# Exports live in Gradio's temp folder and are removed an hour after they were made (checked every 10 min).
+DELETE_CACHE = (600, 3600)
+
+
+def model_pool(models_flag: str | None = None, capacity_flag: int | None = None) -> ModelPool:
+    """The operator's model allowlist and pool size (flags, else environment; see analysis/model_pool.py)."""
+    return ModelPool(allowlist_from(models_flag), capacity_from(capacity_flag))
+
+
+def _startup(pool: ModelPool) -> ModelPool:
+    """Load the first offered model before the first visitor, and warm its code paths."""
+    pipe = pool.get(pool.default)
     if os.environ.get("DIFFSCOPE_WARMUP", "1") != "0":
-        live.warm_up(pipe, live.Request(model=getattr(pipe, "diffscope_name", "custom"), prompt=EXAMPLES[0][0]))
-    return pipe
+        live.warm_up(pipe, live.Request(model=pool.default, prompt=EXAMPLES[0][0]))
+    return pool
+
+
+def _launch_args(argv=None):
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python app.py", description="Serve the DiffScope app.")
+    p.add_argument("--models", default=None, metavar="LABEL=SOURCE,...",
+                   help="the models visitors may choose (default: $DIFFSCOPE_MODELS, else $DIFFSCOPE_MODEL, else "
+                        "'default'); SOURCE is default, an alias, a Hub id or a folder; visitors see only LABEL")
+    p.add_argument("--max-pipelines", type=int, default=None, metavar="N",
+                   help="pipelines kept loaded (default: $DIFFSCOPE_MAX_PIPELINES, else 1 on a Space, 2 elsewhere)")
+    args = p.parse_args(argv)
+    try:
+        return model_pool(args.models, args.max_pipelines)
+    except ValueError as err:
+        p.error(str(err))
 
 
 if __name__ == "__main__":
-    demo = build_demo(_startup())
+    demo = build_demo(_startup(_launch_args()))
     demo.queue(max_size=32)  # explicit: on ZeroGPU, Gradio's implicit default queue holds a single request
-    demo.launch(theme=THEME, css=CSS)
+    demo.launch(theme=THEME, css=CSS, **LAUNCH_SETTINGS)

@@ -134,12 +134,25 @@ def _long_prompt_warning(pipe, prompts: list[str]) -> str | None:
     return f"{which}; the model reads only the first {limit} (start and end marks included), the rest is ignored"
 
 
+def _require_text(flag: str, texts: list[str]) -> None:
+    """Bytes that are not UTF-8 reach Python as lone surrogates (PEP 383); no tokenizer can read them."""
+    for text in texts:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as err:
+            byte = ord(text[err.start]) - 0xDC00 if 0xDC80 <= ord(text[err.start]) <= 0xDCFF else None
+            where = f" (byte 0x{byte:02x} at character {err.start})" if byte is not None else ""
+            raise UsageError(f"{flag} is not valid UTF-8 text{where}") from None
+
+
 def _generate(args) -> int:
     _quiet_libraries()
     if args.capture_budget_mb is not None and not args.capture:
         raise UsageError("--capture-budget-mb needs --capture")
-    if args.capture_budget_mb is not None and args.capture_budget_mb <= 0:
-        raise UsageError(f"--capture-budget-mb must be positive, got {args.capture_budget_mb}")
+    if args.capture_budget_mb is not None and not 0 < args.capture_budget_mb < 1e9:
+        raise UsageError(f"--capture-budget-mb must be a positive number of MB below 1e9, got {args.capture_budget_mb}")
+    for flag, texts in (("--prompt", args.prompt), ("--negative-prompt", [args.negative_prompt])):
+        _require_text(flag, texts)
     from analysis.accel import parse_accel
 
     try:
@@ -193,6 +206,7 @@ def _run_into(folder, args, config) -> dict:
             pipe = load_pipeline(args.model, scheduler=args.scheduler)
         except (ModelLoadError, ValueError, OSError) as err:
             raise UsageError(err) from None
+        _check_size(pipe, config)
         # A bar per generation where someone watches (it shows where Ctrl-C lands); none in logs and pipes.
         pipe.set_progress_bar_config(disable=not sys.stderr.isatty(), leave=False)
         notes = [_long_prompt_warning(pipe, list(config.prompts))]
@@ -212,6 +226,43 @@ def _run_into(folder, args, config) -> dict:
     return {k: data[k] for k in ("baseline_latency_s", "latency_s", "speedup", "psnr_db", "ssim")}
 
 
+def _check_train_folders(cfg) -> None:
+    """train-default writes a model into --out-dir and resumable state into --work-dir: the output policy of
+    every writing command (analysis.run_folder), each folder either new, empty or a previous one."""
+    from analysis.run_folder import check_out_dir
+
+    check_out_dir(cfg.out_dir, "model_index.json", flag="--out-dir", kind="model", in_place=True, error=UsageError)
+    check_out_dir(cfg.work_dir, "tokenizer", flag="--work-dir", kind="training work folder", in_place=True,
+                  error=UsageError)
+
+
+def _check_size(pipe, config) -> None:
+    """Refuse a size above the machine's ceiling; announce a long run (with its estimate) before it starts."""
+    from analysis.size_guard import SLOW_S, check_size, estimate, native_size
+
+    if config.size is None:  # the model's native size
+        return
+    try:
+        check_size(config.size, native_size(pipe))
+    except ValueError as err:
+        raise UsageError(err) from None
+    pipe.set_progress_bar_config(disable=True)
+    guess = estimate(pipe, config.size, config.steps, 2 * (config.repeats + 1), config.guidance)
+    if guess is not None and guess.seconds > SLOW_S:
+        print(f"warning: {guess.note()}", file=sys.stderr, flush=True)
+
+
+def _check_judge_folders(cfg) -> None:
+    """train-judge: the same policy for its model folder and its resumable work folder (which holds the
+    autoencoder pool first, then the checkpoint and the loss log)."""
+    from analysis.run_folder import check_out_dir
+
+    check_out_dir(cfg.out_dir, "training.json", ("recipe",), flag="--out-dir", kind="judge model", in_place=True,
+                  error=UsageError)
+    check_out_dir(cfg.work_dir, ("judge.pt", "judge_log.csv", "vae-pool-*.npz"), flag="--work-dir",
+                  kind="judge work folder", in_place=True, error=UsageError)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m analysis", description="DiffScope: look inside a diffusion pipeline.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -220,6 +271,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_judge(sub)
     sub.add_parser("search-policy", help="PHAST: greedy search for an attention-map reuse policy "
                    "(options: python -m analysis search-policy --help)", add_help=False)
+    sub.add_parser("sweep", help="every setting of a grid on every prompt and seed against full compute; --merge "
+                   "for tables, frontiers, report and figures (options: python -m analysis sweep --help)",
+                   add_help=False)
+    sub.add_parser("sensitivity", help="per-step attention perturbation: which steps can reuse maps "
+                   "(options: python -m analysis sensitivity --help)", add_help=False)
     sub.add_parser("bench", help="technique speed-ups, compute breakdown, quality at equal latency; "
                    "with --capture: probe overhead (options: python -m analysis bench [--capture] --help)",
                    add_help=False)
@@ -263,6 +319,7 @@ def main(argv=None) -> int:
     """Run the CLI; returns the exit code: 0 ok, 2 error (one 'error: ...' line on stderr); generate
     returns 130 after SIGINT and 143 after SIGTERM, with one 'interrupted; nothing written' line."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    _quiet_libraries()  # every subcommand: library notices on stderr would break the one-line error contract
     code = _passthrough(argv)
     if code is not None:
         return code
@@ -281,6 +338,7 @@ def main(argv=None) -> int:
                 cfg = config_from_args(args)
             except ValueError as err:
                 raise UsageError(err) from None
+            _check_train_folders(cfg)
             print(train(cfg))
             return 0
         if args.command == "train-judge":
@@ -290,6 +348,7 @@ def main(argv=None) -> int:
                 cfg = judge_config(args)
             except ValueError as err:
                 raise UsageError(err) from None
+            _check_judge_folders(cfg)
             done = train_judge(cfg, stop_after=args.stop_after)
             print(done if done is not None else f"stopped after {args.stop_after} steps; run again to resume")
             return 0

@@ -113,6 +113,9 @@ def load_pipeline(name: str = "default", scheduler: str = "ddim", device: str | 
     """A text-to-image pipeline ready to run, progress bar on (the app mirrors it)."""
     if scheduler not in SCHEDULERS:
         raise ValueError(f"unknown scheduler {scheduler!r}; choose one of {', '.join(SCHEDULERS)}")
+    if not isinstance(name, str) or not name.strip():
+        raise ModelLoadError(f"no model named; use {', '.join(repr(a) for a in (DEFAULT_MODEL, *RANDOM_MODELS))}, "
+                             "a local pipeline folder or a Hub id like 'owner/name'")
     dev, dtype = pick_device(device)
     if name in RANDOM_MODELS:
         pipe = random_pipeline(**RANDOM_MODELS[name]).to(dtype=dtype)
@@ -153,7 +156,10 @@ def _toy_tokenizer():
 
     from analysis.toy.tokenizer import build_tokenizer
 
-    return build_tokenizer(Path(tempfile.mkdtemp(prefix="diffscope-tok-")))
+    # Built in a folder that is removed at once: the tokenizer keeps its vocabulary in memory, and a folder per
+    # process would otherwise pile up in /tmp.
+    with tempfile.TemporaryDirectory(prefix="diffscope-tok-") as folder:
+        return build_tokenizer(Path(folder))
 
 
 def _text_encoder(tokenizer, hidden: int, layers: int = 2, with_projection: bool = False, projection_dim: int = 32):

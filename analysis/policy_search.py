@@ -236,7 +236,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.prompts < 1 or args.iterations < 0 or args.radius < 1 or args.max_run < 0:
             raise ValueError("search-policy: need --prompts >= 1, --iterations >= 0, --radius >= 1, --max-run >= 0")
         from analysis.models import load_pipeline
+        from analysis.run_folder import OutDirError, check_out_file
 
+        try:  # the output policy of every writing command, before any work (a policy file: format + policies)
+            out = check_out_file(args.out or str(policy_path(args.model, args.steps)), ("format", "policies"))
+        except OutDirError as err:
+            raise ValueError(f"search-policy: {err}") from None
         pipe = load_pipeline(args.model, scheduler=args.scheduler)
         pipe.set_progress_bar_config(disable=True)
         calib = calibration_prompts(args.prompts, seed=args.seed)
@@ -250,7 +255,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     model = getattr(pipe, "diffscope_name", args.model)
-    out = Path(args.out) if args.out else policy_path(model, args.steps)
     write_policy(out, result, model, args.scheduler, args.guidance, args.size, args.seed)
     summary = {k: v for k, v in asdict(result).items() if k not in ("history", "calibration_prompts", "held_out_prompts")}
     summary["out"] = str(out)

@@ -1,6 +1,9 @@
-"""The CLI's output folder: checked before any work, written beside the target, swapped in atomically.
+"""The CLI's output folders: one policy for every command that writes, checked before any work; a run is
+written beside the target and swapped in atomically.
 
-`RunFolder(path)` resolves `path` (symlinks and `..`, as the kernel would) and refuses, before the model
+`check_out_dir(path, marker, ...)` is the policy every writing command applies to its --out (generate,
+sweep, sensitivity, train-default; `check_out_file` for search-policy's one JSON file); `RunFolder(path)`
+applies it for generate: it resolves `path` (symlinks and `..`, as the kernel would) and refuses, before the model
 is loaded, a target it could not replace: the filesystem root, a mount point, the current folder or one
 of its ancestors, a path under a file, a folder without write permission (or with a sub-folder without),
 and an existing non-empty folder that does not hold a previous run (no run.json), so a slip of the
@@ -21,6 +24,7 @@ import contextlib
 import ctypes
 import errno
 import fcntl
+import json
 import os
 import shutil
 import signal
@@ -117,37 +121,102 @@ def _unwritable(folder: Path) -> Path | None:
     return None
 
 
-def resolve_target(path: str) -> Path:
-    """The folder `path` names (absolute, symlinks and `..` resolved), or OutDirError if it cannot be
-    replaced by a run. Nothing is created."""
+def _marker_ok(target: Path, marker: str | tuple[str, ...], keys: tuple[str, ...]) -> bool:
+    """`target/marker` exists (any of several names or glob patterns); a `.json` marker must be a JSON object
+    (holding `keys`): a stray or damaged file of that name does not make a folder a previous output."""
+    if isinstance(marker, tuple):
+        return any(_marker_ok(target, m, keys) for m in marker)
+    if "*" in marker:
+        return any(target.glob(marker))
+    path = target / marker
+    if not keys and not marker.endswith(".json"):
+        return path.exists()
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(data, dict) and all(k in data for k in keys)
+
+
+def _checked_path(path: str, flag: str, what: str) -> Path:
+    """`path` resolved, after the checks every output shares: named, not the root, not the current folder
+    or an ancestor of it, under a writable folder."""
     shown = path
+    if "\0" in path:
+        raise OutDirError(f"{flag} contains a NUL character")
     target = Path(os.path.realpath(path))
     if target == target.parent:
-        raise OutDirError(f"--out {shown} is the filesystem root; choose a folder for the run")
+        raise OutDirError(f"{flag} {shown} is the filesystem root; choose a {what}")
     try:
         cwd = Path(os.path.realpath(os.getcwd()))
     except OSError:  # the current folder was removed: nothing to protect
         cwd = None
     if cwd is not None and (target == cwd or target in cwd.parents):
-        raise OutDirError(f"--out {shown} resolves to {target}, which is or contains the current folder; "
-                          "choose a new folder for the run")
+        raise OutDirError(f"{flag} {shown} resolves to {target}, which is or contains the current folder; "
+                          f"choose a new {what}")
     base = _first_existing(target.parent)
     if not base.is_dir():
         raise OutDirError(f"cannot write to {shown}: {base} is a file, not a folder")
     if not os.access(base, os.W_OK | os.X_OK):
         raise OutDirError(f"cannot write to {shown}: no write permission in {base}")
+    return target
+
+
+def check_out_dir(path: str, marker: str | tuple[str, ...] = RUN_MARKER, keys: tuple[str, ...] = (), flag: str = "--out",
+                  kind: str = "run", in_place: bool = False, error: type[Exception] | None = None) -> Path:
+    """The one output-folder policy of every CLI command that writes a folder. Refused with OutDirError
+    (one line), before any work: an empty name, the filesystem root, the current folder or an ancestor,
+    a path under a file or in a folder without write permission, a file, a mount point, and an existing
+    non-empty folder that does not hold `marker` (a previous output of the same command; with `keys`, a
+    JSON object holding them). `in_place`: the command writes into the folder (resumable) rather than
+    replacing it, so only the folder itself must be writable. `error`: the exception class to raise
+    instead of OutDirError (a command's own one-line usage error)."""
+    try:
+        return _check_dir(path, marker, keys, flag, kind, in_place)
+    except OutDirError as err:
+        if error is None:
+            raise
+        raise error(str(err)) from None
+
+
+def _check_dir(path: str, marker: str | tuple[str, ...], keys: tuple[str, ...], flag: str, kind: str, in_place: bool) -> Path:
+    shown = path
+    target = _checked_path(path, flag, f"folder for the {kind}")
     if os.path.lexists(target):
         if not target.is_dir():
-            raise OutDirError(f"--out {shown} exists and is not a directory")
+            raise OutDirError(f"{flag} {shown} exists and is not a directory")
         if os.path.ismount(target):
-            raise OutDirError(f"--out {shown} is a mount point and cannot be replaced")
-        if any(target.iterdir()) and not (target / RUN_MARKER).is_file():
-            raise OutDirError(f"--out {shown} is a non-empty folder without {RUN_MARKER} (not a previous run); "
-                              "refusing to replace it")
-        blocked = _unwritable(target)
+            raise OutDirError(f"{flag} {shown} is a mount point and cannot be {'used' if in_place else 'replaced'}")
+        if any(target.iterdir()) and not _marker_ok(target, marker, keys):
+            named = marker if isinstance(marker, str) else " or ".join(marker)
+            raise OutDirError(f"{flag} {shown} is a non-empty folder without {'a valid ' if keys else ''}{named} "
+                              f"(not a previous {kind}); refusing to {'write into' if in_place else 'replace'} it")
+        blocked = (None if os.access(target, os.W_OK | os.X_OK) else target) if in_place else _unwritable(target)
         if blocked is not None:
-            raise OutDirError(f"--out {shown} cannot be replaced: no write permission in {blocked}")
+            raise OutDirError(f"{flag} {shown} cannot be {'written' if in_place else 'replaced'}: "
+                              f"no write permission in {blocked}")
     return target
+
+
+def check_out_file(path: str, keys: tuple[str, ...], flag: str = "--out") -> Path:
+    """The same policy for a command that writes one JSON file: not a folder, and an existing file only when
+    it is a previous output (a JSON object holding `keys`), so a typo never overwrites a source file."""
+    target = _checked_path(path, flag, "file")
+    if os.path.lexists(target):
+        if target.is_dir():
+            raise OutDirError(f"{flag} {path} is a folder; name a file")
+        if not _marker_ok(target.parent, target.name, keys):
+            raise OutDirError(f"{flag} {path} exists and is not a previous output of this command "
+                              f"(a JSON object with {', '.join(keys)}); refusing to overwrite it")
+        if not os.access(target, os.W_OK):
+            raise OutDirError(f"cannot write to {path}: no write permission")
+    return target
+
+
+def resolve_target(path: str) -> Path:
+    """The folder `path` names (absolute, symlinks and `..` resolved), or OutDirError if it cannot be
+    replaced by a run. Nothing is created."""
+    return check_out_dir(path)
 
 
 def _remove_stale(target: Path) -> None:
@@ -179,9 +248,10 @@ class RunFolder:
     """`with RunFolder(path) as folder:` write into `folder.tmp`, then `folder.commit()`; on any exit
     before commit (error, interrupt) the temporary folder is removed and the target is untouched."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, marker: str = RUN_MARKER, keys: tuple[str, ...] = (), kind: str = "run"):
         self.shown = path
-        self.target = resolve_target(path)
+        self._policy = {"marker": marker, "keys": keys, "kind": kind}
+        self.target = check_out_dir(path, **self._policy)
         self.tmp: Path | None = None
         self._fd: int | None = None
         self._committed = False
@@ -214,7 +284,7 @@ class RunFolder:
         target, tmp = self.target, self.tmp
         try:
             if os.path.lexists(target):
-                resolve_target(self.shown)  # still replaceable (it may have changed during the run)
+                check_out_dir(self.shown, **self._policy)  # still replaceable (it may have changed meanwhile)
                 if _exchange(tmp, target):
                     shutil.rmtree(tmp, ignore_errors=True)  # now the old run
                 else:

@@ -19,11 +19,11 @@ from ui.techniques import ORDER, client_inputs  # noqa: E402
 PROMPT = "a large red circle on the left"
 
 
-def run_args(prompt=PROMPT, seed="0", steps=4, y="psnr", **on) -> list:
+def run_args(prompt=PROMPT, seed="0", steps=4, y="psnr", model="default", **on) -> list:
     """The /run inputs (ui.techniques.client_inputs); T-GATE's gate at step 2 of the tests' 4 unless set."""
     if "tgate" in on:
         on["tgate"] = {1: 2, **(on["tgate"] or {})}
-    return client_inputs(prompt, seed=seed, steps=steps, y=y, on=on)
+    return client_inputs(prompt, seed=seed, steps=steps, y=y, on=on, model=model)
 
 
 @pytest.fixture(scope="module")
@@ -103,16 +103,16 @@ def test_equal_latency_and_measure_carefully(client):
 
 def test_availability_shows_the_engine_reason_before_anyone_clicks(client):
     # T-GATE on: Faster-Diffusion and AT-EDM cannot join it, reuse can only with scope=self
-    values = run_args(tgate={})[7:]
-    out = client.predict(4, *values, api_name="/availability")
+    values = run_args(tgate={})[8:]
+    out = client.predict("default", 4, *values, api_name="/availability")
     by_name = dict(zip(ORDER, zip(out[0::2], out[1::2])))
     assert by_name["fastdiff"][0]["interactive"] is False and "fastdiff cannot be combined with tgate" in by_name["fastdiff"][1]
     assert by_name["atedm"][0]["interactive"] is False
     assert "scope=self" in by_name["reuse"][1]
     assert by_name["steps"][1] == ""
-    values = run_args(tgate={}, reuse={3: "self"})[7:]
+    values = run_args(tgate={}, reuse={3: "self"})[8:]
     values[0] = False  # reuse toggle off, scope self: now reuse is available next to T-GATE
-    out = client.predict(4, *values, api_name="/availability")
+    out = client.predict("default", 4, *values, api_name="/availability")
     assert out[1] == ""
 
 
@@ -133,6 +133,29 @@ def test_bad_input_is_refused_with_a_message(client):
     assert acc is not None
 
 
+@pytest.mark.parametrize("request_values, on, message", [
+    ({"steps": "abc"}, {}, "Steps must be a whole number"),
+    ({"steps": None}, {}, "Steps must be a whole number"),
+    ({"guidance": None}, {}, "Guidance must be a number"),
+    ({"guidance": "x"}, {}, "Guidance must be a number"),
+    ({"guidance": 1e9}, {}, "Guidance must be between 0 and 20"),
+    ({"steps": 5000}, {}, "Steps must be between 1 and 100"),
+    ({"scheduler": "heun"}, {}, "scheduler|heun"),
+    ({}, {"reuse": {2: "abc"}}, r"reuse steps \(R\) must be a whole number"),
+    ({}, {"tgate": {1: 2.5}}, "gate step must be a whole number, got 2.5"),
+    ({}, {"atedm": {2: "no"}}, "DSAP must be true or false"),
+    ({}, {"atedm": {1: "lots"}}, "pruning ratio must be a number"),
+    ({}, {"fastdiff": {3: "yes"}}, "parallel decoding must be true or false"),
+])
+def test_api_inputs_are_checked_by_the_handler(client, request_values, on, message):
+    """Values the widgets could never send, sent through the API: each refused with a message, none rounded."""
+    values = {"prompt": PROMPT, "seed": "0", "steps": 4, **request_values}
+    args = client_inputs(values.pop("prompt"), on=on, **{**values, "steps": 4})
+    args[3] = values["steps"]
+    with pytest.raises(AppError, match=message):
+        client.predict(*args, api_name="/run")
+
+
 def test_export_figure_pack_and_slide(client):
     client.predict(*run_args(tgate={}), api_name="/run")
     client.predict("both", 3, "mean of all layers", "mean of heads", "per-token", True, 0.55, False, True, False, api_name="/inside")
@@ -148,11 +171,11 @@ def test_export_figure_pack_and_slide(client):
 
 
 def test_tokens_warn_about_unknown_words_and_cut_prompts(client):
-    spans, warning = client.predict("a red zebra on the left", api_name="/tokens")
+    spans, warning = client.predict("a red zebra on the left", "default", api_name="/tokens")
     assert "zebra" in warning
-    _, clean = client.predict(PROMPT, api_name="/tokens")
+    _, clean = client.predict(PROMPT, "default", api_name="/tokens")
     assert clean == ""
-    _, long_warning = client.predict(" ".join(["red"] * 100), api_name="/tokens")
+    _, long_warning = client.predict(" ".join(["red"] * 100), "default", api_name="/tokens")
     assert "cut off" in long_warning
 
 
@@ -203,10 +226,16 @@ def test_two_sessions_at_once_get_their_own_results(server):
             c.close()
 
 
-def test_a_model_that_cannot_load_leaves_the_current_one(client):
-    status, note = client.predict("default", api_name="/load_model")  # the loaded one: nothing changes
+def test_only_the_offered_models_load_and_errors_name_no_path(client):
+    status, note = client.predict("default", api_name="/load_model")
     assert "default" in status and "Reading these maps" in note
-    with pytest.raises(AppError, match="The current model \\(default\\) stays loaded"):
-        client.predict("nobody/no-such-model", api_name="/load_model")
+    for name in ("nobody/no-such-model", "/etc", "tiny", "x" * 5000):
+        with pytest.raises(AppError) as caught:
+            client.predict(name, api_name="/load_model")
+        message = str(caught.value)  # Gradio's dropdown refuses it before the handler, as the handler would
+        assert "not offered" in message or "not in the list of choices" in message
+        assert "model_index" not in message and "folder" not in message
+    with pytest.raises(AppError, match="not offered|not in the list"):
+        client.predict(*run_args(model="tiny"), api_name="/run")
     _, acc, *_ = client.predict(*run_args(tgate={}), api_name="/run")
     assert acc is not None

@@ -55,7 +55,7 @@ def slide_numbers(baseline: live.Baseline, run: live.LiveRun | None) -> list[tup
 
 def figure_pack(out: Path, model: str, baseline: live.Baseline, run: live.LiveRun | None, rows: list[dict],
                 shipped: list[dict], y: str) -> list[str]:
-    """Write the pack under `out`; returns [zip of everything, the summary slide PNG]."""
+    """Write the pack under `out`; returns [zip of everything, the summary slide PNG], the only files left."""
     pack = out / "diffscope-figures"
     pack.mkdir(parents=True)
     result = as_run_result(model, baseline, run)
@@ -88,4 +88,7 @@ def figure_pack(out: Path, model: str, baseline: live.Baseline, run: live.LiveRu
     if run is not None:
         save_png(difference_image(first_image(baseline.image), first_image(run.image))[0], pack / "difference.png")
     archive = shutil.make_archive(str(out / "diffscope-figures"), "zip", root_dir=pack)
+    # Only the two returned files stay: the server's cache cleanup (delete_cache) tracks the files it hands
+    # out, so loose figures left here would never be removed.
+    shutil.rmtree(pack)
     return [archive, str(slide_path)]

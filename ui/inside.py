@@ -37,8 +37,10 @@ def reading_note(pipe) -> str:
 
 
 class InsideTabs:
-    def __init__(self, slot, probes: tuple, session_of):
-        self.slot, self.probes, self.session_of = slot, probes, session_of
+    def __init__(self, models, default_model: str, probes: tuple, session_of):
+        """`models.call(model, fn_name, *args, stop=)` runs an analysis.live function on that model's pipeline;
+        `models.pipe(model)` is the pipeline (the reading note of `default_model` is shown first)."""
+        self.models, self.probes, self.session_of = models, probes, session_of
         self.plots: dict[tuple[str, str], gr.Plot] = {}
         self.columns: dict[str, list[gr.Column]] = {}
         with gr.Tabs():
@@ -57,7 +59,7 @@ class InsideTabs:
                             self.overlay = gr.Checkbox(label="Overlay on image", value=True)
                             self.alpha = gr.Slider(0.0, 1.0, value=0.55, step=0.05, label="Overlay alpha")
                             self.special = gr.Checkbox(label="Show start/end tokens", value=False)
-                        self.reading = gr.Markdown(reading_note(slot.pipe))
+                        self.reading = gr.Markdown(reading_note(models.pipe(default_model)))
                         self._pair("attn", "Cross-attention maps")
                     with gr.Tab("Self-attention"):
                         with gr.Row():
@@ -124,9 +126,11 @@ class InsideTabs:
         try:
             with session.running() as token:
                 if view in ("full compute", "both") and baseline.signals is None:
-                    baseline.signals = self.slot.call("instrumented", baseline.request, (), self.probes, stop=token)
+                    baseline.signals = self.models.call(baseline.request.model, "instrumented", baseline.request, (),
+                                                        self.probes, stop=token)
                 if view in ("accelerated", "both") and run is not None and run.signals is None:
-                    run.signals = self.slot.call("instrumented", run.request, run.accel, self.probes, stop=token)
+                    run.signals = self.models.call(run.request.model, "instrumented", run.request, run.accel,
+                                                   self.probes, stop=token)
         except RunStopped:
             return tuple(gr.skip() for _ in self.outputs)
         last = max(0, (run.steps_run if run is not None else baseline.request.steps) - 1)

@@ -11,6 +11,8 @@ import gradio as gr
 
 from analysis.accel import StepsConfig, list_techniques
 from analysis.accel.reuse import strided_policy
+from ui.inputs import Slider, one_of, real_number, refuse, whole_number, yes_no
+from ui.inputs import text as input_text
 
 ORDER = ("reuse", "tgate", "atedm", "fastdiff", "steps")
 TITLES = {
@@ -40,12 +42,13 @@ def panel_defaults(steps: int = 20) -> dict[str, list]:
 
 
 def client_inputs(prompt: str, seed="0", steps: int = 20, y: str = "psnr", negative: str = "",
-                  guidance: float = 5.0, scheduler: str = "ddim", on: dict | None = None) -> list:
-    """The /run endpoint's inputs in order, for gradio_client: the request, the quality axis, then every
-    block's toggle and knobs in panel order. on={"tgate": {}, "atedm": {1: 0.5}} switches techniques on, a
+                  guidance: float = 5.0, scheduler: str = "ddim", on: dict | None = None,
+                  model: str = "default") -> list:
+    """The /run endpoint's inputs in order, for gradio_client: the request (its model last), the quality axis,
+    then every block's toggle and knobs in panel order. on={"tgate": {}, "atedm": {1: 0.5}} switches techniques on, a
     knob overridden by its position in the block (1 = the first knob)."""
     on = on or {}
-    args = [prompt, negative, seed, steps, guidance, scheduler, y]
+    args = [prompt, negative, seed, steps, guidance, scheduler, model, y]
     for name, values in panel_defaults(steps).items():
         if name in on:
             values[0] = True
@@ -79,7 +82,7 @@ class TechniquePanel:
                     if name == "reuse":
                         knobs = [
                             gr.Dropdown(REUSE_POLICIES, value="hurry", label="policy", min_width=140),
-                            gr.Slider(0, 50, value=d[2], step=1, label="reuse steps (R)",
+                            Slider(0, 50, value=d[2], step=1, label="reuse steps (R)",
                                       info="paper default: about a third of the steps"),
                             gr.Radio(["self", "cross", "both"], value="both", label="scope"),
                             gr.Textbox(label="custom policy", placeholder="CCCCRCRR... one letter per step",
@@ -87,25 +90,25 @@ class TechniquePanel:
                         ]
                     elif name == "tgate":
                         knobs = [
-                            gr.Slider(1, 100, value=d[1], step=1, label="gate step",
+                            Slider(1, 100, value=d[1], step=1, label="gate step",
                                       info="paper: about 0.4 of the steps (10 of 25)"),
-                            gr.Slider(1, 10, value=d[2], step=1, label="self-attention interval before the gate"),
-                            gr.Slider(1, 10, value=d[3], step=1, label="self-attention interval after the gate"),
+                            Slider(1, 10, value=d[2], step=1, label="self-attention interval before the gate"),
+                            Slider(1, 10, value=d[3], step=1, label="self-attention interval after the gate"),
                         ]
                     elif name == "atedm":
                         knobs = [
-                            gr.Slider(0.0, 0.9, value=d[1], step=0.01, label="pruning ratio"),
+                            Slider(0.0, 0.9, value=d[1], step=0.01, label="pruning ratio"),
                             gr.Checkbox(value=d[2], label="DSAP (prune less early)"),
                         ]
                     elif name == "fastdiff":
                         knobs = [
                             gr.Radio(FASTDIFF_PRESETS, value="paper", label="key steps"),
-                            gr.Slider(2, 10, value=d[2], step=1, label="stride (uniform)"),
+                            Slider(2, 10, value=d[2], step=1, label="stride (uniform)"),
                             gr.Checkbox(value=d[3], label="parallel decoding"),
                             gr.Checkbox(value=d[4], label="prior noise injection"),
                         ]
                     else:
-                        knobs = [gr.Slider(1, 100, value=d[1], step=1, label="steps")]
+                        knobs = [Slider(1, 100, value=d[1], step=1, label="steps")]
                         self.equal_latency_button = gr.Button("Equal latency", size="sm", min_width=110)
                 note = gr.Markdown(elem_classes="diffscope-unavailable", elem_id=f"note-{name}")
             self.blocks[name] = Block(name, toggle, knobs, note)
@@ -147,18 +150,23 @@ class TechniquePanel:
         out, i = {}, 0
         for b in self.blocks.values():
             n = 1 + len(b.knobs)
-            out[b.name] = (bool(values[i]), values[i + 1:i + n])
+            out[b.name] = (yes_no(values[i], f"The {b.name} toggle"), values[i + 1:i + n])
             i += n
         return out
 
     @staticmethod
     def _config(name: str, knobs: list, steps: int):
+        """One block's config from its knob values, each checked as it is (InvalidInput: never rounded)."""
         T = list_techniques()
+        if len(knobs) != len(panel_defaults(steps)[name]) - 1:
+            refuse(f"The {name} block", f"needs {len(panel_defaults(steps)[name]) - 1} settings, got {len(knobs)}.")
         if name == "reuse":
             policy, r, scope, custom = knobs
-            r = int(r)
+            policy = one_of(policy, "reuse: policy", [v for _, v in REUSE_POLICIES])
+            r = whole_number(r, "reuse: reuse steps (R)", 0, 1000)
+            scope = one_of(scope, "reuse: scope", ("self", "cross", "both"))
             if policy == "custom":
-                text = (custom or "").strip().upper()
+                text = input_text(custom, "reuse: custom policy", 1000).strip().upper()
                 if not text:
                     raise ValueError("reuse: type a custom policy, one C (compute) or R (reuse) per step")
                 return T["reuse"](policy=text, scope=scope)
@@ -166,16 +174,21 @@ class TechniquePanel:
                 return T["reuse"](policy=strided_policy(steps, r), scope=scope)
             return T["reuse"](policy=policy, reuse_steps=r, scope=scope)
         if name == "tgate":
-            gate, sp, fi = (int(v) for v in knobs)
+            gate, sp, fi = (whole_number(v, f"T-GATE: {what}", 1, 1000)
+                            for v, what in zip(knobs, ("gate step", "interval before the gate", "interval after the gate")))
             return T["tgate"](gate_step=gate, sp_interval=sp, fi_interval=fi)
         if name == "atedm":
             ratio, dsap = knobs
-            return T["atedm"](ratio=float(ratio), dsap=bool(dsap))
+            return T["atedm"](ratio=real_number(ratio, "AT-EDM: pruning ratio", 0.0, 1.0),
+                              dsap=yes_no(dsap, "AT-EDM: DSAP"))
         if name == "fastdiff":
             preset, stride, parallel, noise = knobs
-            return T["fastdiff"](stride=int(stride) if preset == "stride" else 0, parallel=bool(parallel),
-                                 noise=bool(noise))
-        return StepsConfig(steps=int(knobs[0]))
+            preset = one_of(preset, "Faster-Diffusion: key steps", [v for _, v in FASTDIFF_PRESETS])
+            stride = whole_number(stride, "Faster-Diffusion: stride", 1, 1000)
+            return T["fastdiff"](stride=stride if preset == "stride" else 0,
+                                 parallel=yes_no(parallel, "Faster-Diffusion: parallel decoding"),
+                                 noise=yes_no(noise, "Faster-Diffusion: noise injection"))
+        return StepsConfig(steps=whole_number(knobs[0], "Step reduction: steps", 1, 1000))
 
     def configs(self, values, steps: int) -> tuple:
         """The techniques switched on, as config dataclasses in panel order (ValueError: a knob is invalid)."""

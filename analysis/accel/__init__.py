@@ -135,6 +135,7 @@ def parse_accel(spec: str):
     kwargs = {}
     for item in filter(None, (p.strip() for p in rest.split(","))):
         key, eq, value = item.partition("=")
+        key, value = key.strip(), value.strip()  # "gate_step = 1" as typed in a shell
         if not eq:
             raise ValueError(f"{name}: expected key=value, got {item!r}")
         if key not in fields:

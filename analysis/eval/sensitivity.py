@@ -302,9 +302,14 @@ def run(args) -> dict:
     from tqdm import tqdm
 
     from analysis.eval.sweep import _parse_seeds, read_prompts
-    from analysis.jsonsafe import jsonable
     from analysis.models import ModelLoadError, load_pipeline
+    from analysis.run_folder import OutDirError, RunFolder
 
+    try:
+        folder = RunFolder(args.out, marker="sensitivity.json", keys=("curve", "verdict"),  # before any work
+                           kind="sensitivity analysis")
+    except OutDirError as err:
+        raise UsageError(err) from None
     prompts, seeds = read_prompts(args.prompts), _parse_seeds(args.seeds)
     if args.limit_prompts:
         prompts = prompts[: args.limit_prompts]
@@ -327,23 +332,32 @@ def run(args) -> dict:
             for seed in seeds:
                 rows += analyse_unit(pipe, prompt, seed, args.steps, kinds, args.noise, args.guidance,
                                      args.scheduler, bar)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     curve_rows = curve(rows)
     result = {"model": args.model, "steps": args.steps, "scheduler": args.scheduler, "guidance": args.guidance,
               "noise_relative": args.noise, "prompts": prompts, "seeds": seeds, "curve": curve_rows,
               "verdict": verdict(curve_rows), "policies": policies(args.steps, args.model)}
+    try:
+        with folder:
+            _write(folder.tmp, result, rows, curve_rows, figures=not args.no_figures)
+            folder.commit()
+    except OutDirError as err:
+        raise UsageError(err) from None
+    return {"out": str(folder.target), "runs": len(rows), "verdict": result["verdict"]}
+
+
+def _write(out: Path, result: dict, rows: list[dict], curve_rows: list[dict], figures: bool) -> None:
+    from analysis.jsonsafe import jsonable
+
     (out / "sensitivity.json").write_text(json.dumps(jsonable({**result, "runs": rows})))
     (out / "curve.json").write_text(json.dumps(jsonable(result), indent=1))
     with (out / "curve.csv").open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(curve_rows[0]))
         w.writeheader()
         w.writerows(curve_rows)
-    if not args.no_figures:
+    if figures:
         from viz import sweep_figs
 
         sweep_figs.write_sensitivity(result, out / "figures")
-    return {"out": str(out), "runs": len(rows), "verdict": result["verdict"]}
 
 
 def main(argv=None) -> int:

@@ -38,6 +38,7 @@ from analysis.jsonsafe import jsonable
 from analysis.eval.sweep_results import (
     UsageError, save_png, image_path, merge, read_rows, row_key, ship,
 )
+from analysis.run_folder import check_out_dir
 
 DEFAULT_PROMPTS = Path(__file__).resolve().parent.parent.parent / "assets" / "prompts" / "shapes-30.txt"
 
@@ -259,7 +260,9 @@ def _parse_seeds(text: str) -> list[int]:
 
 
 def run(args) -> dict:
-    out = Path(args.out)
+    # analysis.run_folder's one policy; a folder is a previous sweep when its meta.json names these keys
+    out = check_out_dir(args.out, "meta.json", ("model", "steps", "prompts"), kind="sweep", in_place=True,
+                        error=UsageError)
     if args.merge:
         result = merge(out, figures=not args.no_figures)
         if args.ship:

@@ -10,6 +10,7 @@ import json
 import math
 import os
 import statistics
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -35,15 +36,45 @@ def row_key(row: dict) -> tuple:
     return (int(row["prompt_id"]), int(row["seed"]), str(row["setting"]))
 
 
-def read_rows(out: Path) -> list[dict]:
-    """Every complete row of every shard file; a torn last line (killed run) is skipped. Later duplicates of a
-    key (a resumed shard that redid a block) are dropped."""
+# A row's fields the merge reads, with their JSON types (a row missing one came from another tool or version).
+ROW_FIELDS = {"prompt_id": int, "seed": int, "setting": str, "prompt": str, "technique": str,
+              "latency_s": (int, float), "baseline_latency_s": (int, float)}
+
+
+def _row_problem(row) -> str | None:
+    """Why a decoded line is not a sweep row, or None."""
+    if not isinstance(row, dict):
+        return f"a JSON {type(row).__name__}, not an object"
+    for name, kind in ROW_FIELDS.items():
+        value = row.get(name)
+        if value is None or isinstance(value, bool) or not isinstance(value, kind):
+            return f"field {name!r} missing or not a {getattr(kind, '__name__', 'number')}"
+    return None
+
+
+def read_rows(out: Path, warn=None) -> list[dict]:
+    """Every complete row of every shard file. A torn last line (killed run) is skipped quietly; any other
+    line that is not a row (not UTF-8, not JSON, another schema) is skipped with one warning naming the
+    file and line (`warn`, default: a 'warning: ...' line on stderr). Later duplicates of a key (a resumed
+    shard that redid a block) are dropped."""
+    warn = warn or (lambda message: print(f"warning: {message}", file=sys.stderr))
     rows, seen = [], set()
     for path in sorted(glob.glob(str(out / "rows" / "shard-*.jsonl"))):
-        for line in Path(path).read_text().splitlines():
+        data = Path(path).read_bytes()
+        lines = data.split(b"\n")
+        for number, raw in enumerate(lines, 1):
+            if not raw.strip():
+                continue
             try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
+                row = json.loads(raw.decode("utf-8"))
+                problem = _row_problem(row)
+            except UnicodeDecodeError:
+                problem = "not UTF-8 text"
+            except ValueError:
+                problem = "not JSON"
+            if problem is not None:
+                if number < len(lines):  # the last piece has no newline after it: a torn write, not a bad row
+                    warn(f"{path}:{number}: skipped a line that is not a sweep row ({problem})")
                 continue
             row = {k: from_json_value(v) for k, v in row.items()}
             if row_key(row) not in seen:
