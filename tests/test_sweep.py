@@ -297,3 +297,18 @@ def test_best_at_matched_latency():
                {"setting": "c", "technique": "steps", "relative_latency": 0.8, "psnr_db": 45.0, "kid_renders": 1.0}]
     out = pareto.best_at_matched_latency(summary, summary[0])
     assert out["psnr_db"] == ("b", 33.0) and out["kid_renders"] == ("a", 3.0) and out["fidelity"] is None
+
+
+def test_one_prompt_one_seed_merges_and_binary_prompts_are_refused(tmp_path, capsys):
+    one = tmp_path / "one.txt"
+    one.write_text(CAPTIONS[0] + "\n")
+    out = tmp_path / "one-run"
+    assert sweep.main(["--prompts", str(one), "--seeds", "0", "--steps", "2", "--grid", "st2=steps:steps=1",
+                       "--out", str(out), "--no-figures"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert all(r["clip_score"] is not None and r["kid_renders"] is None for r in summary)  # no set measure from 1 image
+    binary = tmp_path / "bin.txt"
+    binary.write_bytes(bytes(range(256)))
+    assert sweep.main(["--prompts", str(binary), "--out", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and "UTF-8" in err[-1]

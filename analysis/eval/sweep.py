@@ -70,7 +70,11 @@ def read_prompts(path: str | Path) -> list[str]:
     p = Path(path)
     if not p.is_file():
         raise UsageError(f"--prompts {p} is not a file")
-    prompts = [line.split("#", 1)[0].strip() for line in p.read_text().splitlines()]
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UsageError(f"--prompts {p.name} is not UTF-8 text (one prompt per line)") from None
+    prompts = [line.split("#", 1)[0].strip() for line in text.splitlines()]
     prompts = [x for x in prompts if x]
     if not prompts:
         raise UsageError(f"--prompts {p} has no prompt")
