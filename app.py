@@ -290,6 +290,7 @@ def build_demo(pipe_or_pool, probes=None) -> gr.Blocks:
         y = inputs.one_of(y or "psnr", "The quality axis", [v for _, v in Y_CHOICES])
         accel = panel.configs(knobs, req.steps)
         session = session_of(request)
+        session.quality_axis = y
         with session.running(supersede=True) as token:
             baseline = session.baseline(req)
             cached = baseline is not None
@@ -316,7 +317,7 @@ def build_demo(pipe_or_pool, probes=None) -> gr.Blocks:
         if baseline is None:
             return gr.skip()
         ensure_frontier(session, baseline)
-        return tradeoff(session, baseline, None if run is None else run.id, y)
+        return tradeoff(session, baseline, None if run is None else run.id, session.quality_axis)
 
     def ensure_frontier(session, baseline) -> None:
         if baseline.frontier is None:
@@ -331,6 +332,7 @@ def build_demo(pipe_or_pool, probes=None) -> gr.Blocks:
 
     def redraw_tradeoff(y, request: gr.Request = None):
         session = session_of(request)
+        session.quality_axis = inputs.one_of(y or "psnr", "The quality axis", [v for _, v in Y_CHOICES])
         baseline, run = session.on_screen()
         return tradeoff(session, baseline, None if run is None else run.id, y)
 

@@ -167,6 +167,9 @@ class Session:
         self.runs: list[LiveRun] = []
         self.active: set[StopToken] = set()
         self.current: tuple[Request, int | None] | None = None  # what is on screen: (baseline request, run id)
+        # the quality axis the browser shows, as last sent by a handler: a redraw that finishes late (the
+        # frontier) uses it rather than the axis of the moment it was queued
+        self.quality_axis = "psnr"
         self._ids = itertools.count(1)
         self._guard = threading.Lock()
 

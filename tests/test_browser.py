@@ -58,6 +58,11 @@ def test_generate_toggle_tgate_and_see_the_tradeoff_in_browser(app_url, tmp_path
             # Faster-Diffusion cannot join T-GATE: marked unavailable, with the engine's reason, before any click
             expect(page.locator("#note-fastdiff")).to_contain_text("unavailable", timeout=30_000)
             expect(page.locator("#toggle-fastdiff input[type=checkbox]")).to_be_disabled()
+            # the CLIP-score axis (shapes-CLIP on the default model) redraws the plot, frontier included
+            page.get_by_label("CLIP score (shapes-CLIP on the default model)").check()
+            page.wait_for_function("() => document.querySelector('#diffscope-tradeoff .js-plotly-plot')"
+                                   ".layout.yaxis.title.text === 'CLIP score'", timeout=60_000)
+            page.wait_for_function(f"() => ({POINTS_OF})('full compute') >= 1", timeout=120_000)
             expect(page.locator(".toast-body.error")).to_have_count(0)
             page.screenshot(path=str(tmp_path / "app.png"), full_page=True)
             assert (tmp_path / "app.png").stat().st_size > 10_000
