@@ -3,9 +3,9 @@
 A standalone script, run with a scratch virtual environment OUTSIDE the repository that has the reference
 package (it is not a dependency of DiffScope, and the test suite never imports this file):
 
-    python3 -m venv /tmp/tgvenv
-    /tmp/tgvenv/bin/pip install torch==2.13.0 diffusers==0.42.1 transformers==5.23.0 tgate==1.0.0 scikit-image==0.26.0
-    /tmp/tgvenv/bin/python benchmarks/crosscheck_tgate.py [--model toy|sdxl|default] [--steps 25] [--size 64]
+    python3 -m venv TGATE_VENV
+    TGATE_VENV/bin/pip install torch==2.13.0 diffusers==0.42.1 transformers==5.23.0 tgate==1.0.0 scikit-image==0.26.0
+    TGATE_VENV/bin/python benchmarks/crosscheck_tgate.py [--model toy|sdxl|default] [--steps 25] [--size 64]
 
 Our package is loaded by path (the repository root is put on sys.path). For each setting the same pipeline,
 prompts, seed, scheduler and step count run three ways: the full-compute baseline, our `tgate` plug-in
