@@ -313,10 +313,12 @@ def build_demo(pipe_or_pool, probes=None) -> gr.Blocks:
     @readable_errors(1)
     def run_frontier(y, request: gr.Request = None):
         session = session_of(request)
+        session.quality_axis = inputs.one_of(y or "psnr", "The quality axis", [v for _, v in Y_CHOICES])
         baseline, run = session.on_screen()
         if baseline is None:
             return gr.skip()
         ensure_frontier(session, baseline)
+        # the axis may have been switched while the frontier ran (redraw_tradeoff records it): draw that one
         return tradeoff(session, baseline, None if run is None else run.id, session.quality_axis)
 
     def ensure_frontier(session, baseline) -> None:
