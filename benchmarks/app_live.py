@@ -27,6 +27,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import numpy as np  # noqa: E402
 
 from ui.techniques import client_inputs  # noqa: E402
+from benchmarks.model_pool_rss import rss_mb  # noqa: E402
 
 def run_args(prompt, seed, n_steps, **on) -> list:
     return client_inputs(prompt, seed=str(seed), steps=n_steps, on=on)
@@ -36,14 +37,6 @@ def _img(path) -> np.ndarray:
     from PIL import Image
 
     return np.asarray(Image.open(path).convert("RGB"))
-
-
-def _rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def main(argv=None) -> int:
@@ -120,12 +113,12 @@ def main(argv=None) -> int:
                                                        [:args.sessions])]
         clients = [Client(url, verbose=False) for _ in requests]
         results: list = [None] * len(requests)
-        peak = [_rss_mb()]
+        peak = [rss_mb()]
         stop = threading.Event()
 
         def sample():
             while not stop.is_set():
-                peak.append(_rss_mb())
+                peak.append(rss_mb())
                 time.sleep(0.1)
 
         sampler = threading.Thread(target=sample)
