@@ -25,6 +25,18 @@ from analysis.jsonsafe import dumps
 from analysis.toy import scenes
 
 
+def save_disagreements(images, prompts, disagreements, path: str) -> None:
+    """A grid of the generations where the judge and the hand-written scorer disagree (for reading by eye)."""
+    from viz.grid import image_grid_figure
+
+    rows = disagreements[:24]
+    labels = [f"{prompts[d['image']]}\n{d['attribute']} {d['expected']}: scorer {d['scorer']}, judge {d['judge']}"
+              for d in rows]
+    fig = image_grid_figure([images[d["image"]] for d in rows], labels, cols=4,
+                            title="Judge vs hand-written scorer: where they disagree (seen pairs)")
+    fig.savefig(path, dpi=110)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--judge", default=None, help="judge folder (default assets/shapes-clip)")
@@ -35,6 +47,8 @@ def main(argv=None) -> int:
     parser.add_argument("--bootstrap", type=int, default=500)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--skip-generations", action="store_true", help="no agreement check (no generator runs)")
+    parser.add_argument("--disagreement-grid", default=None, metavar="PNG",
+                        help="the seen split's generations where the judge and the scorer disagree, labelled")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -60,6 +74,8 @@ def main(argv=None) -> int:
             prompts = [scenes.caption(s) for s in scenes.evaluation_scenes(args.prompts, seed=split_seed, held_out=held_out)]
             images = generate_batch(pipe, prompts, 30, 5.0, 1000)
             report["agreement"][split] = judge_checks.agreement(model, processor, list(images), prompts)
+            if args.disagreement_grid and split == "seen":
+                save_disagreements(images, prompts, report["agreement"][split]["disagreements"], args.disagreement_grid)
         print("agreement", dumps(report["agreement"]), flush=True)
 
     captions = [scenes.caption(s) for s in scenes.evaluation_scenes(args.sensitivity_prompts, seed=3000, held_out=False)]

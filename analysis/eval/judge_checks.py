@@ -138,10 +138,16 @@ def agreement(model, processor, images, prompts: Sequence[str]) -> dict:
 
     judge_rows = zero_shot(model, processor, images, prompts)
     judge = {(r["image"], r["object"], r["attribute"]): r["correct"] for r in judge_rows}
+    judge_observed = {(r["image"], r["object"], r["attribute"]): r["observed"] for r in judge_rows}
     pairs: dict[str, list[tuple[bool, bool]]] = {a: [] for a in ATTRIBUTE_VALUES}
+    disagreements = []
     for i, (image, prompt) in enumerate(zip(images, prompts)):
         for r in score_image(image, prompt)["attributes"]:
-            pairs[r["attribute"]].append((bool(r["correct"]), judge[(i, r["object"], r["attribute"])]))
+            key = (i, r["object"], r["attribute"])
+            pairs[r["attribute"]].append((bool(r["correct"]), judge[key]))
+            if bool(r["correct"]) != judge[key]:
+                disagreements.append({"image": i, "object": r["object"], "attribute": r["attribute"],
+                                      "expected": r["expected"], "scorer": r["observed"], "judge": judge_observed[key]})
     out = {}
     for attribute, values in pairs.items():
         if values:
@@ -150,4 +156,5 @@ def agreement(model, processor, images, prompts: Sequence[str]) -> dict:
                               "judge_accuracy": sum(b for _, b in values) / len(values), "n": len(values)}
     every = [v for vals in pairs.values() for v in vals]
     out["overall"] = {"agreement": sum(a == b for a, b in every) / len(every), "n": len(every)}
+    out["disagreements"] = disagreements
     return out
