@@ -34,17 +34,22 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split()) or "unknown error"
 
 
-def _add_train(sub):
-    p = sub.add_parser("train-default", help="train the embedded shapes-world model from scratch")
+def _add_training_flags(p) -> None:
+    """Flags both training commands share (each maps onto its recipe dataclass's field of that name)."""
     p.add_argument("--out-dir")
     p.add_argument("--work-dir")
     p.add_argument("--seed", type=int)
     p.add_argument("--threads", type=int)
+    p.add_argument("--batch", type=int)
+    p.add_argument("--checkpoint-every", type=int)
+
+
+def _add_train(sub):
+    p = sub.add_parser("train-default", help="train the embedded shapes-world model from scratch")
+    _add_training_flags(p)
     p.add_argument("--vae-steps", type=int)
     p.add_argument("--unet-steps", type=int)
     p.add_argument("--n-scenes", type=int)
-    p.add_argument("--batch", type=int)
-    p.add_argument("--checkpoint-every", type=int)
     p.add_argument("--export-every", type=int)
     p.add_argument("--text-encoder", choices=["joint", "frozen", "embeddings"],
                    help="text side of the recipe (default joint; see analysis/toy/train.py TEXT_ENCODERS)")
@@ -54,18 +59,13 @@ def _add_train(sub):
 
 def _add_train_judge(sub):
     p = sub.add_parser("train-judge", help="train shapes-CLIP, the shapes world's judge (CLIP score, FD, KID)")
-    p.add_argument("--out-dir")
-    p.add_argument("--work-dir")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--threads", type=int)
+    _add_training_flags(p)
     p.add_argument("--steps", type=int)
-    p.add_argument("--batch", type=int)
     p.add_argument("--negatives", type=int, help="hard-negative captions per image (default 2)")
     p.add_argument("--vae-share", type=float, help="share of each batch passed through the autoencoder (0.5)")
     p.add_argument("--vae-pool", type=int, help="autoencoder round-trip renders built once (8192)")
     p.add_argument("--vae-from", metavar="MODEL_DIR", help="whose autoencoder (default assets/shapes-v1)")
     p.add_argument("--tokenizer-from", metavar="MODEL_DIR", help="whose tokenizer (default assets/shapes-v1)")
-    p.add_argument("--checkpoint-every", type=int)
     p.add_argument("--stop-after", type=int, metavar="N",
                    help="checkpoint after N steps and stop (the next run resumes exactly); not part of the recipe")
 

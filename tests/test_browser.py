@@ -8,14 +8,10 @@ import shutil
 
 import pytest
 
+from benchmarks.app_browser import POINTS_OF
+
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian's chromium is not installed")
-
-POINTS_OF = """(name) => {
-  const plot = document.querySelector('#diffscope-tradeoff .js-plotly-plot');
-  if (!plot || !plot.data) return 0;
-  return plot.data.filter(t => t.name === name).reduce((n, t) => n + (t.x ? t.x.length : 0), 0);
-}"""
 
 
 @pytest.fixture(scope="module")

@@ -26,9 +26,7 @@ DEFECT_STRENGTHS: dict[str, tuple[float, ...]] = {
 
 def render_set(captions: Sequence[str], per_caption: int, seed: int) -> tuple[list[scenes.Scene], np.ndarray]:
     """Scenes and renders of each caption, `per_caption` times, background and jitter drawn from `seed`."""
-    rng = np.random.default_rng(seed)
-    out = [scenes.caption_scene(c, str(rng.choice(list(scenes.BACKGROUNDS))), rng)
-           for c in captions for _ in range(per_caption)]
+    out = scenes.caption_scenes(captions, per_caption, seed)
     return out, np.stack([scenes.render(s) for s in out])
 
 

@@ -239,10 +239,14 @@ def _fmt(x, spec=".2f") -> str:
     return format(x, spec)
 
 
-def _ci(r: dict, key: str, spec: str) -> str:
+def _ci(r: dict, key: str, spec: str, scale: float = 1.0) -> str:
+    """A value with its interval (r[key], r[key_low], r[key_high]), times `scale` (KID is shown x 1000)."""
+    def part(k):
+        return None if r.get(k) is None else scale * r[k]
+
     if r.get(key) is None:
         return "n/a"
-    return f"{_fmt(r[key], spec)} [{_fmt(r.get(key + '_low'), spec)}, {_fmt(r.get(key + '_high'), spec)}]"
+    return f"{_fmt(part(key), spec)} [{_fmt(part(key + '_low'), spec)}, {_fmt(part(key + '_high'), spec)}]"
 
 
 def report_text(summary: list[dict], frontier: dict, meta: dict) -> str:
@@ -268,13 +272,9 @@ def report_text(summary: list[dict], frontier: dict, meta: dict) -> str:
                   "distinct prompts), so its interval can sit above its value: compare FDs at equal n, decide with KID.", "",
                   "| setting | CLIP score | dCLIP vs full | KID full | KID renders | FD full | FD renders |",
                   "|---|---|---|---|---|---|---|"]
-        milli = lambda r, k: {**r, k: None if r.get(k) is None else 1000 * r[k],  # noqa: E731
-                              k + "_low": None if r.get(k + "_low") is None else 1000 * r[k + "_low"],
-                              k + "_high": None if r.get(k + "_high") is None else 1000 * r[k + "_high"]}
         for r in sorted(summary, key=lambda r: (r["technique"], r["setting"])):
-            m = milli(milli(r, "kid_full"), "kid_renders")
             lines.append(f"| {r['setting']} | {_ci(r, 'clip_score', '.2f')} | {_ci(r, 'clip_score_vs_full', '+.2f')} | "
-                         f"{_ci(m, 'kid_full', '.2f')} | {_ci(m, 'kid_renders', '.2f')} | {_ci(r, 'fd_full', '.3f')} | "
+                         f"{_ci(r, 'kid_full', '.2f', 1000)} | {_ci(r, 'kid_renders', '.2f', 1000)} | {_ci(r, 'fd_full', '.3f')} | "
                          f"{_ci(r, 'fd_renders', '.3f')} |")
         lines += ["", "## Against step reduction at equal latency, with statistical support", "",
                   "Each setting against the step-reduction setting (or full compute) nearest in measured relative latency; paired "
@@ -283,10 +283,9 @@ def report_text(summary: list[dict], frontier: dict, meta: dict) -> str:
                   "| setting | rel. latency | steps setting (rel. latency) | dCLIP | verdict | dKID x1000 (to) | verdict |",
                   "|---|---|---|---|---|---|---|"]
         for v in frontier.get("versus_steps_judge", []):
-            m = milli(v, "d_kid")
             lines.append(f"| {v['setting']} | {_fmt(v['relative_latency'], '.3f')} | {v['steps_setting']} "
                          f"({_fmt(v['steps_relative_latency'], '.3f')}) | {_ci(v, 'd_clip_score', '+.2f')} | "
-                         f"{v['clip_score_verdict']} | {_ci(m, 'd_kid', '+.2f')} ({v['kid_reference']}) | {v['kid_verdict']} |")
+                         f"{v['clip_score_verdict']} | {_ci(v, 'd_kid', '+.2f', 1000)} ({v['kid_reference']}) | {v['kid_verdict']} |")
     lines += ["", "## Against step reduction at equal measured latency (point estimates)", "",
               "Difference from the step-reduction ladder (ending at full compute) interpolated at the setting's "
               "latency relative to the interleaved full-compute timing (PSNR dB, fidelity points x100, CLIP score, "

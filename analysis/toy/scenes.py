@@ -200,13 +200,14 @@ def caption_scene(caption: str, background: str = "white", rng: np.random.Genera
     return Scene(tuple(objects), background)
 
 
-def true_renders(captions: Sequence[str], per_caption: int = 4, seed: int = 0) -> np.ndarray:
-    """Renders of the given captions, `per_caption` each, with the background and position jitter the
-    caption leaves open drawn as in training (deterministic in seed): the reference set."""
+def caption_scenes(captions: Sequence[str], per_caption: int = 4, seed: int = 0) -> list[Scene]:
+    """`per_caption` scenes of each caption, with the background and position jitter the caption leaves open
+    drawn as in training (deterministic in seed)."""
     rng = np.random.default_rng(seed)
-    out = []
-    for text in captions:
-        for _ in range(per_caption):
-            background = str(rng.choice(list(BACKGROUNDS)))
-            out.append(render(caption_scene(text, background, rng)))
-    return np.stack(out)
+    return [caption_scene(text, str(rng.choice(list(BACKGROUNDS))), rng)
+            for text in captions for _ in range(per_caption)]
+
+
+def true_renders(captions: Sequence[str], per_caption: int = 4, seed: int = 0) -> np.ndarray:
+    """Renders of `caption_scenes`: the reference set."""
+    return np.stack([render(s) for s in caption_scenes(captions, per_caption, seed)])
