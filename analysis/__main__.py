@@ -51,8 +51,10 @@ def _add_train(sub):
     p.add_argument("--unet-steps", type=int)
     p.add_argument("--n-scenes", type=int)
     p.add_argument("--export-every", type=int)
-    p.add_argument("--text-encoder", choices=["joint", "frozen", "embeddings"],
+    p.add_argument("--text-encoder", choices=["joint", "frozen", "embeddings", "judge"],
                    help="text side of the recipe (default joint; see analysis/toy/train.py TEXT_ENCODERS)")
+    p.add_argument("--text-encoder-from", metavar="CLIP_DIR",
+                   help="with --text-encoder judge: whose CLIP text tower, frozen (default assets/shapes-clip)")
     p.add_argument("--vae-from", metavar="MODEL_DIR",
                    help="reuse this model's autoencoder instead of training one (text-side variants)")
 

@@ -255,3 +255,49 @@ def test_atedm_with_fastdiff(sdxl_pipe):
     assert counters["fastdiff"]["encoder_passes_skipped"] == 2
     assert counters["atedm"]["tokens_pruned"] > 0
     _assert_restored(sdxl_pipe, before)
+
+
+def _keeps(pipe, monkeypatch, cfg):
+    """Every pruning decision's kept token indices (sorted per row), in call order, grouped by step."""
+    from analysis.accel import prune
+
+    plans = []
+    original = prune.plan
+
+    def spy(hidden_states, scores, n):
+        pruning = original(hidden_states, scores, n)
+        plans.append(pruning.keep.sort(dim=-1).values.clone())
+        return pruning
+
+    monkeypatch.setattr(prune, "plan", spy)
+    _run(pipe, (cfg,))
+    per_step = len(plans) // STEPS
+    assert per_step * STEPS == len(plans) and per_step > 0
+    return [plans[s * per_step:(s + 1) * per_step] for s in range(STEPS)]
+
+
+@pytest.mark.parametrize("ranking", ["gwpr", "random", "cross"])
+def test_shared_cfg_mask_prunes_the_same_tokens_in_both_branches(sd15_pipe, monkeypatch, ranking):
+    for cfg_mask, same in (("branch", False), ("shared", True)):
+        steps = _keeps(sd15_pipe, monkeypatch, ATEDMConfig(ratio=0.5, dsap=False, ranking=ranking, cfg_mask=cfg_mask))
+        keeps = [k for step in steps for k in step]
+        assert all(k.shape[0] == 2 for k in keeps)  # [uncond; cond]
+        equal = [torch.equal(k[0], k[1]) for k in keeps]
+        assert all(equal) if same else not all(equal), (ranking, cfg_mask)
+
+
+def test_random_draw_per_layer_prunes_the_same_tokens_every_step(sd15_pipe, monkeypatch):
+    fixed = _keeps(sd15_pipe, monkeypatch, ATEDMConfig(ratio=0.5, dsap=False, ranking="random", random_draw="layer"))
+    assert all(torch.equal(a, b) for step in fixed[1:] for a, b in zip(fixed[0], step))
+    assert all(torch.equal(k[0], k[1]) for step in fixed for k in step)  # one draw for every batch row
+    fresh = _keeps(sd15_pipe, monkeypatch, ATEDMConfig(ratio=0.5, dsap=False, ranking="random"))
+    assert not all(torch.equal(a, b) for a, b in zip(fresh[0], fresh[1]))
+
+
+def test_new_ablation_knobs_are_validated():
+    with pytest.raises(ValueError, match="^atedm: random_draw"):
+        ATEDMConfig(random_draw="step")
+    with pytest.raises(ValueError, match="^atedm: cfg_mask"):
+        ATEDMConfig(cfg_mask="both")
+    assert parse_accel("atedm:ranking=random,random_draw=layer,cfg_mask=shared") == ATEDMConfig(
+        ranking="random", random_draw="layer", cfg_mask="shared")

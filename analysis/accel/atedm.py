@@ -28,10 +28,17 @@ Defaults:
 - G-WPR: 5 iterations, damping 0.85, heads averaged (analysis/token_rank.py). The paper publishes neither
   its formula nor code: this is a documented reading (Weighted PageRank with damping), and its free choices
   are parameters (`iterations`, `damping`, `head_reduce`).
-- `ranking` (for the paper's ablation; "gwpr" is AT-EDM): "random" ranks tokens by a seeded random draw,
-  "cross" by the cross-attention (attn2) mass each image token puts on the prompt tokens other than the
+- `ranking` (for the paper's ablation; "gwpr" is AT-EDM): "random" ranks tokens by a seeded random draw
+  (`random_draw="call"`: a new draw at every call, so over a run the damage spreads over all tokens;
+  `"layer"`: one draw per layer, kept for every step and batch row, so random prunes the same tokens every
+  step as G-WPR nearly does: the like-for-like control of issue 17), "cross" by the cross-attention (attn2) mass each image token puts on the prompt tokens other than the
   first (BOS) one, averaged over heads (in one-layer blocks, where attn2 runs after the pruning point, its map
   is computed on all tokens for the ranking, then attn2 runs on the kept tokens).
+
+- `cfg_mask`: "branch" ranks each classifier-free-guidance branch (unconditional, conditional) on its own
+  map, so the two branches may prune different tokens; "shared" ranks both on the mean of their scores (one
+  mask for the pair), so guidance compares two predictions made on the same tokens. The paper does not say;
+  "branch" is the default because it needs no knowledge of the batch layout, "shared" is the ablation.
 
 `ratio = 0` attaches nothing at all, so the image is the baseline bit for bit; a layer/step whose ratio is
 0 (DSAP) calls the original block and the original attention processor.
@@ -64,6 +71,8 @@ from analysis.token_rank import HEAD_REDUCTIONS, gwpr
 
 
 RANKINGS = ("gwpr", "random", "cross")
+RANDOM_DRAWS = ("call", "layer")
+CFG_MASKS = ("branch", "shared")
 
 
 @register
@@ -78,6 +87,8 @@ class ATEDMConfig:
     damping: float = 0.85  # G-WPR damping
     head_reduce: str = "mean"  # G-WPR: how head scores combine, "mean" or "rms" (Zero-TPrune's emphasis)
     ranking: str = "gwpr"  # "gwpr" | "random" | "cross": the token ranking (ablation; see the module doc)
+    random_draw: str = "call"  # ranking=random: a new draw every call, or one per layer for the whole run
+    cfg_mask: str = "branch"  # one mask per CFG branch, or one "shared" by both (mean of their scores)
 
     def __post_init__(self):
         if not 0.0 <= self.ratio < 1.0:
@@ -94,6 +105,10 @@ class ATEDMConfig:
             raise ValueError(f"atedm: head_reduce must be one of {', '.join(HEAD_REDUCTIONS)}, got {self.head_reduce!r}")
         if self.ranking not in RANKINGS:
             raise ValueError(f"atedm: ranking must be one of {', '.join(RANKINGS)}, got {self.ranking!r}")
+        if self.random_draw not in RANDOM_DRAWS:
+            raise ValueError(f"atedm: random_draw must be one of {', '.join(RANDOM_DRAWS)}, got {self.random_draw!r}")
+        if self.cfg_mask not in CFG_MASKS:
+            raise ValueError(f"atedm: cfg_mask must be one of {', '.join(CFG_MASKS)}, got {self.cfg_mask!r}")
 
     def check_with(self, by_name: dict) -> None:
         if "reuse" in by_name:
@@ -160,6 +175,7 @@ class ATEDMHandle:
             elif config.ranking == "cross" and len(layer.model.transformer_blocks) > 1:
                 self.by_rank_call[layer.attn2] = layer
         self.generator = torch.Generator().manual_seed(0)
+        self.fixed_scores: dict[str, torch.Tensor] = {}  # random_draw="layer": layer -> its one draw
         self.probs: dict[str, tuple[torch.Tensor, int]] = {}  # layer -> (attn1 probs, heads), this call only
         self.pending: dict[str, prune.Pruning] = {}  # layer -> pruning to undo after the last block
         self.events_per_step: list[int] = [0] * max(ctx.clock.num_steps, 0)
@@ -207,8 +223,16 @@ class ATEDMHandle:
         elif ranking == "cross":
             p, heads = probs
             scores = (1 - p[..., 0].float()).view(-1, heads, p.shape[1]).mean(dim=1)
+        elif self.config.random_draw == "layer":
+            if layer.name not in self.fixed_scores or self.fixed_scores[layer.name].shape[-1] != n_tokens:
+                self.fixed_scores[layer.name] = torch.rand((1, n_tokens), generator=self.generator)
+            scores = self.fixed_scores[layer.name].expand(rows, n_tokens).to(hidden_states.device)
         else:
             scores = torch.rand((rows, n_tokens), generator=self.generator).to(hidden_states.device)
+        if self.config.cfg_mask == "shared" and self.clock.guidance and rows % 2 == 0:
+            # rows are [uncond; cond] (Faster-Diffusion's batched decoder keeps that half-major order)
+            half = rows // 2
+            scores = ((scores[:half] + scores[half:]) / 2).repeat(2, 1)
         layer.tokens_pruned += rows * n
         step = self.clock.step_index
         if 0 <= step:

@@ -7,7 +7,8 @@ setting name is the row key of the sweep table, so it must stay stable across re
 SPEC (`python -m analysis sweep --grid SPEC`): comma-separated parts, each one of
 - a named grid: `default` (the issue's grid: step ladder, reuse R count 0..steps/2 with HURRY, PHAST and
   strided CRCR, T-GATE gate steps, Faster-Diffusion presets/strides with and without noise, AT-EDM ratios
-  with and without DSAP, allowed combinations), `ablations` (the papers' ablations), `peers` (DeepCache,
+  with and without DSAP, allowed combinations), `ablations` (the papers' ablations), `pruning` (AT-EDM's
+  rankings like for like at every ratio, issue 17), `peers` (DeepCache,
   tomesd; needs requirements-peers.txt), `smoke` (four cheap settings for a first check);
 - a family of the default grid: `steps`, `reuse`, `tgate`, `fastdiff`, `atedm`, `combo`;
 - a path to a text file with one setting per line, `NAME = SPEC [& SPEC ...]` (`#` starts a comment);
@@ -23,7 +24,8 @@ from pathlib import Path
 import numpy as np
 
 FAMILIES = ("steps", "reuse", "tgate", "fastdiff", "atedm", "combo", "peer", "ablation")
-NAMED = ("default", "ablations", "peers", "smoke")
+NAMED = ("default", "ablations", "pruning", "peers", "smoke")
+PRUNING_RATIOS = (0.3, 0.5, 0.63, 0.8)  # the default grid's AT-EDM ratios
 
 
 @dataclass(frozen=True)
@@ -106,7 +108,7 @@ def _fastdiff(steps: int) -> list[Setting]:
 
 
 def _atedm(steps: int) -> list[Setting]:
-    out = [Setting(f"atedm-{int(r * 100)}", "atedm", (f"atedm:ratio={r}",)) for r in (0.3, 0.5, 0.63, 0.8)]
+    out = [Setting(f"atedm-{int(r * 100)}", "atedm", (f"atedm:ratio={r}",)) for r in PRUNING_RATIOS]
     out += [Setting(f"atedm-{int(r * 100)}-nodsap", "atedm", (f"atedm:ratio={r},dsap=false",)) for r in (0.5, 0.63)]
     return out
 
@@ -150,6 +152,16 @@ def _ablations(steps: int) -> list[Setting]:
     return out
 
 
+def _pruning(steps: int) -> list[Setting]:
+    """AT-EDM's rankings compared like for like at every ratio of the default grid (issue 17): G-WPR as
+    shipped, with one mask shared by both CFG branches and with RMS over heads; random drawn every call or
+    once per layer (shared); cross-attention (shared). `analysis.eval.pruning_share.variants`."""
+    from analysis.eval.pruning_share import variants
+
+    return [Setting(f"prune-{int(r * 100)}-{name}", "ablation", (spec,))
+            for r in PRUNING_RATIOS for name, spec in variants(r).items()]
+
+
 def _paper_keys(steps: int) -> tuple[int, ...]:
     from analysis.accel.fastdiff import FastDiffConfig
 
@@ -180,6 +192,8 @@ def named_grid(name: str, steps: int) -> list[Setting]:
         return _FAMILY_BUILDERS[name](steps)
     if name == "ablations":
         return _ablations(steps)
+    if name == "pruning":
+        return _pruning(steps)
     if name == "peers":
         return _peers(steps)
     if name == "smoke":

@@ -42,6 +42,9 @@ TEXT_ENCODERS = {
     "frozen": "3 causal transformer layers kept at their random initialisation, as SD keeps CLIP frozen",
     "embeddings": "no transformer layers: token + position embedding and the final norm, trained; each "
                   "token's state is its own word",
+    "judge": "the text tower of a CLIP trained on the same world (`text_encoder_from`, default the judge "
+             "assets/shapes-clip), frozen: Stable Diffusion's own arrangement, a contrastively pretrained "
+             "CLIP text encoder whose per-token last hidden states condition the UNet",
 }
 
 
@@ -67,6 +70,7 @@ class TrainConfig:
     checkpoint_every: int = 250
     export_every: int = 500
     text_encoder: str = "joint"
+    text_encoder_from: str = "assets/shapes-clip"
     vae_from: str | None = None
 
     def __post_init__(self):
@@ -79,12 +83,21 @@ class TrainConfig:
             raise ValueError(f"caption_dropout must be in [0, 1), got {self.caption_dropout}")
 
 
-def text_encoder_variant(joint: CLIPTextModel, kind: str) -> CLIPTextModel:
-    """The recipe's text encoder, derived from the joint one so that all variants share an initialisation."""
+def text_encoder_variant(joint: CLIPTextModel, kind: str, source: str | None = None) -> CLIPTextModel:
+    """The recipe's text encoder, derived from the joint one so that all variants share an initialisation
+    (except `judge`, whose weights come from `source`, a CLIPModel or CLIPTextModel folder)."""
     if kind == "joint":
         return joint
     if kind == "frozen":
         return joint.requires_grad_(False).eval()
+    if kind == "judge":
+        tower = CLIPTextModel.from_pretrained(source)
+        mine, theirs = joint.config, tower.config
+        for field in ("hidden_size", "vocab_size", "max_position_embeddings", "bos_token_id", "eos_token_id"):
+            if getattr(mine, field) != getattr(theirs, field):
+                raise ValueError(f"text tower of {source}: {field} {getattr(theirs, field)} != the world's "
+                                 f"{getattr(mine, field)} (it must share the tokenizer and the UNet's width)")
+        return tower.requires_grad_(False).eval()
     config = CLIPTextConfig.from_dict({**joint.config.to_dict(), "num_hidden_layers": 0})
     embeddings_only = CLIPTextModel(config)
     # strict: a 0-layer model has exactly the embeddings and the final norm of the joint one
@@ -207,8 +220,8 @@ def train(cfg: TrainConfig) -> Path:
     unet = architecture.make_unet()
     scheduler = architecture.make_scheduler()
     prediction_type = scheduler.config.prediction_type
-    text_encoder = text_encoder_variant(text_encoder, cfg.text_encoder)
-    train_text = cfg.text_encoder != "frozen"
+    text_encoder = text_encoder_variant(text_encoder, cfg.text_encoder, cfg.text_encoder_from)
+    train_text = cfg.text_encoder not in ("frozen", "judge")
     params = list(unet.parameters()) + (list(text_encoder.parameters()) if train_text else [])
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
     lr_at = lambda step: cfg.lr * min(1.0, (step + 1) / cfg.warmup)  # noqa: E731
