@@ -96,3 +96,22 @@ def test_shipped_sensitivity_curve_loads():
     assert all(r["identical_before_t"] for r in data["curve"])
     assert any(name.startswith("HURRY") for name in data["policies"])
     assert sensitivity.load_shipped(steps=999) is None
+
+
+def test_exponent_without_the_final_step_and_per_step_factors():
+    # a deviation that grows by e^0.2 a step, then the final step multiplies it by 0.4 (DDIM's x0 step)
+    d = np.concatenate([[0.0], np.exp(0.2 * np.arange(5)), [np.exp(0.8) * 0.4]])
+    assert sensitivity.growth_rate(d, 1, drop_last=True)[0] == pytest.approx(0.2)
+    assert sensitivity.growth_rate(d, 1)[0] < 0.2
+    rows = [{"prompt": f"p{p}", "kind": "noise", "t": 1, "exponent": 0.0, "exponent_without_last": 0.2 + 0.01 * p,
+             "amplification": 1.0, "final_deviation": 1.0, "psnr_db": 30.0, "identical_before_t": True,
+             "log_step_factors": [0.2, 0.2, 0.2, 0.2, math.log(0.4)]} for p in range(4)]
+    factors = sensitivity.step_factors(rows)
+    assert [f["step"] for f in factors] == [1, 2, 3, 4, 5, 6]
+    assert factors[0]["n"] == 0 and factors[0]["log_factor"] is None  # nothing perturbed before step 1
+    assert factors[1]["log_factor"] == pytest.approx(0.2) and factors[-1]["log_factor"] == pytest.approx(math.log(0.4))
+    c = sensitivity.curve(rows)
+    assert c[0]["exponent_without_last_mean_low"] > 0
+    v = sensitivity.verdict(c, factors)["noise"]
+    assert v["positive_exponent_without_last_at"] == [1] and v["positive_exponent_at"] == []
+    assert v["amplifying_steps"] == [2, 3, 4, 5] and v["damping_steps"] == [6]

@@ -159,9 +159,22 @@ def _sensitivity_series(result: dict) -> tuple[dict[str, dict], float]:
         series[kind] = {"t": [r["t"] for r in rows], "median": med,
                         "below": [m - r["final_deviation_q25"] for m, r in zip(med, rows)],
                         "above": [r["final_deviation_q75"] - m for m, r in zip(med, rows)],
-                        "exponent": [r["exponent"] if r["exponent"] is not None else float("nan") for r in rows]}
+                        "exponent": [r["exponent"] if r["exponent"] is not None else float("nan") for r in rows],
+                        "exponent_without_last": [float("nan") if r.get("exponent_without_last") is None
+                                                  else r["exponent_without_last"] for r in rows]}
         top = max(top, max((r["final_deviation_q75"] for r in rows), default=0))
     return series, top
+
+
+def _factor_series(result: dict) -> dict[str, dict]:
+    """Per kind: steps s, mean log factor and its distances to the interval ends (0 where no interval)."""
+    out = {}
+    for kind in sorted({f["kind"] for f in result.get("step_factors", [])}):
+        fs = [f for f in result["step_factors"] if f["kind"] == kind and f["log_factor"] is not None]
+        out[kind] = {"step": [f["step"] for f in fs], "mean": [f["log_factor"] for f in fs],
+                     "below": [f["log_factor"] - (f["log_factor_low"] if f["log_factor_low"] is not None else f["log_factor"]) for f in fs],
+                     "above": [(f["log_factor_high"] if f["log_factor_high"] is not None else f["log_factor"]) - f["log_factor"] for f in fs]}
+    return out
 
 
 def sensitivity_figure(result: dict) -> go.Figure:
@@ -169,9 +182,10 @@ def sensitivity_figure(result: dict) -> go.Figure:
     per perturbation kind, with the R steps of the HURRY / PHAST policies drawn as markers above the curve."""
     from plotly.subplots import make_subplots
 
-    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08,
+    fig = make_subplots(rows=3, cols=1, shared_xaxes=True, vertical_spacing=0.07,
                         subplot_titles=("final latent deviation ||z_end - z_end(full)||",
-                                        "growth rate of the deviation (slope of log d_s per step)"))
+                                        "growth rate of the deviation from t on (slope of log d_s per step)",
+                                        "per-step factor ln(d_s / d_s-1), mean and 95% interval over prompts"))
     series, top = _sensitivity_series(result)
     for kind, d in series.items():
         colour = SENSITIVITY_COLOURS.get(kind)
@@ -182,15 +196,24 @@ def sensitivity_figure(result: dict) -> go.Figure:
         fig.add_trace(go.Scatter(x=d["t"], y=d["exponent"], mode="lines+markers",
                                  name=f"{kind}: growth rate", line=dict(color=colour, dash="dot")),
                       row=2, col=1)
+        fig.add_trace(go.Scatter(x=d["t"], y=d["exponent_without_last"], mode="lines+markers",
+                                 name=f"{kind}: growth rate without the final step", line=dict(color=colour, dash="dash")),
+                      row=2, col=1)
+    for kind, f in _factor_series(result).items():
+        fig.add_trace(go.Scatter(x=f["step"], y=f["mean"], mode="lines+markers", name=f"{kind}: step factor",
+                                 line=dict(color=SENSITIVITY_COLOURS.get(kind)),
+                                 error_y=dict(type="data", symmetric=False, array=f["above"], arrayminus=f["below"])),
+                      row=3, col=1)
     for i, (name, policy) in enumerate(result.get("policies", {}).items()):
         steps = _policy_steps(policy)
         fig.add_trace(go.Scatter(x=steps, y=[top * (1.08 + 0.07 * i)] * len(steps), mode="markers", name=f"{name} R steps",
                                  marker=dict(symbol="triangle-down", size=11, color=["#009E73", "#CC79A7"][i % 2])),
                       row=1, col=1)
-    fig.update_xaxes(title_text="perturbed step t", row=2, col=1)
+    fig.update_xaxes(title_text="perturbed step t (panels 1-2) / step s (panel 3)", row=3, col=1)
     fig.update_yaxes(title_text="deviation", row=1, col=1)
     fig.update_yaxes(title_text="per step", row=2, col=1)
-    fig.update_layout(template="plotly_white", height=640, title="Sensitivity of the final latent to step t's attention maps")
+    fig.update_yaxes(title_text="ln factor", row=3, col=1)
+    fig.update_layout(template="plotly_white", height=860, title="Sensitivity of the final latent to step t's attention maps")
     return fig
 
 
@@ -202,12 +225,26 @@ def sensitivity_figure_mpl(result: dict):
 
     series, top = _sensitivity_series(result)
     with plt.rc_context({"font.size": SLIDE_FONT, "legend.fontsize": SLIDE_FONT - 4}):
-        fig, (ax, ax2) = plt.subplots(2, 1, figsize=(10, 8), sharex=True, layout="constrained")
+        factors = _factor_series(result)
+        fig, axes = plt.subplots(3 if factors else 2, 1, figsize=(10, 11 if factors else 8), sharex=True,
+                                 layout="constrained")
+        ax, ax2 = axes[0], axes[1]
         for kind, d in series.items():
             colour = SENSITIVITY_COLOURS.get(kind)
             ax.errorbar(d["t"], d["median"], yerr=[d["below"], d["above"]], color=colour, marker="o", capsize=3,
                         label=f"{kind} at step t")
-            ax2.plot(d["t"], d["exponent"], color=colour, marker="o", ls=":", label=kind)
+            ax2.plot(d["t"], d["exponent"], color=colour, marker="o", ls=":", label=f"{kind}, to the end")
+            ax2.plot(d["t"], d["exponent_without_last"], color=colour, marker="s", ls="--",
+                     label=f"{kind}, without the final step")
+        for kind, f in factors.items():
+            axes[2].errorbar(f["step"], f["mean"], yerr=[f["below"], f["above"]], color=SENSITIVITY_COLOURS.get(kind),
+                             marker="o", capsize=3, label=kind)
+        if factors:
+            axes[2].axhline(0, color="#999999", lw=1)
+            axes[2].set_xlabel("denoising step s")
+            axes[2].set_ylabel("per-step factor ln(d_s / d_s-1)")
+            axes[2].legend(frameon=False)
+            axes[2].grid(alpha=0.3)
         for i, (name, policy) in enumerate(result.get("policies", {}).items()):
             steps = _policy_steps(policy)
             ax.plot(steps, [top * (1.08 + 0.07 * i)] * len(steps), ls="none", marker="v", ms=10,
@@ -219,6 +256,7 @@ def sensitivity_figure_mpl(result: dict):
         ax2.axhline(0, color="#999999", lw=1)
         ax2.set_xlabel("perturbed step t")
         ax2.set_ylabel("growth rate (log d per step)")
+        ax2.legend(frameon=False)
         ax2.grid(alpha=0.3)
     return fig
 

@@ -12,10 +12,18 @@ the perturbation. The latents z_s after every step s are recorded (`ctx.on_step_
 - the deviation d_s = ||z_s - z_s(ref)|| (Frobenius over the latent) for every s >= t;
 - the growth rate: the slope of log d_s against s over s = t..end (least squares; per step), the
   attention-adapted finite-time Lyapunov exponent at t; and the amplification d_end / d_t;
+- the same slope fitted without the final step (`exponent_without_last`): DDIM's last step maps the latent
+  to the x0 prediction and contracts a deviation far more than any other (on the default model it alone
+  multiplies it by ~0.4), so a slope fitted through it is, for late t, that one step (issue 17);
+- the per-step factors ln(d_s / d_{s-1}) for s > t: how much each step amplifies (> 0) or damps (< 0) a
+  deviation already present, the local reading that needs no fit at all;
 - the final image's PSNR to the reference image.
 HURRY's premise is that later perturbations leave a smaller final error; the report answers it with the
 Spearman correlation between t and the final deviation (negative = later is smaller), and the final deviation
-of the first and second halves of the steps.
+of the first and second halves of the steps; Hunter et al. also report positive exponents (deviations that
+grow), which the verdict looks for with intervals: means over images with 95% bootstrap intervals over prompts
+(`analysis.eval.distribution.bootstrap_mean`), for the exponent with and without the final step and for each
+step's factor.
 """
 from __future__ import annotations
 
@@ -161,9 +169,10 @@ def run_latents(pipe, config, extra: tuple) -> tuple[np.ndarray, np.ndarray, dic
     return images[0], signals["latents"], counters
 
 
-def growth_rate(deviations: np.ndarray, t: int) -> tuple[float | None, float | None]:
-    """(slope of log d_s over s = t..end, d_end / d_t); None where the deviation is zero."""
-    d = np.asarray(deviations[t:], dtype=float)
+def growth_rate(deviations: np.ndarray, t: int, drop_last: bool = False) -> tuple[float | None, float | None]:
+    """(slope of log d_s over s = t..end, d_end / d_t); None where the deviation is zero. drop_last: fit and
+    amplify up to the step before the final one."""
+    d = np.asarray(deviations[t:-1] if drop_last else deviations[t:], dtype=float)
     if len(d) < 2 or d[0] <= 0 or (d <= 0).any():
         return None, None
     slope = float(np.polyfit(np.arange(len(d)), np.log(d), 1)[0])
@@ -186,7 +195,11 @@ def analyse_unit(pipe, prompt: str, seed: int, steps: int, kinds, relative: floa
             image, latents, counters = run_latents(pipe, config, perturbation(kind, t, steps, relative, seed))
             dev = np.linalg.norm((latents - ref_latents).reshape(steps, -1).astype(np.float64), axis=1)
             slope, amplification = growth_rate(dev, t)
+            slope_without_last, _ = growth_rate(dev, t, drop_last=True)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                log_factors = [float(x) if np.isfinite(x) else None for x in np.log(dev[t + 1:] / dev[t:-1])]
             rows.append({"prompt": prompt, "seed": seed, "kind": kind, "t": t, "exponent": slope,
+                         "exponent_without_last": slope_without_last, "log_step_factors": log_factors,
                          "amplification": amplification, "deviation": dev.tolist(),
                          "relative_deviation": (dev / np.maximum(ref_norm, 1e-12)).tolist(),
                          "final_deviation": float(dev[-1]), "psnr_db": metrics.psnr(ref_image, image),
@@ -205,9 +218,23 @@ def spearman(x, y) -> float | None:
     return float(spearmanr(x, y).statistic)
 
 
+def _prompt_mean(rows: list[dict], values: list[float | None], prompt_ids: dict[str, int]) -> dict:
+    """Mean of the finite values with a 95% bootstrap interval over prompts (None where fewer than 2 prompts)."""
+    from analysis.eval.distribution import bootstrap_mean
+
+    kept = [(prompt_ids[r["prompt"]], v) for r, v in zip(rows, values) if v is not None and math.isfinite(v)]
+    if len({pid for pid, _ in kept}) < 2:
+        mean = statistics.mean(v for _, v in kept) if kept else None
+        return {"mean": mean, "low": None, "high": None}
+    est = bootstrap_mean([v for _, v in kept], [pid for pid, _ in kept])
+    return {"mean": est.value, "low": est.low, "high": est.high}
+
+
 def curve(rows: list[dict]) -> list[dict]:
     """Per (kind, t): medians over prompts and seeds of the exponent, the amplification, the final deviation
-    and the final PSNR, with quartiles of the final deviation."""
+    and the final PSNR, with quartiles of the final deviation; and the means of the exponent with and without
+    the final step, with 95% bootstrap intervals over prompts."""
+    prompt_ids = {p: i for i, p in enumerate(dict.fromkeys(r["prompt"] for r in rows))} if rows and "prompt" in rows[0] else {}
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         groups.setdefault((r["kind"], r["t"]), []).append(r)
@@ -217,16 +244,40 @@ def curve(rows: list[dict]) -> list[dict]:
             vals = [r[key] for r in rs if r.get(key) is not None and math.isfinite(r[key])]
             return statistics.median(vals) if vals else None
         fin = np.array([r["final_deviation"] for r in rs])
-        out.append({"kind": kind, "t": t, "n": len(rs), "exponent": med("exponent"), "amplification": med("amplification"),
-                    "final_deviation": float(np.median(fin)), "final_deviation_q25": float(np.percentile(fin, 25)),
-                    "final_deviation_q75": float(np.percentile(fin, 75)), "psnr_db": med("psnr_db"),
-                    "identical_before_t": all(r["identical_before_t"] for r in rs)})
+        row = {"kind": kind, "t": t, "n": len(rs), "exponent": med("exponent"), "amplification": med("amplification"),
+               "final_deviation": float(np.median(fin)), "final_deviation_q25": float(np.percentile(fin, 25)),
+               "final_deviation_q75": float(np.percentile(fin, 75)), "psnr_db": med("psnr_db"),
+               "identical_before_t": all(r["identical_before_t"] for r in rs),
+               "exponent_without_last": med("exponent_without_last")}
+        if prompt_ids:
+            for key in ("exponent", "exponent_without_last"):
+                m = _prompt_mean(rs, [r.get(key) for r in rs], prompt_ids)
+                row.update({f"{key}_mean": m["mean"], f"{key}_mean_low": m["low"], f"{key}_mean_high": m["high"]})
+        out.append(row)
     return out
 
 
-def verdict(curve_rows: list[dict]) -> dict:
+def step_factors(rows: list[dict]) -> list[dict]:
+    """Per kind and step s: the mean of ln(d_s / d_{s-1}) over every run perturbed before s (t < s), with a 95%
+    bootstrap interval over prompts; above 0 the step amplifies a deviation, below 0 it damps it."""
+    prompt_ids = {p: i for i, p in enumerate(dict.fromkeys(r["prompt"] for r in rows))}
+    out = []
+    for kind in sorted({r["kind"] for r in rows}):
+        rs = [r for r in rows if r["kind"] == kind]
+        steps = max(r["t"] + 1 + len(r["log_step_factors"]) for r in rs)
+        for s in range(1, steps):
+            pairs = [(r, r["log_step_factors"][s - r["t"] - 1]) for r in rs if r["t"] < s]
+            m = _prompt_mean([r for r, _ in pairs], [v for _, v in pairs], prompt_ids)
+            out.append({"kind": kind, "step": s, "n": len(pairs), "log_factor": m["mean"], "log_factor_low": m["low"],
+                        "log_factor_high": m["high"]})
+    return out
+
+
+def verdict(curve_rows: list[dict], factors: list[dict] | None = None) -> dict:
     """Does a later perturbation leave a smaller final error? Per kind: Spearman(t, final deviation), and the
-    median final deviation over the first and the second half of the steps."""
+    median final deviation over the first and the second half of the steps. Is any exponent positive (interval
+    above 0), with and without the final step; which steps amplify; where reuse is safest (the t whose
+    perturbation leaves the smallest median final deviation)."""
     out = {}
     for kind in sorted({r["kind"] for r in curve_rows}):
         rs = [r for r in curve_rows if r["kind"] == kind]
@@ -240,6 +291,13 @@ def verdict(curve_rows: list[dict]) -> dict:
                      "median_final_deviation_late_half": statistics.median(late) if late else None,
                      "later_is_smaller": None if rho is None else bool(rho < 0 and late and early
                                                                        and statistics.median(late) < statistics.median(early))}
+        for key in ("exponent", "exponent_without_last"):
+            out[kind][f"positive_{key}_at"] = [r["t"] for r in rs if (r.get(f"{key}_mean_low") or 0) > 0]
+        out[kind]["smallest_final_deviation_at"] = min(rs, key=lambda r: r["final_deviation"])["t"]
+        if factors:
+            fs = [f for f in factors if f["kind"] == kind]
+            out[kind]["amplifying_steps"] = [f["step"] for f in fs if (f["log_factor_low"] or 0) > 0]
+            out[kind]["damping_steps"] = [f["step"] for f in fs if (f["log_factor_high"] or 0) < 0]
     return out
 
 
@@ -333,9 +391,11 @@ def run(args) -> dict:
                 rows += analyse_unit(pipe, prompt, seed, args.steps, kinds, args.noise, args.guidance,
                                      args.scheduler, bar)
     curve_rows = curve(rows)
+    factors = step_factors(rows)
     result = {"model": args.model, "steps": args.steps, "scheduler": args.scheduler, "guidance": args.guidance,
               "noise_relative": args.noise, "prompts": prompts, "seeds": seeds, "curve": curve_rows,
-              "verdict": verdict(curve_rows), "policies": policies(args.steps, args.model)}
+              "step_factors": factors, "verdict": verdict(curve_rows, factors),
+              "policies": policies(args.steps, args.model)}
     try:
         with folder:
             _write(folder.tmp, result, rows, curve_rows, figures=not args.no_figures)
