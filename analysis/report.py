@@ -100,6 +100,11 @@ def split_signals(signals: dict) -> tuple[dict, dict[str, np.ndarray]]:
             if idx:
                 by_role[role] = jsonable(_nanmean(mse[idx], axis=0))
         summary["feature_drift"]["mse_mean_by_role"] = by_role
+        if "relative" in drift:
+            relative = np.asarray(drift["relative"], dtype=np.float64)
+            summary["feature_drift"]["relative_mean_by_role"] = {
+                role: jsonable(_nanmean(relative[[i for i, b in enumerate(drift["blocks"]) if roles.get(b) == role]], axis=0))
+                for role in by_role}
     tr = signals.get("token_rank") if signals else None
     if tr and tr.get("scores"):
         summary["token_rank"].update(_token_rank_summary(tr))
@@ -189,7 +194,7 @@ def write_run(result, out_dir: str | Path) -> Path:
 # --- reading a saved run back -------------------------------------------------------------------------
 
 _CURVES = {("cross_attn_convergence", "output_l2"), ("cross_attn_convergence", "probs_l2"),
-           ("feature_drift", "mse"), ("feature_drift", "frobenius")}
+           ("feature_drift", "mse"), ("feature_drift", "relative"), ("feature_drift", "frobenius")}
 
 
 def _restore(obj: Any, npz) -> Any:

@@ -69,7 +69,7 @@ def signal_report(pipe, n_prompts: int, steps: int, guidance: float) -> dict:
     rng = np.random.default_rng(5)
     ratios: dict[str, list[float]] = {kind: [] for kind in WORD_KINDS}
     layer_ratios: dict[str, dict[str, list[float]]] = {}
-    convergence, drift = [], []
+    convergence, drift, relative_drift = [], [], []
     for i in range(n_prompts):
         obj = scenes.sample_object(rng, str(rng.choice(list(scenes.POSITIONS))))
         prompt = obj.phrase()
@@ -96,6 +96,7 @@ def signal_report(pipe, n_prompts: int, steps: int, guidance: float) -> dict:
         enc = [j for j, b in enumerate(fd["blocks"]) if fd["role"][b] == "encoder"]
         dec = [j for j, b in enumerate(fd["blocks"]) if fd["role"][b] == "decoder"]
         drift.append(float(mse[enc].mean() / mse[dec].mean()))
+        relative_drift.append(float(fd["relative"][enc].mean() / fd["relative"][dec].mean()))
         print(f"{i}: {prompt}: " + " ".join(f"{k} x{ratios[k][-1]:.2f}" for k in WORD_KINDS) + " "
               f"late/early {convergence[-1]:.3f} enc/dec {drift[-1]:.3f}", flush=True)
     return {
@@ -109,6 +110,7 @@ def signal_report(pipe, n_prompts: int, steps: int, guidance: float) -> dict:
                                             for name, r in layer_ratios.items()},
         "cross_attn_late_over_early_median": _median(convergence),
         "encoder_over_decoder_drift_median": _median(drift),
+        "encoder_over_decoder_relative_drift_median": _median(relative_drift),
     }
 
 

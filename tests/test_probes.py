@@ -152,6 +152,7 @@ def check_signals(signals: dict, n_prompts: int, n_tokens: int, steps: int) -> N
     assert drift["mse"].shape == (len(blocks), steps - 1) and drift["mse"].dtype == np.float32
     assert drift["frobenius"].shape == (len(blocks), steps) and drift["frobenius"].dtype == np.float32
     assert np.isfinite(drift["mse"]).all() and np.isfinite(drift["frobenius"]).all()
+    assert drift["relative"].shape == drift["mse"].shape and (drift["relative"] > 0).all()
     assert set(drift["pca"]) == set(blocks)
     for per_step in drift["pca"].values():
         assert set(per_step) == {0, steps // 2, steps - 1}

@@ -82,6 +82,19 @@ def test_convergence_and_drift(sig):
     assert enc and dec and not set(enc) & set(dec)
 
 
+def test_drift_figure_draws_the_relative_change_where_the_signal_has_it(sig):
+    drift = dict(sig["feature_drift"])
+    drift["relative"] = np.full_like(np.asarray(drift["mse"], dtype=float), 0.25)
+    rel = P.drift_figure(drift)
+    assert "relative" in rel.layout.annotations[0].text
+    assert all(set(t.y) == {0.25} for t in rel.data if isinstance(t, go.Scatter))
+    raw = P.drift_figure(drift, measure="mse")
+    assert "MSE" in raw.layout.annotations[0].text
+    del drift["relative"]  # a run saved before the relative change existed: the MSE, labelled so
+    assert "MSE" in P.drift_figure(drift).layout.annotations[0].text
+    assert E.drift_figure(drift, measure="relative").axes[0].get_ylabel().startswith("MSE")
+
+
 def test_token_rank(sig):
     fig = _check(P.token_rank_figure(sig["token_rank"], step=1))
     assert len([t for t in fig.data if isinstance(t, go.Heatmap)]) == len(sig["token_rank"]["layers"])

@@ -168,13 +168,25 @@ def role_mean(values: np.ndarray, blocks: Sequence[str], roles: dict | None) -> 
     return out
 
 
-def drift_arrays(drift: dict) -> tuple[list[str], dict[str, str], np.ndarray, np.ndarray]:
-    """(blocks, colour per block, mse (blocks, steps-1), frobenius (blocks, steps)) of a feature_drift signal."""
+DRIFT_MEASURES = ("relative", "mse")
+
+
+def drift_measure(drift: dict, measure: str = "relative") -> str:
+    """The change measure a drift figure draws: `measure` where the signal has it, else the raw MSE (runs saved
+    before the relative change existed)."""
+    if measure not in DRIFT_MEASURES:
+        raise ValueError(f"drift measure must be one of {', '.join(DRIFT_MEASURES)}, got {measure!r}")
+    return measure if measure in drift else "mse"
+
+
+def drift_arrays(drift: dict, measure: str = "mse") -> tuple[list[str], dict[str, str], np.ndarray, np.ndarray]:
+    """(blocks, colour per block, change (blocks, steps-1), frobenius (blocks, steps)) of a feature_drift signal;
+    the change is `measure` ("mse" or "relative", see analysis/probes/drift.py)."""
     blocks = list(drift["blocks"])
     colours = block_colours(blocks, drift.get("role", {}))
-    mse = np.asarray(drift.get("mse", []), dtype=np.float64)
+    change = np.asarray(drift.get(measure, []), dtype=np.float64)
     frob = np.asarray(drift.get("frobenius", []), dtype=np.float64)
-    return blocks, colours, mse, frob
+    return blocks, colours, change, frob
 
 
 def nanmean0(a: np.ndarray) -> np.ndarray:

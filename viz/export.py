@@ -161,11 +161,12 @@ def convergence_figure(conv: dict, log_y: bool = False, gate_step: int | None = 
 
 @styled
 def drift_figure(drift: dict, log_y: bool = False, key_steps: Sequence[int] | None = None,
-                 title_prefix: str | None = None) -> Figure:
+                 title_prefix: str | None = None, measure: str = "relative") -> Figure:
     if not drift or not drift.get("blocks"):
         return _message("No feature drift was captured.")
     roles = drift.get("role", {})
-    blocks, colours, mse, frob = D.drift_arrays(drift)
+    measure = D.drift_measure(drift, measure)
+    blocks, colours, mse, frob = D.drift_arrays(drift, measure)
     fig = Figure(figsize=(8, 3.6), layout="constrained")
     ax1, ax2 = fig.subplots(1, 2, width_ratios=[1.3, 1])
     if mse.size:
@@ -175,7 +176,7 @@ def drift_figure(drift: dict, log_y: bool = False, key_steps: Sequence[int] | No
             ax1.plot(x, mse[i], color=colours[b], lw=1.5, marker="o", ms=2.5,
                      ls="--" if role == "bottleneck" else "-", label=f"{b} ({role})")
         ax1.set_xlabel("denoising step t")
-        ax1.set_ylabel(r"MSE$(F_t, F_{t-1})$")
+        ax1.set_ylabel(r"$\|F_t - F_{t-1}\| / \|F_{t-1}\|$" if measure == "relative" else r"MSE$(F_t, F_{t-1})$")
         ax1.set_title("feature change between steps")
         if log_y:
             ax1.set_yscale("log")

@@ -185,17 +185,21 @@ def convergence_figure(conv: dict, log_y: bool = False, gate_step: int | None = 
 # --- feature drift ---------------------------------------------------------------------------------------
 
 def drift_figure(drift: dict, log_y: bool = False, key_steps: Sequence[int] | None = None,
-                 title_prefix: str | None = None) -> go.Figure:
-    """Left: MSE between consecutive steps' block outputs (Faster-Diffusion Fig. 3a), coloured by
-    encoder / bottleneck / decoder. Right: per-block box plot of the Frobenius norm over steps (Fig. 3b).
+                 title_prefix: str | None = None, measure: str = "relative") -> go.Figure:
+    """Left: change between consecutive steps' block outputs, coloured by encoder / bottleneck / decoder:
+    relative to the block's feature norm (default, so blocks of different scale compare) or the raw MSE of
+    Faster-Diffusion's Fig. 3a (`measure="mse"`). Right: per-block box plot of the Frobenius norm over steps
+    (Fig. 3b).
     key_steps: Faster-Diffusion's key steps (marks["fastdiff"]["key_steps"]), drawn as dotted vertical lines
     on the MSE panel (the encoder runs there; at the other steps its features are reused)."""
     if not drift or not drift.get("blocks"):
         return empty_figure("No feature drift was captured.")
     roles = drift.get("role", {})
-    blocks, colours, mse, frob = D.drift_arrays(drift)
+    measure = D.drift_measure(drift, measure)
+    blocks, colours, mse, frob = D.drift_arrays(drift, measure)
     fig = make_subplots(rows=1, cols=2, column_widths=[0.58, 0.42], horizontal_spacing=0.1,
-                        subplot_titles=("change between steps (MSE)", "Frobenius norm per block"))
+                        subplot_titles=(f"change between steps ({'relative to the block norm' if measure == 'relative' else 'MSE'})",
+                                        "Frobenius norm per block"))
     if mse.size:
         x = list(range(1, mse.shape[1] + 1))
         for i, b in enumerate(blocks):
@@ -212,7 +216,8 @@ def drift_figure(drift: dict, log_y: bool = False, key_steps: Sequence[int] | No
                 jitter=0.3, pointpos=0, hovertemplate=f"{b}<br>%{{y:.4g}}<extra></extra>",
             ), row=1, col=2)
     fig.update_xaxes(title_text="denoising step t", row=1, col=1, **_int_ticks(mse.shape[-1] if mse.size else 0))
-    fig.update_yaxes(title_text="MSE(F<sub>t</sub>, F<sub>t−1</sub>)", row=1, col=1)
+    fig.update_yaxes(title_text="‖F<sub>t</sub> − F<sub>t−1</sub>‖ / ‖F<sub>t−1</sub>‖" if measure == "relative"
+                     else "MSE(F<sub>t</sub>, F<sub>t−1</sub>)", row=1, col=1)
     fig.update_yaxes(title_text="‖F<sub>t</sub>‖<sub>F</sub>", row=1, col=2)
     fig.update_xaxes(tickangle=-40, row=1, col=2)
     if log_y:

@@ -3,6 +3,9 @@
 Forward hooks on every UNet block (`down_blocks.i` = encoder, `mid_block` = bottleneck, `up_blocks.i` =
 decoder; a down block returns (hidden, res_samples), its hidden state is used), conditional rows only:
 - mse[t-1] = (1/(d*s^2)) ||F_t - F_{t-1}||^2 (Fig. 3a), averaged over prompts;
+- relative[t-1] = ||F_t - F_{t-1}|| / ||F_{t-1}||, averaged over prompts: the change as a fraction of the
+  block's own feature norm, so blocks of different width and scale compare (the raw MSE mixes a block's
+  scale with its change; issue 17);
 - frobenius[t] = Frobenius norm of the channel-averaged map (Fig. 3b), averaged over prompts;
 - pca: the first prompt's features at the chosen steps (default first, middle, last), pooled to at most
   `pca_res` per side on the device and kept as float16; after the run, the top-3 PCA components over
@@ -94,6 +97,7 @@ class DriftProbe:
         self.blocks = unet_blocks(ctx.unet)
         self._prev: dict[str, tuple[int, torch.Tensor]] = {}
         self._mse: dict[tuple[str, int], torch.Tensor] = {}
+        self._relative: dict[tuple[str, int], torch.Tensor] = {}
         self._fro: dict[tuple[str, int], torch.Tensor] = {}
         self._pca: dict[tuple[str, int], torch.Tensor] = {}
         self._latent = attach_clock(ctx)
@@ -115,7 +119,10 @@ class DriftProbe:
         self._fro[(name, step)] = ff.mean(dim=1).flatten(1).norm(dim=1).mean()
         prev = self._prev.get(name)
         if prev is not None and prev[0] == step - 1 and prev[1].shape == f.shape:
-            self._mse[(name, step)] = (ff - prev[1].float()).pow(2).mean()
+            before = prev[1].float()
+            self._mse[(name, step)] = (ff - before).pow(2).mean()
+            change, norm = (ff - before).flatten(1).norm(dim=1), before.flatten(1).norm(dim=1)
+            self._relative[(name, step)] = (change / norm.clamp_min(torch.finfo(torch.float32).tiny)).mean()
         self._prev[name] = (step, f.clone())
         if step in self.pca_steps:
             hh, ww = f.shape[-2:]
@@ -161,6 +168,7 @@ class DriftProbe:
                 "blocks": [name for name, _, _ in self.blocks],
                 "role": {name: role for name, _, role in self.blocks},
                 "mse": self._matrix(self._mse, list(range(1, n))),
+                "relative": self._matrix(self._relative, list(range(1, n))),
                 "frobenius": self._matrix(self._fro, list(range(n))),
                 "pca": {name: dict(sorted(v.items())) for name, v in pca.items()},
             }
