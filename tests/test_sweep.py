@@ -312,3 +312,17 @@ def test_one_prompt_one_seed_merges_and_binary_prompts_are_refused(tmp_path, cap
     assert sweep.main(["--prompts", str(binary), "--out", str(tmp_path / "b")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: ") and "UTF-8" in err[-1]
+
+
+def test_ship_as_a_named_folder(tmp_path):
+    from analysis.eval.sweep_results import ship
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "summary.json").write_text("[]")
+    (out / "meta.json").write_text(json.dumps({"steps": 20, "settings": ["a"]}))
+    dest = ship(out, 20, directory=tmp_path / "results", name="ablations-20")
+    assert dest == tmp_path / "results" / "ablations-20"
+    assert (dest / "summary.json").read_text() == "[]"
+    assert json.loads((dest / "meta.json").read_text()) == {"steps": 20}  # no per-setting list
+    assert ship(out, 20, directory=tmp_path / "results").name == "default-20"

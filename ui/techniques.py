@@ -83,7 +83,7 @@ class TechniquePanel:
                         knobs = [
                             gr.Dropdown(REUSE_POLICIES, value="hurry", label="policy", min_width=140),
                             Slider(0, 50, value=d[2], step=1, label="reuse steps (R)",
-                                      info="paper default: about a third of the steps"),
+                                      info="a reading, not the paper's: HURRY gives no R count; default a third of the steps"),
                             gr.Radio(["self", "cross", "both"], value="both", label="scope"),
                             gr.Textbox(label="custom policy", placeholder="CCCCRCRR... one letter per step",
                                        max_lines=1),

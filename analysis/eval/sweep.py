@@ -27,6 +27,7 @@ import argparse
 import json
 import math
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -249,6 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--merge", action="store_true", help="only merge the rows under --out and write the outputs")
     p.add_argument("--no-figures", action="store_true")
     p.add_argument("--ship", action="store_true", help="with --merge: copy the results to assets/results/default-STEPS")
+    p.add_argument("--ship-as", default=None, metavar="NAME",
+                   help="with --merge --ship: to assets/results/NAME instead (e.g. ablations-20); letters, digits, - and _")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     return p
 
@@ -269,8 +272,11 @@ def run(args) -> dict:
                         error=UsageError)
     if args.merge:
         result = merge(out, figures=not args.no_figures)
+        if args.ship_as is not None and not re.fullmatch(r"[A-Za-z0-9_-]+", args.ship_as):
+            raise UsageError(f"--ship-as must be a folder name of letters, digits, - and _, got {args.ship_as!r}")
         if args.ship:
-            result["shipped"] = str(ship(out, json.loads((out / "meta.json").read_text())["steps"]))
+            steps = json.loads((out / "meta.json").read_text())["steps"]
+            result["shipped"] = str(ship(out, steps, name=args.ship_as))
         return result
     if args.baseline_every < 1:
         raise UsageError("--baseline-every must be at least 1")

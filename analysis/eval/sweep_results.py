@@ -331,13 +331,14 @@ SHIPPED_FILES = ("summary.json", "summary.csv", "frontier.json", "report.md", "m
                  "figures/tradeoff-fidelity.png", "figures/tradeoff-clip_score.png", "figures/tradeoff-kid_renders.png")
 
 
-def ship(out: Path, steps: int, directory: Path | None = None) -> Path:
+def ship(out: Path, steps: int, directory: Path | None = None, name: str | None = None) -> Path:
     """Copy a merged sweep's small outputs (summary, frontier, report, gzipped tidy table, PNG figures) to
-    assets/results/default-<steps>/ for the app; the meta without the per-setting list."""
+    assets/results/default-<steps>/ for the app (or assets/results/<name>/); the meta without the per-setting
+    list."""
     import gzip
     import shutil
 
-    dest = (directory or SHIPPED_DIR) / f"default-{steps}"
+    dest = (directory or SHIPPED_DIR) / (name or f"default-{steps}")
     (dest / "figures").mkdir(parents=True, exist_ok=True)
     for name in SHIPPED_FILES:
         if (out / name).exists():
