@@ -278,6 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
                    add_help=False)
     sub.add_parser("sensitivity", help="per-step attention perturbation: which steps can reuse maps "
                    "(options: python -m analysis sensitivity --help)", add_help=False)
+    sub.add_parser("observations", help="each paper's key observation on the loaded model, over many prompts "
+                   "and seeds, with bands (options: python -m analysis observations --help)", add_help=False)
     sub.add_parser("bench", help="technique speed-ups, compute breakdown, quality at equal latency; "
                    "with --capture: probe overhead (options: python -m analysis bench [--capture] --help)",
                    add_help=False)
@@ -290,6 +292,7 @@ PASSTHROUGH = {
     "bench": "analysis.eval.bench_cli:main",  # handles --capture itself (analysis/eval/capture.py)
     "sweep": "analysis.eval.sweep:main",
     "sensitivity": "analysis.eval.sensitivity:main",
+    "observations": "analysis.eval.observations:main",
 }
 
 

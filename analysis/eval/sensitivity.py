@@ -330,18 +330,13 @@ def load_shipped(steps: int = 20, directory: Path | None = None) -> dict | None:
 
 # ---- CLI ------------------------------------------------------------------------------------------------------
 
-from analysis.eval.sweep_results import UsageError  # noqa: E402  (one error type for the eval subcommands)
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        raise UsageError(message)
+from analysis.eval.sweep_results import UsageError, UsageParser  # noqa: E402  (one error type for the eval subcommands)
 
 
 def build_parser() -> argparse.ArgumentParser:
     from analysis.eval.sweep import DEFAULT_PROMPTS
 
-    p = _Parser(prog="python -m analysis sensitivity", description=__doc__.split("\n\n")[0])
+    p = UsageParser(prog="python -m analysis sensitivity", description=__doc__.split("\n\n")[0])
     p.add_argument("--prompts", default=str(DEFAULT_PROMPTS.with_name("shapes-8.txt")), metavar="FILE")
     p.add_argument("--limit-prompts", type=int, default=None, metavar="N")
     p.add_argument("--seeds", default="0", metavar="S,S,...")

@@ -37,7 +37,7 @@ import numpy as np
 from analysis.eval.grid import Setting, parse_grid
 from analysis.jsonsafe import jsonable
 from analysis.eval.sweep_results import (
-    UsageError, save_png, image_path, merge, read_rows, row_key, ship,
+    UsageError, UsageParser, save_png, image_path, merge, read_rows, row_key, ship,
 )
 from analysis.run_folder import check_out_dir
 
@@ -229,13 +229,8 @@ def _compact(counters: dict) -> dict:
 
 # ---- CLI ----------------------------------------------------------------------------------------------------
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        raise UsageError(message)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m analysis sweep", description=__doc__.split("\n\n")[0])
+    p = UsageParser(prog="python -m analysis sweep", description=__doc__.split("\n\n")[0])
     p.add_argument("--prompts", default=str(DEFAULT_PROMPTS), metavar="FILE", help="one prompt per line")
     p.add_argument("--limit-prompts", type=int, default=None, metavar="N", help="only the first N prompts")
     p.add_argument("--seeds", default="0,1", metavar="S,S,...")

@@ -4,6 +4,7 @@ shipped results the app reads. The runner that produces the rows is analysis/eva
 """
 from __future__ import annotations
 
+import argparse
 import csv
 import glob
 import json
@@ -28,6 +29,13 @@ SUMMARY_KEYS = ("latency_s", "speedup", "psnr_db", "ssim")
 
 class UsageError(Exception):
     """A bad command line or --out for the eval subcommands: one 'error:' line, exit code 2."""
+
+
+class UsageParser(argparse.ArgumentParser):
+    """argparse that raises UsageError (one 'error:' line, exit code 2 through `sweep.cli_main`)."""
+
+    def error(self, message):
+        raise UsageError(message)
 
 
 # ---- rows and images on disk ---------------------------------------------------------------------------------

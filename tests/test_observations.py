@@ -1,0 +1,47 @@
+"""`python -m analysis observations` on the embedded model at a few steps (analysis/eval/observations.py)."""
+import json
+
+import numpy as np
+import pytest
+
+from analysis.eval import observations
+
+
+def test_band_is_median_and_quartiles_over_units():
+    b = observations.band([[1.0, np.nan], [2.0, np.nan], [3.0, 5.0], [4.0, np.nan], [5.0, np.nan]])
+    assert b["median"][0] == 3.0 and b["q25"][0] == 2.0 and b["q75"][0] == 4.0 and b["n"] == 5
+    assert b["median"][1] == 5.0
+
+
+def test_map_similarity_is_one_on_the_diagonal_and_symmetric():
+    rng = np.random.default_rng(0)
+    cross = {"a": rng.random((5, 1, 7, 4, 4)), "b": rng.random((5, 1, 7, 2, 2))}
+    sim = observations.map_similarity(cross)
+    assert sim.shape == (5, 5)
+    np.testing.assert_allclose(np.diag(sim), 1.0)
+    np.testing.assert_allclose(sim, sim.T)
+
+
+def test_cli_writes_every_observation(tmp_path):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a large red circle on the left\na small blue square at the top\n")
+    out = tmp_path / "obs"
+    code = observations.main(["--prompts", str(prompts), "--seeds", "0", "--steps", "5", "--sensitivity-units", "1",
+                              "--pruning-units", "1", "--sweep", "none", "--out", str(out)])
+    assert code == 0
+    data = json.loads((out / "observations.json").read_text())
+    assert data["units"] == 2 and data["tgate_gate_step"] == 2
+    assert len(data["map_change"]["mean_of_layers"]["median"]) == 4
+    assert set(data["relative_drift"]["per_role"]) == {"encoder", "bottleneck", "decoder"}
+    assert set(data["pruning"]["quality"]) == {"gwpr", "cross", "random"}
+    assert set(data["pruning"]["masks"]) == {"gwpr", "cross", "random"}
+    assert data["sensitivity"]["curve"] and data["versus_steps"] is None
+    for name in ("map_change", "relative_drift", "sensitivity", "map_similarity", "pruning"):
+        assert (out / "figures" / f"{name}.png").exists(), name
+
+
+def test_cli_bad_input(tmp_path, capsys):
+    assert observations.main(["--out", str(tmp_path / "o"), "--steps", "1"]) == 2
+    assert capsys.readouterr().err.startswith("error: --steps")
+    assert observations.main(["--out", str(tmp_path / "o"), "--sweep", str(tmp_path)]) == 2
+    assert "no summary.json" in capsys.readouterr().err
