@@ -45,3 +45,19 @@ def test_cli_bad_input(tmp_path, capsys):
     assert capsys.readouterr().err.startswith("error: --steps")
     assert observations.main(["--out", str(tmp_path / "o"), "--sweep", str(tmp_path)]) == 2
     assert "no summary.json" in capsys.readouterr().err
+
+
+def test_versus_steps_reads_a_sweep_and_counts_each_setting_once():
+    from pathlib import Path
+
+    from analysis.eval.sweep_results import SHIPPED_DIR
+    from analysis.models import load_pipeline
+
+    pipe = load_pipeline("default")
+    pipe.set_progress_bar_config(disable=True)
+    rows = observations.versus_steps(pipe, Path(SHIPPED_DIR) / "default-20", "a large red circle on the left", 5.0)
+    by = {r["setting"]: r for r in rows}
+    assert "baseline" not in by and not any(r["technique"] == "steps" for r in rows)
+    assert by["tgate-g8"]["counted_speedup"] > 1.0 and by["atedm-63"]["counted_speedup"] > 1.0
+    # the step ladder's PSNR falls as the speed-up rises, so a faster point is compared with a lower PSNR
+    assert by["tgate-g4"]["steps_psnr_at_counted"] <= by["tgate-g16"]["steps_psnr_at_counted"]

@@ -24,9 +24,6 @@ Writes observations.json and figures/ (PNG, SVG); `--ship` copies them to assets
 from __future__ import annotations
 
 import argparse
-import csv
-import gzip
-import io
 import json
 import shutil
 import sys
@@ -105,44 +102,37 @@ def pruning_runs(pipe, units, steps: int, guidance: float, scheduler: str) -> tu
     return rows, masks
 
 
-def _read_table(sweep: Path) -> list[dict]:
-    if (sweep / "table.csv").exists():
-        text = (sweep / "table.csv").read_text()
-    elif (sweep / "table.csv.gz").exists():
-        text = gzip.decompress((sweep / "table.csv.gz").read_bytes()).decode()
-    else:
-        raise UsageError(f"--sweep {sweep}: no table.csv or table.csv.gz (a merged sweep folder)")
-    return list(csv.DictReader(io.StringIO(text)))
-
-
-def versus_steps(pipe, sweep: Path, guidance: float) -> list[dict]:
-    """Each technique's median PSNR against the step ladder's at its median measured and counted speed-ups."""
+def versus_steps(pipe, sweep: Path, prompt: str, guidance: float) -> list[dict]:
+    """Each technique's median PSNR against the step ladder's at its median measured and counted speed-ups.
+    Measured speed-ups and PSNR come from the sweep's summary; counted work from one run of each setting on
+    `prompt` (what a technique skips does not depend on the prompt, and the sweep's table keeps only summary
+    counters), costed by analysis/eval/cost.py."""
     from analysis.accel import parse_accel
     from analysis.eval.cost import ideal_speedup
     from analysis.eval.equal_latency import interp
-    from analysis.run import RunConfig
+    from analysis.jsonsafe import from_json_value
+    from analysis.run import RunConfig, run_once
 
-    summary = {r["setting"]: r for r in json.loads((sweep / "summary.json").read_text())}
-    counted: dict[str, list[float]] = {}
-    for row in _read_table(sweep):
-        if row["technique"] == "peer" or row["setting"] not in summary:
+    meta = json.loads((sweep / "meta.json").read_text())
+    steps = int(meta["steps"])
+    summary = [{k: from_json_value(v) for k, v in r.items()} for r in json.loads((sweep / "summary.json").read_text())]
+    for r in summary:
+        if r["technique"] == "peer" or r.get("scheduler") not in (None, meta.get("scheduler", "ddim")):
             continue
-        specs = [s for s in row["specs"].split(" & ") if s] if row["specs"] else []
-        config = RunConfig(row["prompt"], steps=int(row["steps"]), guidance=guidance,
-                           accel=tuple(parse_accel(s) for s in specs))
-        counters = json.loads(row["counters"]) if row.get("counters") else {}
-        counted.setdefault(row["setting"], []).append(ideal_speedup(pipe, config, counters)["ideal_speedup"])
-    for name, values in counted.items():
-        summary[name]["counted_speedup"] = float(np.median(values))
-    ladder = [r for r in summary.values() if r["technique"] == "steps" and r.get("psnr_db") is not None]
+        config = RunConfig(prompt, steps=steps, guidance=guidance, warmup=False,
+                           accel=tuple(parse_accel(s) for s in r["specs"].split(" & ") if s))
+        counters = run_once(pipe, config, config.hooked_accel(), config.accel_steps)[2] if config.accel else {}
+        r["counted_speedup"] = ideal_speedup(pipe, config, counters)["ideal_speedup"]
+    ladder = [r for r in summary if r["technique"] == "steps" and "counted_speedup" in r]
     measured_pts = [(r["speedup"], r["psnr_db"]) for r in ladder]
-    counted_pts = [(r["counted_speedup"], r["psnr_db"]) for r in ladder if "counted_speedup" in r]
+    counted_pts = [(r["counted_speedup"], r["psnr_db"]) for r in ladder]
     out = []
-    for r in summary.values():
-        if r["technique"] in ("steps", "peer") or r.get("psnr_db") is None or "counted_speedup" not in r:
+    for r in summary:
+        if r["technique"] in ("steps", "baseline") or "counted_speedup" not in r or not ladder \
+                or not np.isfinite(r["psnr_db"]):  # full compute and the all-C reuse policy: nothing to compare
             continue
-        at_measured, off_m = interp(measured_pts, r["speedup"]) if measured_pts else (None, True)
-        at_counted, off_c = interp(counted_pts, r["counted_speedup"]) if counted_pts else (None, True)
+        at_measured, off_m = interp(measured_pts, r["speedup"])
+        at_counted, off_c = interp(counted_pts, r["counted_speedup"])
         out.append({"setting": r["setting"], "technique": r["technique"], "psnr_db": r["psnr_db"],
                     "measured_speedup": r["speedup"], "counted_speedup": r["counted_speedup"],
                     "steps_psnr_at_measured": at_measured, "steps_psnr_at_counted": at_counted,
@@ -238,7 +228,7 @@ def run(args) -> dict:
         "pruning": {"units": min(args.pruning_units, len(units)), "rankings": PRUNING_RANKINGS,
                     "quality": _pruning_bands(pruning), "masks": {k: {kk: vv for kk, vv in v.items() if kk != "image"}
                                                                    for k, v in masks.items()}},
-        "versus_steps": versus_steps(pipe, sweep, args.guidance) if sweep is not None else None,
+        "versus_steps": versus_steps(pipe, sweep, prompts[0], args.guidance) if sweep is not None else None,
         "sweep": str(sweep) if sweep is not None else None,
     }
     image = next(iter(masks.values()))["image"] if masks else None
