@@ -39,4 +39,6 @@ step 9 sensitivity bash -c "rm -rf $RUNS/sensitivity-20 && $PY -m analysis sensi
 step 10 eval-judge $PY -m benchmarks.eval_judge --json docs/results/judge_eval.json --disagreement-grid docs/figures/judge_disagreements.png
 step 11 atedm-costs bash -c "$PY -m benchmarks.atedm_costs | tail -n 1 > docs/results/atedm_costs_default.json"
 step 12 atedm-fairness $PY -m benchmarks.atedm_fairness --prompts 30 --seeds 0 --json docs/results/atedm_fairness_default.json
+# 13: each paper's observation with bands (reads the default sweep of step 6 for the equal-work comparison)
+step 13 observations bash -c "rm -rf $RUNS/observations-20 && $PY -m analysis observations --seeds 0,1 --steps 20 --out $RUNS/observations-20 --ship | tail -n 1"
 echo "reship done" >&2

@@ -61,3 +61,18 @@ def test_versus_steps_reads_a_sweep_and_counts_each_setting_once():
     assert by["tgate-g8"]["counted_speedup"] > 1.0 and by["atedm-63"]["counted_speedup"] > 1.0
     # the step ladder's PSNR falls as the speed-up rises, so a faster point is compared with a lower PSNR
     assert by["tgate-g4"]["steps_psnr_at_counted"] <= by["tgate-g16"]["steps_psnr_at_counted"]
+
+
+def test_app_tab_reads_shipped_observations(tmp_path):
+    import gradio as gr
+
+    from ui import observations as tab
+
+    with gr.Blocks():
+        tab.render(steps=7, directory=tmp_path)  # nothing shipped for 7 steps: says so, no crash
+    data = {"model": "default", "units": 4, "prompts": 2, "seeds": [0, 1], "steps": 20, "scheduler": "ddim",
+            "guidance": 5.0, "band": "median and interquartile range over units",
+            "sensitivity": {"verdict": {"reuse": {"positive_exponent_without_last_at": [], "smallest_final_deviation_at": 13,
+                                                  "amplifying_steps": [2, 3]}}}}
+    text = tab.summary_markdown(data)
+    assert "appears at no step" in text and "t = 13" in text and "2, 3" in text

@@ -10,6 +10,7 @@ import gradio as gr
 
 from analysis.accel import reused_attention_steps, technique_marks
 from analysis.run import RunStopped
+from ui import observations
 from viz import plotly_figs as P
 from viz.images import first_image, upscale
 
@@ -77,6 +78,7 @@ class InsideTabs:
                         self._pair("rank", "G-WPR token importance")
                     with gr.Tab("Counters"):
                         self.counters = gr.Plot(label="Work actually skipped")
+            observations.render(steps=20)  # the papers' observations on the default model, shipped
         self.view_inputs = [self.view, self.step, self.layer, self.head, self.norm, self.overlay, self.alpha,
                             self.special, self.conv_log, self.drift_log, self.pixel]
         self.inputs = list(self.view_inputs)
