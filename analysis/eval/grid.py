@@ -85,6 +85,8 @@ def _reuse(steps: int) -> list[Setting]:
     for r in sorted({half // 2, half} - {0}):
         out.append(Setting(f"reuse-strided-r{r}", "reuse", ("reuse:policy=" + strided_policy(steps, r),)))
     r = (steps + 1) // 3
+    if 2 * r <= steps:  # HURRY with no map reused twice in a row (issue 17): R C R C ... from the end
+        out.append(Setting(f"reuse-hurry-r{r}-run1", "reuse", (f"reuse:policy=hurry,reuse_steps={r},max_run=1",)))
     policy = phast_policy(steps, r)
     if policy is not None:
         out.append(Setting(f"reuse-phast-r{r}", "reuse", (f"reuse:policy=phast,reuse_steps={r}",)))
