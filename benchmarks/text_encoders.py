@@ -49,11 +49,11 @@ RULE_GROUPS = {
 
 
 def text_encoder_of(model_dir: str) -> dict:
-    """What the folder's recipe says about its text side (older exports predate the field: joint)."""
-    recipe_file = Path(model_dir) / "training.json"
-    recipe = json.loads(recipe_file.read_text()).get("recipe", {}) if recipe_file.exists() else {}
+    """What the folder's recipe says about its text side."""
+    from analysis.toy.train import text_encoder_kind
+
     config = json.loads((Path(model_dir) / "text_encoder" / "config.json").read_text())
-    return {"kind": recipe.get("text_encoder", "joint"), "layers": config["num_hidden_layers"]}
+    return {"kind": text_encoder_kind(model_dir) or "joint", "layers": config["num_hidden_layers"]}
 
 
 def _at_least(value, bar) -> bool:

@@ -288,6 +288,23 @@ def test_reading_note_follows_the_text_encoder():
     assert reading_note(SimpleNamespace()) == ""  # no text encoder: nothing to say
 
 
+def test_reading_note_names_the_recipe_of_a_trained_model(tmp_path):
+    import json
+    from types import SimpleNamespace
+
+    from ui.inside import reading_note
+
+    def pipe(kind):
+        folder = tmp_path / kind
+        folder.mkdir()
+        (folder / "training.json").write_text(json.dumps({"recipe": {"text_encoder": kind}}))
+        return SimpleNamespace(text_encoder=SimpleNamespace(config=SimpleNamespace(num_hidden_layers=3)),
+                               config=SimpleNamespace(_name_or_path=str(folder)))
+
+    assert "CLIP text tower" in reading_note(pipe("judge")) and "frozen" in reading_note(pipe("judge"))
+    assert "trained jointly with the UNet" in reading_note(pipe("joint"))
+
+
 def test_a_step_that_computed_no_attention_shows_the_map_the_unet_used(full_run):
     """T-GATE after its gate and reuse R steps compute no attention: nothing is captured there (NaN), and the
     view shows the source step's map under the REUSED badge instead of an empty overlay."""

@@ -21,20 +21,31 @@ SIDES = (("0-full", "full compute"), ("1-accel", "accelerated"))
 
 
 def reading_note(pipe) -> str:
-    """How to read this model's cross-attention maps, from what its text encoder does with a caption."""
+    """How to read this model's cross-attention maps, from what its text encoder does with a caption (and, for
+    a model trained by `analysis train-default`, from its recipe)."""
+    from analysis.toy.train import text_encoder_kind
+
     encoder = getattr(pipe, "text_encoder", None)
     layers = getattr(getattr(encoder, "config", None), "num_hidden_layers", None)
     if layers is None:
         return ""
+    folder = getattr(getattr(pipe, "config", None), "_name_or_path", None)
+    kind = text_encoder_kind(folder) if folder else None
     if layers == 0:
         return ("**Reading these maps.** This model's text encoder has no transformer layers: a token's state is "
                 "its own word (and its place in the prompt), so a word's map shows where the UNet reads that word. "
                 "In Stable Diffusion, CLIP's causal transformer also mixes the words before a token into it, so a "
                 "later word or the end token can light up an object named earlier.")
-    return (f"**Reading these maps.** This model's text encoder is a {layers}-layer causal transformer: a "
-            "token's state also carries the words before it, so a word's map is that word in its left context, "
-            "and a later word or the end token can light up an object named earlier (hide or show them with "
-            "*Show start/end tokens*).")
+    if kind == "judge":
+        return (f"**Reading these maps.** As in Stable Diffusion, this model's text encoder is a CLIP text tower "
+                f"({layers} causal layers, trained contrastively on the same world and frozen while the UNet "
+                "learned): a token's state carries the words before it, so a word's map is that word in its left "
+                "context; the noun that ends an object's phrase usually lights that object best (DAAM's finding "
+                "for SD), and the end token can light every object (hide or show it with *Show start/end tokens*).")
+    return (f"**Reading these maps.** This model's text encoder is a {layers}-layer causal transformer"
+            f"{' trained jointly with the UNet' if kind == 'joint' else ''}: a token's state also carries the words "
+            "before it, so a word's map is that word in its left context, and a later word or the end token can "
+            "light up an object named earlier (hide or show them with *Show start/end tokens*).")
 
 
 class InsideTabs:

@@ -83,6 +83,15 @@ class TrainConfig:
             raise ValueError(f"caption_dropout must be in [0, 1), got {self.caption_dropout}")
 
 
+def text_encoder_kind(model_dir) -> str | None:
+    """The text side a model folder was trained with (its training.json recipe; exports older than the field
+    are "joint"); None for a folder without a recipe (not trained by this module)."""
+    recipe_file = Path(model_dir) / "training.json"
+    if not recipe_file.exists():
+        return None
+    return json.loads(recipe_file.read_text()).get("recipe", {}).get("text_encoder", "joint")
+
+
 def text_encoder_variant(joint: CLIPTextModel, kind: str, source: str | None = None) -> CLIPTextModel:
     """The recipe's text encoder, derived from the joint one so that all variants share an initialisation
     (except `judge`, whose weights come from `source`, a CLIPModel or CLIPTextModel folder)."""
