@@ -301,7 +301,8 @@ def test_reading_note_names_the_recipe_of_a_trained_model(tmp_path):
         return SimpleNamespace(text_encoder=SimpleNamespace(config=SimpleNamespace(num_hidden_layers=3)),
                                config=SimpleNamespace(_name_or_path=str(folder)))
 
-    assert "CLIP text tower" in reading_note(pipe("judge")) and "frozen" in reading_note(pipe("judge"))
+    note = reading_note(pipe("judge"))
+    assert "CLIP text tower" in note and "frozen" in note
     assert "trained jointly with the UNet" in reading_note(pipe("joint"))
 
 
