@@ -76,3 +76,14 @@ def jsonable(obj: Any) -> Any:
 def dumps(obj: Any, **kwargs) -> str:
     """json.dumps of `jsonable(obj)`; allow_nan=False, so a stray non-finite number is an error, not bad JSON."""
     return json.dumps(jsonable(obj), allow_nan=False, **kwargs)
+
+
+def emit(report: Any, path: str | None = None) -> str:
+    """A benchmark's report: one JSON line on stdout (its last line) and, with `path`, the same JSON there."""
+    text = dumps(report)
+    if path:
+        from pathlib import Path
+
+        Path(path).write_text(text + "\n")
+    print(text)
+    return text

@@ -12,16 +12,14 @@ with a 95% bootstrap interval over prompts. Quality per variant comes from the s
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-import numpy as np
 import torch
 
 from analysis.accel import parse_accel
 from analysis.eval.distribution import bootstrap_mean
 from analysis.eval.pruning_share import object_token_share, variants
 from analysis.eval.sweep import read_prompts
-from analysis.jsonsafe import dumps
+from analysis.jsonsafe import emit
 from analysis.models import load_pipeline
 
 MEASURES = ("object_pruned_share", "background_pruned_share", "object_enrichment")
@@ -65,10 +63,7 @@ def main(argv=None) -> int:
             print(f"{ratio:5.2f} {name:>20s} {row['object_pruned_share']:16.3f} {row['background_pruned_share']:16.3f} "
                   f"{row['object_enrichment']:8.3f} [{row['object_enrichment_low']:.3f}, "
                   f"{row['object_enrichment_high']:.3f}]", flush=True)
-    text = dumps(report)
-    if args.json:
-        Path(args.json).write_text(text + "\n")
-    print(text)
+    emit(report, args.json)
     return 0
 
 

@@ -13,15 +13,13 @@ before that measure was removed.)
 from __future__ import annotations
 
 import argparse
-import json
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from analysis.eval import judge, judge_checks
-from analysis.jsonsafe import dumps
+from analysis.jsonsafe import dumps, emit
 from analysis.toy import scenes
 
 
@@ -90,9 +88,7 @@ def main(argv=None) -> int:
         judge.image_embeddings(model, processor, images)
         times.append(time.perf_counter() - start)
     report["embed_200_images_s"] = {"median": float(np.median(times)), "repeats": 5, "threads": args.threads}
-    if args.json:
-        Path(args.json).write_text(json.dumps(json.loads(dumps(report)), indent=1))
-    print(dumps(report))
+    emit(report, args.json)
     return 0
 
 

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from analysis.jsonsafe import dumps
+from analysis.jsonsafe import dumps, emit
 from analysis.eval.sweep import read_prompts
 from analysis.models import load_pipeline
 from benchmarks.eval_default import split_accuracy
@@ -266,10 +266,7 @@ def main(argv=None) -> int:
               f"{num(r['signals']['encoder_over_decoder_drift_median']):7.3f} "
               f"{num(r.get('latency_s', {}).get('over_reference')):6.2f} {r['size_mb']:5.1f}  {rules}")
     print(f"ship: {report['choice']}")
-    text = dumps(report)
-    if args.json:
-        Path(args.json).write_text(text + "\n")
-    print(text)
+    emit(report, args.json)
     return 0
 
 

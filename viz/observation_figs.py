@@ -26,41 +26,44 @@ def _band(ax, x, b: dict, colour: str, label: str, lw: float = 2.0) -> None:
     ax.fill_between(x, b["q25"], b["q75"], color=colour, alpha=0.2, lw=0)
 
 
-def map_change_figure(result: dict):
+def _per_step_figure(steps, series, marks, ylabel: str, title: str, background=()):
+    """Bands over denoising steps (log y): series = [(label, band, colour)], marks = [(step, label, colour,
+    linestyle)] as vertical lines (one legend entry per label), background = thin grey medians."""
     plt = _plt()
-    mc = result["map_change"]
     with plt.rc_context({"font.size": SLIDE_FONT, "legend.fontsize": SLIDE_FONT - 5}):
         fig, ax = plt.subplots(figsize=(10, 5.5), layout="constrained")
-        for layer, b in mc["per_layer"].items():
-            ax.plot(mc["steps"], b["median"], color="#BBBBBB", lw=1)
-        _band(ax, mc["steps"], mc["mean_of_layers"], FAMILY_COLOURS["tgate"], "mean of layers (grey: each layer)")
-        gate = result["tgate_gate_step"]
-        ax.axvline(gate, color="#000000", ls="--", lw=1.5, label=f"T-GATE gate (step {gate})")
+        for b in background:
+            ax.plot(steps, b["median"], color="#BBBBBB", lw=1)
+        for label, b, colour in series:
+            _band(ax, steps, b, colour, label)
+        seen = set()
+        for step, label, colour, style in marks:
+            ax.axvline(step, color=colour, ls=style, lw=1.4, label=None if label in seen else label)
+            seen.add(label)
         ax.set_yscale("log")
         ax.set_xlabel("denoising step t")
-        ax.set_ylabel("||P_t - P_t-1|| (cross-attention map)")
-        ax.set_title(f"Cross-attention maps converge ({result['units']} units; median, IQR)")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
         ax.legend(frameon=False)
         ax.grid(alpha=0.3)
     return fig
+
+
+def map_change_figure(result: dict):
+    mc, gate = result["map_change"], result["tgate_gate_step"]
+    return _per_step_figure(mc["steps"], [("mean of layers (grey: each layer)", mc["mean_of_layers"], FAMILY_COLOURS["tgate"])],
+                            [(gate, f"T-GATE gate (step {gate})", "#000000", "--")],
+                            "||P_t - P_t-1|| (cross-attention map)",
+                            f"Cross-attention maps converge ({result['units']} units; median, IQR)",
+                            background=mc["per_layer"].values())
 
 
 def drift_figure(result: dict):
-    plt = _plt()
     rd = result["relative_drift"]
-    with plt.rc_context({"font.size": SLIDE_FONT, "legend.fontsize": SLIDE_FONT - 4}):
-        fig, ax = plt.subplots(figsize=(10, 5.5), layout="constrained")
-        for role, b in rd["per_role"].items():
-            _band(ax, rd["steps"], b, ROLE_COLOURS[role], role)
-        for i, k in enumerate(k for k in result["fastdiff_key_steps"] if k >= 1):
-            ax.axvline(k, color="#31a354", ls=":", lw=1.2, label="Faster-Diffusion key steps" if i == 0 else None)
-        ax.set_yscale("log")
-        ax.set_xlabel("denoising step t")
-        ax.set_ylabel("||F_t - F_t-1|| / ||F_t-1||")
-        ax.set_title(f"Relative feature change per UNet part ({result['units']} units; median, IQR)")
-        ax.legend(frameon=False)
-        ax.grid(alpha=0.3)
-    return fig
+    return _per_step_figure(rd["steps"], [(role, b, ROLE_COLOURS[role]) for role, b in rd["per_role"].items()],
+                            [(k, "Faster-Diffusion key steps", "#31a354", ":") for k in result["fastdiff_key_steps"] if k >= 1],
+                            "||F_t - F_t-1|| / ||F_t-1||",
+                            f"Relative feature change per UNet part ({result['units']} units; median, IQR)")
 
 
 def sensitivity_figure(result: dict):
