@@ -482,16 +482,22 @@ def measure_carefully(pipe, baseline: Baseline, run: LiveRun, rounds: int = CARE
     return {"rounds": rounds, **paired_speedup(base, acc), "baseline_latencies": base, "latencies": acc}
 
 
+WARM_STEPS = 2  # enough for every technique to take its accelerated path once (a reused map, a gate, a pruned step)
+
+
 def warm_up(pipe, request: Request) -> float:
-    """Run the full-compute pipeline and every technique at its defaults once, untimed: the first call of each
-    code path pays one-off kernel set-up (seconds on a CPU) that must not land in a user's first measurement.
-    Returns the seconds spent."""
+    """Run the full-compute pipeline and every technique at its defaults once, untimed, for WARM_STEPS steps:
+    the first call of each code path pays one-off kernel set-up (seconds on a CPU) that must not land in a
+    user's first measurement, and that set-up does not depend on the step count (a full-length warm-up of an
+    SD-class model took 150 s on a 2-core Space, issue 20). Returns the seconds spent."""
+    import dataclasses
     import time
 
     from analysis.accel import list_techniques
     from analysis.models import set_scheduler
 
     start = time.perf_counter()
+    request = dataclasses.replace(request, steps=min(request.steps, WARM_STEPS))
     set_scheduler(pipe, request.scheduler)
     with pipeline_lock(pipe):
         for name, cls in [("baseline", None)] + sorted(list_techniques().items()):

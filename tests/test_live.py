@@ -144,3 +144,18 @@ def test_strided_policy_spreads_r_steps(steps, r):
     assert len(policy) == steps and policy.count("R") == r and policy[0] == "C"
     if 2 * r <= steps - 1:
         assert "RR" not in policy
+
+
+def test_warm_up_runs_every_path_for_a_few_steps_only(toy_pipe, monkeypatch):
+    toy_pipe.diffscope_name = "default"
+    seen = []
+    real = live.run_once
+
+    def counting(pipe, config, plugins, steps, *args, **kwargs):
+        seen.append((tuple(type(p).name for p in plugins), config.steps))
+        return real(pipe, config, plugins, steps, *args, **kwargs)
+
+    monkeypatch.setattr(live, "run_once", counting)
+    live.warm_up(toy_pipe, live.Request(model="default", prompt=PROMPT, steps=20))
+    assert {steps for _, steps in seen} == {live.WARM_STEPS}
+    assert {names for names, _ in seen} >= {(), ("tgate",), ("reuse",), ("atedm",), ("fastdiff",)}
