@@ -19,7 +19,6 @@ NORM_MODES = {"per-token": "per-token min-max (each map stretched to 0-1)",
               "shared": "shared scale (0 to the largest value shown)"}
 MEAN_LAYER = "mean of all layers"
 
-ROLE_COLOURS = {"encoder": "#1f77b4", "bottleneck": "#2ca02c", "decoder": "#d62728"}
 _ROLE_SHADES = {"encoder": ["#08306b", "#2171b5", "#4292c6", "#6baed6", "#9ecae1"],
                 "bottleneck": ["#238b45", "#41ab5d", "#74c476"],
                 "decoder": ["#67000d", "#cb181d", "#ef3b2c", "#fb6a4a", "#fc9272"]}

@@ -6,10 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from viz.sweep_figs import FAMILY_COLOURS, SENSITIVITY_COLOURS, SLIDE_FONT, _policy_steps, _save_mpl
-
-ROLE_COLOURS = {"encoder": "#0072B2", "bottleneck": "#009E73", "decoder": "#D55E00"}
-RANKING_COLOURS = {"gwpr": "#009E73", "cross": "#CC79A7", "random": "#999999"}
+from viz.colours import FAMILY_COLOURS, RANKING_COLOURS, ROLE_COLOURS, SENSITIVITY_COLOURS
+from viz.sweep_figs import SLIDE_FONT, _policy_steps, _save_mpl
 
 
 def _plt():

@@ -11,10 +11,8 @@ from typing import Sequence
 
 import plotly.graph_objects as go
 
-# Okabe & Ito (2008), colour-blind safe; one colour per technique family
-FAMILY_COLOURS = {"steps": "#000000", "reuse": "#0072B2", "tgate": "#D55E00", "fastdiff": "#009E73",
-                  "atedm": "#CC79A7", "combo": "#E69F00", "peer": "#56B4E9", "ablation": "#F0E442",
-                  "baseline": "#000000"}
+from viz.colours import SENSITIVITY_COLOURS, family_colour
+
 FAMILY_MARKERS = {"reuse": "o", "tgate": "s", "fastdiff": "^", "atedm": "D", "combo": "P", "peer": "X",
                   "ablation": "v"}
 AXIS_LABELS = {"psnr_db": "PSNR to full compute (dB)", "ssim": "SSIM to full compute",
@@ -91,7 +89,7 @@ def tradeoff_figure(summary: Sequence[dict], axis: str = "psnr_db", shipped: Seq
                  (_num(r.get(f"{latency}_q75")) or r[latency]) - r[latency]) for r in rows]
         style = dict(mode="lines+markers", line=dict(color="#000000", width=2, dash="dash")) if family == "steps" else \
             dict(mode="markers")
-        marker = dict(color=FAMILY_COLOURS.get(family, "#777777"), size=16 if family == "baseline" else 10,
+        marker = dict(color=family_colour(family), size=16 if family == "baseline" else 10,
                       symbol="star" if family == "baseline" else "circle")
         fig.add_trace(go.Scatter(
             x=[r[latency] for r in rows], y=ys, name="step reduction" if family == "steps" else family,
@@ -125,7 +123,7 @@ def tradeoff_figure_mpl(summary: Sequence[dict], axis: str = "psnr_db", latency:
             xs = [r[latency] for r in rows]
             ys = [_plot_value(r, axis, cap) for r in rows]
             err = list(zip(*[_errors(r, axis, y, cap) for r, y in zip(rows, ys)]))
-            colour = FAMILY_COLOURS.get(family, "#777777")
+            colour = family_colour(family)
             if family == "steps":
                 ax.errorbar(xs, ys, yerr=err, color=colour, ls="--", lw=2, marker="o", ms=6, capsize=3,
                             label="step reduction (baseline frontier)")
@@ -146,7 +144,6 @@ def _policy_steps(policy: str) -> list[int]:
     return [i for i, c in enumerate(policy) if c == "R"]
 
 
-SENSITIVITY_COLOURS = {"reuse": "#0072B2", "noise": "#D55E00"}
 
 
 def _sensitivity_series(result: dict) -> tuple[dict[str, dict], float]:

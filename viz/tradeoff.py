@@ -20,15 +20,10 @@ from typing import Sequence
 
 import numpy as np
 
-# Okabe-Ito: distinguishable with every common colour-vision deficiency.
-FAMILY_COLOURS = {"tgate": "#0072B2", "reuse": "#E69F00", "atedm": "#009E73", "fastdiff": "#D55E00",
-                  "combo": "#CC79A7", "peer": "#56B4E9", "steps": "#666666", "baseline": "#000000"}
+from viz.colours import family_colour
+
 Y_AXES = {"psnr": ("psnr_db", "PSNR vs full compute (dB)"), "fidelity": ("fidelity", "prompt fidelity (%)"),
           "clip": ("clip_score", "CLIP score")}
-
-
-def family_colour(family: str) -> str:
-    return FAMILY_COLOURS.get(family, "#999999")
 
 
 def _finite(x) -> float:
