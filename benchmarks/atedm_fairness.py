@@ -55,6 +55,10 @@ def main(argv=None) -> int:
                       for pid, prompt in enumerate(prompts) for seed in seeds]
             shares = [(pid, s) for pid, s in shares if s["object_enrichment"] is not None]
             row = {"ratio": ratio, "variant": name, "spec": spec, "images": len(shares)}
+            if not shares:  # no image with both object and background tokens at this ratio
+                report["rows"].append(row)
+                print(f"{ratio:5.2f} {name:>20s} (no image with objects found)", flush=True)
+                continue
             for measure in MEASURES:
                 est = bootstrap_mean([s[measure] for _, s in shares], [pid for pid, _ in shares])
                 row[measure] = est.value

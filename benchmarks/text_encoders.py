@@ -245,7 +245,8 @@ def main(argv=None) -> int:
     for model, r in report["models"].items():
         r["decision"] = decide(r, r["signals"], r["binding"], r["step_cost"],
                                r.get("latency_s", {}).get("over_reference"), r["size_mb"])
-    report["choice"] = choose(report["models"])
+    report["choice"] = (choose(report["models"]) if not args.skip_latency else
+                        {"ship": None, "by": "no choice: latency not measured (--skip-latency), rule iv unchecked"})
 
     def num(value):
         return float("nan") if value is None else value

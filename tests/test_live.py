@@ -157,5 +157,5 @@ def test_warm_up_runs_every_path_for_a_few_steps_only(toy_pipe, monkeypatch):
 
     monkeypatch.setattr(live, "run_once", counting)
     live.warm_up(toy_pipe, live.Request(model="default", prompt=PROMPT, steps=20))
-    assert {steps for _, steps in seen} == {live.WARM_STEPS}
+    assert {steps for _, steps in seen} == {live.WARM_STEPS} and live.WARM_STEPS < 20
     assert {names for names, _ in seen} >= {(), ("tgate",), ("reuse",), ("atedm",), ("fastdiff",)}

@@ -26,8 +26,8 @@ def test_cli_writes_every_observation(tmp_path):
     prompts = tmp_path / "p.txt"
     prompts.write_text("a large red circle on the left\na small blue square at the top\n")
     out = tmp_path / "obs"
-    code = observations.main(["--prompts", str(prompts), "--seeds", "0", "--steps", "5", "--sensitivity-units", "1",
-                              "--pruning-units", "1", "--sweep", "none", "--out", str(out)])
+    code = observations.main(["--prompts", str(prompts), "--seeds", "0", "--steps", "5", "--sensitivity-prompts", "1",
+                              "--pruning-prompts", "1", "--sweep", "none", "--out", str(out)])
     assert code == 0
     data = json.loads((out / "observations.json").read_text())
     assert data["units"] == 2 and data["tgate_gate_step"] == 2

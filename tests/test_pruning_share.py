@@ -10,6 +10,10 @@ def test_token_mask_marks_tokens_at_least_half_object():
     mask = np.zeros((8, 8), dtype=bool)
     mask[:4, :4] = True  # the top-left token of a 2x2 grid, exactly
     assert token_mask(mask, (2, 2)).tolist() == [[True, False], [False, False]]
+    mask = np.zeros((8, 8), dtype=bool)
+    mask[4:6, 4:8] = True  # exactly half of the bottom-right cell
+    mask[0, 4:8], mask[1, 4:7] = True, True  # 7 of the top-right cell's 16 pixels
+    assert token_mask(mask, (2, 2)).tolist() == [[False, False], [False, True]]
 
 
 def test_shares_count_only_steps_that_pruned():

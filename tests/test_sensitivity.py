@@ -105,7 +105,7 @@ def test_exponent_without_the_final_step_and_per_step_factors():
     assert sensitivity.growth_rate(d, 1)[0] < 0.2
     rows = [{"prompt": f"p{p}", "kind": "noise", "t": 1, "exponent": 0.0, "exponent_without_last": 0.2 + 0.01 * p,
              "amplification": 1.0, "final_deviation": 1.0, "psnr_db": 30.0, "identical_before_t": True,
-             "log_step_factors": [0.2, 0.2, 0.2, 0.2, math.log(0.4)]} for p in range(4)]
+             "log_step_factors": [0.2, 0.2, 0.2, 0.2, math.log(0.4)]} for p in range(sensitivity.MIN_PROMPTS_FOR_INTERVAL)]
     factors = sensitivity.step_factors(rows)
     assert [f["step"] for f in factors] == [1, 2, 3, 4, 5, 6]
     assert factors[0]["n"] == 0 and factors[0]["log_factor"] is None  # nothing perturbed before step 1
@@ -115,3 +115,6 @@ def test_exponent_without_the_final_step_and_per_step_factors():
     v = sensitivity.verdict(c, factors)["noise"]
     assert v["positive_exponent_without_last_at"] == [1] and v["positive_exponent_at"] == []
     assert v["amplifying_steps"] == [2, 3, 4, 5] and v["damping_steps"] == [6]
+    few = sensitivity.curve(rows[: sensitivity.MIN_PROMPTS_FOR_INTERVAL - 1])  # too few prompts: no interval, no verdict
+    assert few[0]["exponent_without_last_mean_low"] is None
+    assert sensitivity.verdict(few)["noise"]["positive_exponent_without_last_at"] == []

@@ -17,6 +17,7 @@ Small objects are a handful of latent tokens (2-9 at 8x8), so read these over ma
 from __future__ import annotations
 
 import numpy as np
+from skimage.measure import block_reduce
 from skimage.transform import resize
 
 
@@ -28,8 +29,12 @@ def object_mask(image: np.ndarray) -> np.ndarray:
 
 
 def token_mask(mask: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
-    """(h, w) bool: tokens whose pixels are at least half object."""
-    return resize(mask.astype(np.float32), grid, order=1, anti_aliasing=True) >= 0.5
+    """(h, w) bool: tokens whose pixels are at least half object (the exact area share of each token's cell
+    when the image divides into the grid, as the UNet's latents do; else an area-weighted resize)."""
+    (height, width), (h, w) = mask.shape, grid
+    if height % h == 0 and width % w == 0:
+        return block_reduce(mask.astype(np.float32), (height // h, width // w), np.mean) >= 0.5
+    return resize(mask.astype(np.float32), grid, order=1, anti_aliasing=False) >= 0.5
 
 
 def share_from_log(pruning: dict, mask: np.ndarray) -> dict[str, float | int | None]:

@@ -218,12 +218,16 @@ def spearman(x, y) -> float | None:
     return float(spearmanr(x, y).statistic)
 
 
+MIN_PROMPTS_FOR_INTERVAL = 5  # a bootstrap over fewer prompts can only land on a handful of values
+
+
 def _prompt_mean(rows: list[dict], values: list[float | None], prompt_ids: dict[str, int]) -> dict:
-    """Mean of the finite values with a 95% bootstrap interval over prompts (None where fewer than 2 prompts)."""
+    """Mean of the finite values with a 95% bootstrap interval over prompts (no interval below
+    MIN_PROMPTS_FOR_INTERVAL prompts: then no verdict rests on it)."""
     from analysis.eval.distribution import bootstrap_mean
 
     kept = [(prompt_ids[r["prompt"]], v) for r, v in zip(rows, values) if v is not None and math.isfinite(v)]
-    if len({pid for pid, _ in kept}) < 2:
+    if len({pid for pid, _ in kept}) < MIN_PROMPTS_FOR_INTERVAL:
         mean = statistics.mean(v for _, v in kept) if kept else None
         return {"mean": mean, "low": None, "high": None}
     est = bootstrap_mean([v for _, v in kept], [pid for pid, _ in kept])

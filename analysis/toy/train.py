@@ -229,6 +229,11 @@ def train(cfg: TrainConfig) -> Path:
     unet = architecture.make_unet()
     scheduler = architecture.make_scheduler()
     prediction_type = scheduler.config.prediction_type
+    if cfg.text_encoder == "judge":  # the tower must read the same token ids, not only as many of them
+        from transformers import AutoTokenizer
+
+        if AutoTokenizer.from_pretrained(cfg.text_encoder_from).get_vocab() != tokenizer.get_vocab():
+            raise ValueError(f"text_encoder_from {cfg.text_encoder_from}: its tokenizer differs from the world's")
     text_encoder = text_encoder_variant(text_encoder, cfg.text_encoder, cfg.text_encoder_from)
     train_text = cfg.text_encoder not in ("frozen", "judge")
     params = list(unet.parameters()) + (list(text_encoder.parameters()) if train_text else [])
