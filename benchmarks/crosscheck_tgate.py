@@ -40,6 +40,7 @@ def main(argv=None) -> int:
     p.add_argument("--model", default="toy", choices=("toy", "sdxl", "default"))
     p.add_argument("--tolerance-db", type=float, default=None, help="accept PSNR >= this instead of identical images")
     p.add_argument("--json", default=None, help="also write the summary here")
+    p.add_argument("--threads", type=int, default=2)
     p.add_argument("--guidance", type=float, default=5.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", type=int, default=None)
@@ -50,6 +51,8 @@ def main(argv=None) -> int:
     import numpy as np
     import torch
 
+    from importlib.metadata import version
+
     import tgate  # the reference package; only in the scratch venv
 
     from analysis import metrics
@@ -58,7 +61,7 @@ def main(argv=None) -> int:
     from analysis.models import load_pipeline, random_pipeline, set_scheduler
     from analysis.run import RunConfig, run_once
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     prompts = ("a large red circle on the left", "a small blue square at the top and a large green triangle on the right")
 
     def make_pipe():
@@ -107,7 +110,7 @@ def main(argv=None) -> int:
     worst = min(math.inf if r["psnr_ours_vs_reference_db"] == "inf" else r["psnr_ours_vs_reference_db"] for r in rows)
     passed = (all(r["identical"] for r in rows) if args.tolerance_db is None else worst >= args.tolerance_db)
     summary = {"model": args.model, "guidance": args.guidance, "seed": args.seed, "prompts": list(prompts),
-               "reference": f"tgate {tgate.__version__}" if hasattr(tgate, "__version__") else "tgate",
+               "reference": f"tgate {version('tgate')}",
                "criterion": "identical uint8 images" if args.tolerance_db is None else f"PSNR >= {args.tolerance_db} dB",
                "min_psnr_db": json_number(worst), "passed": passed, "settings": rows}
     print(dumps(summary))

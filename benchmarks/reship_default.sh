@@ -45,4 +45,9 @@ step 11 atedm-costs last_line_to docs/results/atedm_costs_default.json $PY -m be
 step 12 atedm-fairness $PY -m benchmarks.atedm_fairness --prompts 30 --seeds 0 --json docs/results/atedm_fairness_default.json
 # 13: each paper's observation with bands (reads the default sweep of step 6 for the equal-work comparison)
 step 13 observations bash -o pipefail -c "rm -rf $RUNS/observations-20 && $PY -m analysis observations --seeds 0,1 --steps 20 --out $RUNS/observations-20 --ship | tail -n 1"
+# 14: T-GATE against the reference package, when a scratch venv with tgate==1.0.0 is named (TGATE_PY=.../python;
+# see benchmarks/crosscheck_tgate.py for how to make one)
+if [[ -n "${TGATE_PY:-}" ]]; then
+  step 14 crosscheck-tgate "$TGATE_PY" benchmarks/crosscheck_tgate.py --model default --json docs/results/crosscheck_tgate_default.json
+fi
 echo "reship done" >&2
