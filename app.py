@@ -30,7 +30,7 @@ from analysis.run import RunStopped
 from ui import inputs
 from ui.inputs import SEED_MAX
 from ui.inside import InsideTabs, reading_note
-from ui.techniques import ORDER as TECHNIQUE_ORDER, TechniquePanel
+from ui.techniques import ORDER as TECHNIQUE_ORDER, TechniquePanel, follow_steps
 from ui.tokens import token_spans, truncation_note
 from viz import plotly_figs as P
 from viz.images import difference_image, first_image, upscale
@@ -398,6 +398,19 @@ def build_demo(pipe_or_pool, probes=None) -> gr.Blocks:
         model = models.label(model)
         return f"Model: **{model}**", reading_note(models.pipe(model))
 
+    def steps_changed(steps_v, shown_for, policy, reuse_steps, gate_step, reduced_steps):
+        """The step-dependent knobs for a new step count (ui.techniques.follow_steps), and the count they are
+        now shown for."""
+        try:
+            n = inputs.whole_number(steps_v, "Steps", 1, MAX_STEPS)
+        except ValueError:
+            return shown_for, reuse_steps, gate_step, reduced_steps  # the run says what is wrong
+        reuse_steps, gate_step, reduced_steps, notes = follow_steps(n, shown_for, policy, reuse_steps, gate_step,
+                                                                    reduced_steps)
+        for note in notes:
+            gr.Warning(note)
+        return n, reuse_steps, gate_step, reduced_steps
+
     def on_unload(request: gr.Request = None):
         STORE.drop(getattr(request, "session_hash", None) or "anonymous")
 
@@ -419,6 +432,7 @@ def build_demo(pipe_or_pool, probes=None) -> gr.Blocks:
                     scheduler = gr.Dropdown(label="Scheduler", choices=list(SCHEDULERS), value="ddim")
                 with gr.Row():
                     steps = inputs.Slider(label="Steps", minimum=1, maximum=MAX_STEPS, step=1, value=20)
+                    knob_steps = gr.State(20)  # the step count the step-dependent knobs were last set for
                     guidance = inputs.Slider(label="Guidance scale", minimum=0, maximum=MAX_GUIDANCE, step=0.5,
                                              value=5.0)
                 with gr.Row():
@@ -455,7 +469,7 @@ def build_demo(pipe_or_pool, probes=None) -> gr.Blocks:
         live_outputs = [full_img, acc_img, diff_img, numbers, tradeoff_plot, runs, status, measure_btn]
         knobs = panel.inputs()
         run_event = gr.on(
-            triggers=[run_btn.click, prompt.submit, seed.submit, steps.release, guidance.release, scheduler.input,
+            triggers=[run_btn.click, prompt.submit, seed.submit, guidance.release, scheduler.input,
                       negative.submit] + panel.triggers(),
             fn=run_live, inputs=request_inputs + [y_axis] + knobs, outputs=live_outputs, api_name="run",
             trigger_mode="always_last", concurrency_limit=1, concurrency_id="live")
@@ -466,8 +480,20 @@ def build_demo(pipe_or_pool, probes=None) -> gr.Blocks:
         def availability(model, steps_v, *values):
             return panel.availability(steps_v, *values, model=models.label(model))
 
-        gr.on(triggers=panel.availability_triggers() + [steps.release], fn=availability, inputs=[model_box, steps] + knobs,
+        gr.on(triggers=panel.availability_triggers(), fn=availability, inputs=[model_box, steps] + knobs,
               outputs=panel.availability_outputs(), api_name="availability", show_progress="hidden", queue=False)
+        # A new step count: knobs at their defaults follow it, set ones are clamped (with a note); then the run.
+        step_knobs = panel.step_knobs()
+        steps_event = steps.release(steps_changed, [steps, knob_steps] + step_knobs, [knob_steps] + step_knobs[1:],
+                                    api_visibility="private", show_progress="hidden", trigger_mode="always_last")
+        steps_event.then(availability, [model_box, steps] + knobs, panel.availability_outputs(),
+                         api_visibility="private", show_progress="hidden", queue=False)
+        steps_run = steps_event.success(run_live, request_inputs + [y_axis] + knobs, live_outputs,
+                                        api_visibility="private", concurrency_limit=1, concurrency_id="live")
+        steps_frontier = steps_run.success(run_frontier, y_axis, tradeoff_plot, api_visibility="private",
+                                           concurrency_limit=1, concurrency_id="follow-up", show_progress="hidden")
+        steps_inside = steps_frontier.then(inside.refresh, inside.inputs, inside.outputs, api_visibility="private",
+                                           concurrency_limit=1, concurrency_id="follow-up", show_progress="hidden")
         demo.load(availability, [model_box, steps] + knobs, panel.availability_outputs(), api_visibility="private",
                   queue=False)
         y_axis.input(redraw_tradeoff, y_axis, tradeoff_plot, api_visibility="private", show_progress="hidden")
@@ -478,6 +504,7 @@ def build_demo(pipe_or_pool, probes=None) -> gr.Blocks:
         measure_event = measure_btn.click(measure, y_axis, [numbers, runs], api_name="measure",
                                           concurrency_limit=1, concurrency_id="live")
         stop_btn.click(stop, None, status, api_name="stop", cancels=[run_event, frontier_event, inside_event,
+                                                                     steps_run, steps_frontier, steps_inside,
                                                                      measure_event], queue=False)
         runs.select(show_run, y_axis, [full_img, acc_img, diff_img, numbers, tradeoff_plot], api_name="show_run")
         export_btn.click(export, y_axis, export_files, api_name="export")

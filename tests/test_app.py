@@ -239,3 +239,33 @@ def test_only_the_offered_models_load_and_errors_name_no_path(client):
         client.predict(*run_args(model="tiny"), api_name="/run")
     _, acc, *_ = client.predict(*run_args(tgate={}), api_name="/run")
     assert acc is not None
+
+
+def test_step_dependent_knobs_follow_the_step_count_unless_set():
+    from ui.techniques import follow_steps, max_reuse_steps, panel_defaults
+
+    d20, d6 = panel_defaults(20), panel_defaults(6)
+    # untouched (at their 20-step defaults: R 7, gate 8, 10 steps): the 6-step defaults, no note
+    assert follow_steps(6, 20, "hurry", d20["reuse"][2], d20["tgate"][1], d20["steps"][1]) == (
+        d6["reuse"][2], d6["tgate"][1], d6["steps"][1], [])
+    # set by the user: kept where 6 steps allow them, clamped (with a note) where not
+    r, gate, reduced, notes = follow_steps(6, 20, "hurry", 3, 9, 4)
+    assert (r, gate, reduced) == (3, 5, 4) and notes == ["T-GATE gate step 9 clamped to 5 for 6 steps"]
+    r, _, _, notes = follow_steps(6, 20, "strided", 5, 8, 10)
+    assert r == 3 == max_reuse_steps(6, "strided") and len(notes) == 1
+    assert max_reuse_steps(6, "hurry") == 4  # CCRRCR... : 4 R need 6 steps with runs of at most 2
+    # back up again: the knobs shown for 6 follow to 20
+    assert follow_steps(20, 6, "hurry", d6["reuse"][2], d6["tgate"][1], d6["steps"][1])[:3] == (7, 8, 10)
+
+
+def test_a_new_step_count_updates_the_knobs_before_the_run(server):
+    """The Steps slider's release first moves the step-dependent knobs, then runs with them (a run triggered
+    by the release itself would read the knobs of the old step count)."""
+    from analysis.models import random_pipeline
+
+    _, app = server
+    demo = app.build_demo(random_pipeline("toy"))
+    names = {key: getattr(fn.fn, "__name__", "") for key, fn in demo.fns.items()}
+    (follow,) = [key for key, name in names.items() if name == "steps_changed"]
+    chained = [d for d in demo.config["dependencies"] if names.get(d["id"]) == "run_live" and d["trigger_after"] == follow]
+    assert len(chained) == 1 and chained[0]["trigger_only_on_success"]

@@ -41,6 +41,37 @@ def panel_defaults(steps: int = 20) -> dict[str, list]:
             "steps": [False, max(1, steps // 2)]}
 
 
+def max_reuse_steps(steps: int, policy: str) -> int:
+    """The most R steps `policy` fits into `steps` (HURRY / PHAST: runs of at most 2 R after a C; strided:
+    the odd steps)."""
+    if policy == "strided":
+        return steps // 2
+    return max(r for r in range(steps) if r + -(-r // 2) <= steps)
+
+
+def follow_steps(steps: int, shown_for: int, policy: str, reuse_steps, gate_step, reduced_steps) -> tuple:
+    """The step-dependent knobs after the step count changes from `shown_for` to `steps`: a knob still at its
+    default for `shown_for` takes the default for `steps`; a knob the user set stays as set, clamped to what
+    `steps` allows. Returns (reuse_steps, gate_step, reduced_steps, notes), notes saying what was clamped."""
+    old, new = panel_defaults(shown_for), panel_defaults(steps)
+    limits = {"reuse": max_reuse_steps(steps, policy), "tgate": max(1, steps - 1), "steps": max(1, steps - 1)}
+    what = {"reuse": "reuse steps (R)", "tgate": "T-GATE gate step", "steps": "step reduction"}
+    out, notes = [], []
+    for name, index, value in (("reuse", 2, reuse_steps), ("tgate", 1, gate_step), ("steps", 1, reduced_steps)):
+        try:
+            value = int(value)
+        except (TypeError, ValueError):  # the run's own validation says what is wrong with it
+            out.append(value)
+            continue
+        if value == old[name][index]:
+            value = new[name][index]
+        elif value > limits[name]:
+            notes.append(f"{what[name]} {value} clamped to {limits[name]} for {steps} steps")
+            value = limits[name]
+        out.append(value)
+    return (*out, notes)
+
+
 def client_inputs(prompt: str, seed="0", steps: int = 20, y: str = "psnr", negative: str = "",
                   guidance: float = 5.0, scheduler: str = "ddim", on: dict | None = None,
                   model: str = "default") -> list:
@@ -136,6 +167,12 @@ class TechniquePanel:
         for b in self.blocks.values():
             out += [b.toggle, b.note]
         return out
+
+    def step_knobs(self) -> list:
+        """The knobs whose defaults depend on the step count: reuse policy (read only) and R, the T-GATE gate,
+        the step-reduction count."""
+        reuse = self.blocks["reuse"].knobs
+        return [reuse[0], reuse[1], self.blocks["tgate"].knobs[0], self.blocks["steps"].knobs[0]]
 
     def steps_outputs(self) -> list:
         return [b.toggle for b in self.blocks.values()] + [self.blocks["steps"].knobs[0]]
