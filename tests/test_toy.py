@@ -159,3 +159,23 @@ def test_default_schedule_has_zero_terminal_snr_and_starts_sampling_at_t_max():
     assert float(sched.alphas_cumprod[-1]) == 0.0
     sched.set_timesteps(30)
     assert int(sched.timesteps[0]) == sched.config.num_train_timesteps - 1
+
+
+def test_judge_text_encoder_is_the_clip_text_tower_frozen():
+    from transformers import CLIPModel
+
+    from analysis.eval.judge import judge_dir
+    from analysis.toy import architecture
+    from analysis.toy.train import text_encoder_variant
+
+    clip = CLIPModel.from_pretrained(judge_dir())
+    joint = architecture.make_text_encoder(clip.config.text_config.vocab_size, clip.config.text_config.bos_token_id,
+                                           clip.config.text_config.eos_token_id)
+    tower = text_encoder_variant(joint, "judge", str(judge_dir()))
+    assert not any(p.requires_grad for p in tower.parameters())
+    theirs = clip.state_dict()
+    for key, value in tower.state_dict().items():  # every weight of the tower is the judge's text tower's
+        assert torch.equal(value, theirs[f"text_model.{key}"]), key
+    narrow = architecture.make_text_encoder(clip.config.text_config.vocab_size + 1, 0, 1)
+    with pytest.raises(ValueError, match="vocab_size"):
+        text_encoder_variant(narrow, "judge", str(judge_dir()))
