@@ -32,19 +32,19 @@ step 2 policy-30 $PY -m analysis search-policy --model default --steps 30 --prom
 # 3-4: the model's own quality and what its maps mean
 step 3 eval-default last_line_to docs/results/eval_default_100prompts.json $PY -m benchmarks.eval_default --prompts 100 --grid assets/sample_grid.png
 step 4 eval-signals last_line_to docs/results/eval_signals_binding_default.json $PY -m benchmarks.eval_signals --prompts 20 --binding-prompts 24
-# 5-6: the default grid and the ablations (+ AT-EDM's rankings like for like, + peers)
+# 5-9: the default grid, the observations (they read its summary), the ablations (+ AT-EDM's rankings like for
+# like, + peers)
 step 5 sweep-default $PY -m analysis sweep --prompts assets/prompts/shapes-30.txt --grid default --seeds 0,1 --steps 20 --out $RUNS/default-20 --threads 2 --no-figures
 step 6 merge-default $PY -m analysis sweep --out $RUNS/default-20 --merge --ship
 step 7 sweep-ablations $PY -m analysis sweep --prompts assets/prompts/shapes-30.txt --grid "$ABLATIONS" --seeds 0,1 --steps 20 --out $RUNS/ablations-20 --threads 2 --no-figures
 step 8 merge-ablations $PY -m analysis sweep --out $RUNS/ablations-20 --merge --ship --ship-as ablations-20
-# 9: per-step sensitivity
-step 9 sensitivity bash -o pipefail -c "rm -rf $RUNS/sensitivity-20 && $PY -m analysis sensitivity --seeds 0,1 --steps 20 --out $RUNS/sensitivity-20 && mkdir -p assets/results/sensitivity-20 && cp $RUNS/sensitivity-20/curve.json $RUNS/sensitivity-20/curve.csv assets/results/sensitivity-20/ && rm -rf assets/results/sensitivity-20/figures && cp -r $RUNS/sensitivity-20/figures assets/results/sensitivity-20/ && find assets/results/sensitivity-20/figures -type f ! -name "*.png" -delete"
-# 10-12: the judge on this generator, AT-EDM's costs and which tokens each ranking prunes
-step 10 eval-judge $PY -m benchmarks.eval_judge --json docs/results/judge_eval.json --disagreement-grid docs/figures/judge_disagreements.png
-step 11 atedm-costs last_line_to docs/results/atedm_costs_default.json $PY -m benchmarks.atedm_costs
-step 12 atedm-fairness $PY -m benchmarks.atedm_fairness --prompts 30 --seeds 0 --json docs/results/atedm_fairness_default.json
-# 13: each paper's observation with bands (reads the default sweep of step 6 for the equal-work comparison)
-step 13 observations bash -o pipefail -c "rm -rf $RUNS/observations-20 && $PY -m analysis observations --seeds 0,1 --steps 20 --out $RUNS/observations-20 --ship | tail -n 1"
+step 9 observations bash -o pipefail -c "rm -rf $RUNS/observations-20 && $PY -m analysis observations --seeds 0,1 --steps 20 --out $RUNS/observations-20 --ship | tail -n 1"
+# 10: per-step sensitivity
+step 10 sensitivity bash -o pipefail -c "rm -rf $RUNS/sensitivity-20 && $PY -m analysis sensitivity --seeds 0,1 --steps 20 --out $RUNS/sensitivity-20 && mkdir -p assets/results/sensitivity-20 && cp $RUNS/sensitivity-20/curve.json $RUNS/sensitivity-20/curve.csv assets/results/sensitivity-20/ && rm -rf assets/results/sensitivity-20/figures && cp -r $RUNS/sensitivity-20/figures assets/results/sensitivity-20/ && find assets/results/sensitivity-20/figures -type f ! -name "*.png" -delete"
+# 11-13: the judge on this generator, AT-EDM's costs and which tokens each ranking prunes
+step 11 eval-judge $PY -m benchmarks.eval_judge --json docs/results/judge_eval.json --disagreement-grid docs/figures/judge_disagreements.png
+step 12 atedm-costs last_line_to docs/results/atedm_costs_default.json $PY -m benchmarks.atedm_costs
+step 13 atedm-fairness $PY -m benchmarks.atedm_fairness --prompts 30 --seeds 0 --json docs/results/atedm_fairness_default.json
 # 14: T-GATE against the reference package, when a scratch venv with tgate==1.0.0 is named (TGATE_PY=.../python;
 # see benchmarks/crosscheck_tgate.py for how to make one)
 if [[ -n "${TGATE_PY:-}" ]]; then
