@@ -6,8 +6,8 @@
    the prompts and seeds of benchmarks.eval_default);
 3. FD and KID on its embeddings against clean renders, per defect and strength, with bootstrap intervals;
 4. the time to embed 200 images.
-Prints one JSON object on its last line. (docs/results/judge_eval.json also holds the hand-made 34-feature
-Fréchet distance on the same sets, `handmade_fd`, made by this script's --compare-handmade at commit 690145a,
+Prints one JSON object on its last line. (docs/results/judge_handmade_fd.json holds the hand-made 34-feature
+Fréchet distance on the same sets, made by this script's --compare-handmade at commit 690145a on shapes-v1,
 before that measure was removed.)
 """
 from __future__ import annotations
