@@ -335,3 +335,12 @@ def test_probes_see_reused_and_replaced_calls(pipes):
     np.testing.assert_array_equal(conv["output_l2"][:, 1], 0.0)  # the cached output is the step-1 output
     for arr in signals["attention_maps"]["cross"].values():
         assert np.isnan(arr[2].astype(np.float32)).all() and np.isfinite(arr[:2].astype(np.float32)).all()
+
+
+def test_relative_drift_is_scale_invariant():
+    from analysis.probes.drift import relative_change
+
+    g = torch.Generator().manual_seed(0)
+    before, after = torch.randn(2, 8, 4, 4, generator=g), torch.randn(2, 8, 4, 4, generator=g)
+    torch.testing.assert_close(relative_change(10 * after, 10 * before), relative_change(after, before))
+    assert relative_change(before, before) == 0

@@ -118,3 +118,11 @@ def test_exponent_without_the_final_step_and_per_step_factors():
     few = sensitivity.curve(rows[: sensitivity.MIN_PROMPTS_FOR_INTERVAL - 1])  # too few prompts: no interval, no verdict
     assert few[0]["exponent_without_last_mean_low"] is None
     assert sensitivity.verdict(few)["noise"]["positive_exponent_without_last_at"] == []
+
+
+def test_a_step_that_leaves_the_deviation_unchanged_has_factor_one():
+    rows = [{"prompt": f"p{p}", "kind": "reuse", "t": 0, "log_step_factors": [float(np.log(1.0)), -0.5]}
+            for p in range(sensitivity.MIN_PROMPTS_FOR_INTERVAL)]
+    factors = sensitivity.step_factors(rows)
+    assert factors[0]["step"] == 1 and math.exp(factors[0]["log_factor"]) == 1.0
+    assert factors[0]["log_factor_low"] == factors[0]["log_factor_high"] == 0.0

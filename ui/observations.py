@@ -61,7 +61,9 @@ def render(steps: int = 20, directory: Path | None = None) -> None:
             return
         gr.Markdown(summary_markdown(json.loads((folder / "observations.json").read_text())))
         for name, title, caption in FIGURES:
-            png = folder / "figures" / f"{name}.png"
+            png, svg = (folder / "figures" / f"{name}.{ext}" for ext in ("png", "svg"))
             if png.exists():
                 gr.Markdown(f"#### {title}\n{caption}")
                 gr.Image(str(png), show_label=False, interactive=False, format="png")
+                files = [str(p) for p in (png, svg) if p.exists()]
+                gr.File(files, label="PNG / SVG", file_count="multiple", interactive=False, height=80)

@@ -59,6 +59,12 @@ class DriftConfig:
         return DriftProbe(self, ctx)
 
 
+def relative_change(features: torch.Tensor, before: torch.Tensor) -> torch.Tensor:
+    """||F_t - F_t-1|| / ||F_t-1|| per batch row, averaged: independent of the block's scale."""
+    change, norm = (features - before).flatten(1).norm(dim=1), before.flatten(1).norm(dim=1)
+    return (change / norm.clamp_min(torch.finfo(torch.float32).tiny)).mean()
+
+
 def unet_blocks(unet) -> list[tuple[str, torch.nn.Module, str]]:
     blocks = [(f"down_blocks.{i}", b, "encoder") for i, b in enumerate(unet.down_blocks)]
     if getattr(unet, "mid_block", None) is not None:
@@ -121,8 +127,7 @@ class DriftProbe:
         if prev is not None and prev[0] == step - 1 and prev[1].shape == f.shape:
             before = prev[1].float()
             self._mse[(name, step)] = (ff - before).pow(2).mean()
-            change, norm = (ff - before).flatten(1).norm(dim=1), before.flatten(1).norm(dim=1)
-            self._relative[(name, step)] = (change / norm.clamp_min(torch.finfo(torch.float32).tiny)).mean()
+            self._relative[(name, step)] = relative_change(ff, before)
         self._prev[name] = (step, f.clone())
         if step in self.pca_steps:
             hh, ww = f.shape[-2:]
