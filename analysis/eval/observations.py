@@ -237,7 +237,7 @@ def run(args) -> dict:
                     "quality": _pruning_bands(pruning), "masks": {k: {kk: vv for kk, vv in v.items() if kk != "image"}
                                                                    for k, v in masks.items()}},
         "versus_steps": versus_steps(pipe, sweep, prompts[0], args.guidance) if sweep is not None else None,
-        "sweep": str(sweep) if sweep is not None else None,
+        "sweep": _shown_path(sweep) if sweep is not None else None,
     }
     image = next(iter(masks.values()))["image"] if masks else None
     try:
@@ -256,6 +256,16 @@ def run(args) -> dict:
             shutil.copyfile(figure, shipped / "figures" / figure.name)
     return {"out": str(folder.target), "units": len(units), "shipped": str(shipped) if shipped else None,
             "sensitivity_verdict": result["sensitivity"]["verdict"]}
+
+
+def _shown_path(path: Path) -> str:
+    """A path as the JSON records it: relative to the repository when inside it (no machine paths shipped)."""
+    from analysis.models import REPO_ROOT
+
+    try:
+        return str(Path(path).resolve().relative_to(REPO_ROOT))
+    except ValueError:
+        return str(path)
 
 
 def _pruning_bands(rows: list[dict]) -> dict:
