@@ -76,3 +76,20 @@ def test_app_tab_reads_shipped_observations(tmp_path):
                                                   "amplifying_steps": [2, 3]}}}}
     text = tab.summary_markdown(data)
     assert "appears at no step" in text and "t = 13" in text and "2, 3" in text
+
+
+def test_each_observation_figure_gets_a_16_9_slide_and_goes_into_the_export_pack(tmp_path):
+    from PIL import Image
+
+    from ui.observations import pack_files
+    from viz.observation_figs import FIGURES, write_slides
+
+    figures = tmp_path / "observations-20" / "figures"
+    figures.mkdir(parents=True)
+    Image.new("RGB", (300, 200), "white").save(figures / f"{FIGURES[0][0]}.png")
+    (figures / f"{FIGURES[0][0]}.svg").write_text("<svg/>")
+    (slide,) = write_slides(tmp_path / "observations-20")
+    w, h = Image.open(slide).size
+    assert w / h == pytest.approx(16 / 9, rel=0.01)
+    assert {p.name for p in pack_files(20, tmp_path)} == {f"{FIGURES[0][0]}{end}" for end in (".png", ".svg", "-slide.png")}
+    assert pack_files(7, tmp_path) == []

@@ -1,5 +1,6 @@
 """Export for slides: a figure pack (PNG and SVG of every figure on screen, the images, run.json: the CLI's
-contract) zipped, and a one-slide 16:9 summary PNG readable when projected."""
+contract; on the default model also the shipped observations as PNG, SVG and 16:9 slides) zipped, and a
+one-slide 16:9 summary PNG readable when projected."""
 from __future__ import annotations
 
 import math
@@ -87,6 +88,12 @@ def figure_pack(out: Path, model: str, baseline: live.Baseline, run: live.LiveRu
             X.save(fig, pack / f"{name}{suffix}")
     if run is not None:
         save_png(difference_image(first_image(baseline.image), first_image(run.image))[0], pack / "difference.png")
+    if model == "default":  # the papers' observations on this model, shipped: figures and their slides
+        from ui.observations import pack_files
+
+        for path in pack_files(req.steps):
+            (pack / "observations").mkdir(exist_ok=True)
+            shutil.copy(path, pack / "observations" / path.name)
     archive = shutil.make_archive(str(out / "diffscope-figures"), "zip", root_dir=pack)
     # Only the two returned files stay: the server's cache cleanup (delete_cache) tracks the files it hands
     # out, so loose figures left here would never be removed.

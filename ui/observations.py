@@ -9,30 +9,17 @@ from pathlib import Path
 import gradio as gr
 
 from analysis.eval.sweep_results import SHIPPED_DIR
-
-FIGURES = (
-    ("map_change", "T-GATE: cross-attention maps converge",
-     "Change of each cross-attention map between consecutive steps (grey: each layer; colour: mean of layers, "
-     "median and interquartile band over prompts and seeds). The dashed line is T-GATE's gate."),
-    ("relative_drift", "Faster-Diffusion: encoder and decoder features",
-     "Relative change of each UNet part's output between steps (||F_t - F_t-1|| / ||F_t-1||), so parts of "
-     "different width compare; dotted lines are Faster-Diffusion's key steps, where the encoder runs."),
-    ("sensitivity", "HURRY: which steps can reuse maps",
-     "Top: the final latent deviation after reusing step t-1's maps at step t, with the HURRY / PHAST R steps "
-     "above. Bottom: how much each step amplifies (> 0) or damps (< 0) a deviation already present."),
-    ("map_similarity", "Step-by-step similarity of the cross-attention maps",
-     "Cosine between two steps' maps (mean of layers, median over units): where one step's maps could stand "
-     "in for another's."),
-    ("pruning", "AT-EDM: what each ranking prunes, and what it costs",
-     "Left: the tokens G-WPR, cross-attention and random (one draw per layer) rankings prune in one run. "
-     "Right: PSNR to full compute against the pruning ratio per ranking (median and interquartile band)."),
-    ("versus_steps", "Each technique against step reduction",
-     "PSNR minus the step ladder's PSNR at the same measured speed-up and at the same counted work."),
-)
+from viz.observation_figs import FIGURES
 
 
 def observations_dir(steps: int = 20, directory: Path | None = None) -> Path:
     return (directory or SHIPPED_DIR) / f"observations-{steps}"
+
+
+def pack_files(steps: int = 20, directory: Path | None = None) -> list[Path]:
+    """The shipped observation figures (PNG, SVG, 16:9 slide) for the app's export pack; [] if none shipped."""
+    folder = observations_dir(steps, directory) / "figures"
+    return sorted(folder.glob("*.png")) + sorted(folder.glob("*.svg")) if folder.exists() else []
 
 
 def summary_markdown(data: dict) -> str:
@@ -61,9 +48,9 @@ def render(steps: int = 20, directory: Path | None = None) -> None:
             return
         gr.Markdown(summary_markdown(json.loads((folder / "observations.json").read_text())))
         for name, title, caption in FIGURES:
-            png, svg = (folder / "figures" / f"{name}.{ext}" for ext in ("png", "svg"))
+            png, svg, slide = (folder / "figures" / f"{name}{end}" for end in (".png", ".svg", "-slide.png"))
             if png.exists():
                 gr.Markdown(f"#### {title}\n{caption}")
                 gr.Image(str(png), show_label=False, interactive=False, format="png")
-                files = [str(p) for p in (png, svg) if p.exists()]
-                gr.File(files, label="PNG / SVG", file_count="multiple", interactive=False, height=80)
+                files = [str(p) for p in (png, svg, slide) if p.exists()]
+                gr.File(files, label="PNG / SVG / 16:9 slide", file_count="multiple", interactive=False, height=80)

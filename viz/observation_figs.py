@@ -178,3 +178,40 @@ def write_all(result: dict, directory: Path, image: np.ndarray | None = None) ->
     for pdf in directory.glob("*.pdf"):  # PNG for the app and slides, SVG for editing
         pdf.unlink()
     return paths
+
+
+# The app's Observations tab and the slides share these titles and captions.
+FIGURES = (
+    ("map_change", "T-GATE: cross-attention maps converge",
+     "Change of each cross-attention map between consecutive steps (grey: each layer; colour: mean of layers, "
+     "median and interquartile band over prompts and seeds). The dashed line is T-GATE's gate."),
+    ("relative_drift", "Faster-Diffusion: encoder and decoder features",
+     "Relative change of each UNet part's output between steps (||F_t - F_t-1|| / ||F_t-1||), so parts of "
+     "different width compare; dotted lines are Faster-Diffusion's key steps, where the encoder runs."),
+    ("sensitivity", "HURRY: which steps can reuse maps",
+     "Top: the final latent deviation after reusing step t-1's maps at step t, with the HURRY / PHAST R steps "
+     "above. Bottom: how much each step amplifies (> 0) or damps (< 0) a deviation already present."),
+    ("map_similarity", "Step-by-step similarity of the cross-attention maps",
+     "Cosine between two steps' maps (mean of layers, median over units): where one step's maps could stand "
+     "in for another's."),
+    ("pruning", "AT-EDM: what each ranking prunes, and what it costs",
+     "Left: the tokens G-WPR, cross-attention and random (one draw per layer) rankings prune in one run. "
+     "Right: PSNR to full compute against the pruning ratio per ranking (median and interquartile band)."),
+    ("versus_steps", "Each technique against step reduction",
+     "PSNR minus the step ladder's PSNR at the same measured speed-up and at the same counted work."),
+)
+
+
+def write_slides(folder: Path) -> list[Path]:
+    """A 16:9 slide per figure under `folder/figures` (`<name>-slide.png`), titled and captioned as in the app."""
+    from viz.slide import figure_slide
+
+    folder = Path(folder)
+    paths = []
+    for name, title, caption in FIGURES:
+        png = folder / "figures" / f"{name}.png"
+        if png.exists():
+            path = folder / "figures" / f"{name}-slide.png"
+            figure_slide(png, title, caption, footer="DiffScope observations").savefig(path, dpi=150)
+            paths.append(path)
+    return paths

@@ -2,6 +2,7 @@
 images with their difference, the numbers, and the trade-off plot with this run marked. Matplotlib, no pyplot."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Sequence
 
 import matplotlib
@@ -55,4 +56,22 @@ def tradeoff_figure(runs: Sequence[dict], frontier: Sequence[dict] | None = None
     """The trade-off plot alone, for the figure pack."""
     fig = Figure(figsize=(7, 4.5), layout="constrained")
     tradeoff_axes(fig.add_subplot(), runs, frontier, shipped, baseline_latency_s, y=y, fontsize=11)
+    return fig
+
+
+def figure_slide(png: str | Path, title: str, caption: str, footer: str = "") -> Figure:
+    """A 16:9 slide around one saved figure (e.g. an observation): title, the figure at full height, a caption."""
+    import textwrap
+
+    from matplotlib.image import imread
+
+    fig = Figure(figsize=SLIDE_INCHES, dpi=150)
+    fig.text(0.03, 0.95, title, fontsize=24, weight="bold", va="top")
+    image = imread(str(png))
+    ax = fig.add_axes((0.03, 0.17, 0.94, 0.70))
+    ax.imshow(image)
+    ax.set_axis_off()
+    fig.text(0.03, 0.13, "\n".join(textwrap.wrap(caption, 150)), fontsize=13, color="#333", va="top")
+    if footer:
+        fig.text(0.97, 0.02, footer, fontsize=11, color="#888", ha="right")
     return fig

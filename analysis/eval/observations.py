@@ -254,6 +254,9 @@ def run(args) -> dict:
         shutil.copyfile(folder.target / "observations.json", shipped / "observations.json")
         for figure in [*(folder.target / "figures").glob("*.png"), *(folder.target / "figures").glob("*.svg")]:
             shutil.copyfile(figure, shipped / "figures" / figure.name)
+        from viz.observation_figs import write_slides  # the app's titles and captions, on 16:9 slides
+
+        write_slides(shipped)
     return {"out": str(folder.target), "units": len(units), "shipped": str(shipped) if shipped else None,
             "sensitivity_verdict": result["sensitivity"]["verdict"]}
 
