@@ -71,7 +71,7 @@ def figure_slide(png: str | Path, title: str, caption: str, footer: str = "") ->
     ax = fig.add_axes((0.03, 0.17, 0.94, 0.70))
     ax.imshow(image)
     ax.set_axis_off()
-    fig.text(0.03, 0.13, "\n".join(textwrap.wrap(caption, 150)), fontsize=13, color="#333", va="top")
+    fig.text(0.03, 0.13, "\n".join(textwrap.wrap(caption, 125)), fontsize=13, color="#333", va="top")
     if footer:
         fig.text(0.97, 0.02, footer, fontsize=11, color="#888", ha="right")
     return fig
