@@ -490,9 +490,9 @@ def build_demo(pipe_or_pool, probes=None) -> gr.Blocks:
                          api_visibility="private", show_progress="hidden", queue=False)
         steps_run = steps_event.success(run_live, request_inputs + [y_axis] + knobs, live_outputs,
                                         api_visibility="private", concurrency_limit=1, concurrency_id="live")
+        # (no Inside refresh on this chain: typing a step count and clicking Generate fires both chains, and a
+        # second refresh would send the Inside step slider's stale value against its new maximum)
         steps_frontier = steps_run.success(run_frontier, y_axis, tradeoff_plot, api_visibility="private",
-                                           concurrency_limit=1, concurrency_id="follow-up", show_progress="hidden")
-        steps_inside = steps_frontier.then(inside.refresh, inside.inputs, inside.outputs, api_visibility="private",
                                            concurrency_limit=1, concurrency_id="follow-up", show_progress="hidden")
         demo.load(availability, [model_box, steps] + knobs, panel.availability_outputs(), api_visibility="private",
                   queue=False)
@@ -504,7 +504,7 @@ def build_demo(pipe_or_pool, probes=None) -> gr.Blocks:
         measure_event = measure_btn.click(measure, y_axis, [numbers, runs], api_name="measure",
                                           concurrency_limit=1, concurrency_id="live")
         stop_btn.click(stop, None, status, api_name="stop", cancels=[run_event, frontier_event, inside_event,
-                                                                     steps_run, steps_frontier, steps_inside,
+                                                                     steps_run, steps_frontier,
                                                                      measure_event], queue=False)
         runs.select(show_run, y_axis, [full_img, acc_img, diff_img, numbers, tradeoff_plot], api_name="show_run")
         export_btn.click(export, y_axis, export_files, api_name="export")

@@ -61,7 +61,8 @@ def test_choice_prefers_a_model_meeting_every_rule_then_the_best_min_binding_mee
 
 
 def test_shipped_model_reports_its_text_encoder():
-    assert text_encoder_of(DEFAULT_MODEL_DIR)["layers"] == 3
+    assert text_encoder_of(DEFAULT_MODEL_DIR) == {"kind": "embeddings", "layers": 0}  # shapes-v2 (issue 16)
+    assert text_encoder_of(DEFAULT_MODEL_DIR.parent / "shapes-v1") == {"kind": "joint", "layers": 3}
 
 
 def test_own_word_cosine_is_one_without_transformer_layers():
@@ -71,7 +72,7 @@ def test_own_word_cosine_is_one_without_transformer_layers():
     from analysis.toy.train import text_encoder_variant
     from benchmarks.text_encoders import own_word_cosine
 
-    pipe = load_pipeline("default")
+    pipe = load_pipeline(str(DEFAULT_MODEL_DIR.parent / "shapes-v1"))  # the contextual (joint) encoder
     prompt = "a large red circle on the left"
     contextual = own_word_cosine(pipe, prompt)
     assert len(contextual) == len(prompt.split()) and max(contextual) < 0.9
