@@ -8,12 +8,12 @@ from pathlib import Path
 
 import gradio as gr
 
-from analysis.eval.sweep_results import SHIPPED_DIR
+from analysis.eval.observations import shipped_dir
 from viz.observation_figs import FIGURES
 
 
 def observations_dir(steps: int = 20, directory: Path | None = None) -> Path:
-    return (directory or SHIPPED_DIR) / f"observations-{steps}"
+    return shipped_dir(steps, directory)
 
 
 def pack_files(steps: int = 20, directory: Path | None = None) -> list[Path]:

@@ -198,7 +198,7 @@ def drift_figure(drift: dict, log_y: bool = False, key_steps: Sequence[int] | No
     measure = D.drift_measure(drift, measure)
     blocks, colours, mse, frob = D.drift_arrays(drift, measure)
     fig = make_subplots(rows=1, cols=2, column_widths=[0.58, 0.42], horizontal_spacing=0.1,
-                        subplot_titles=(f"change between steps ({'relative to the block norm' if measure == 'relative' else 'MSE'})",
+                        subplot_titles=("relative change per step" if measure == "relative" else "change between steps (MSE)",
                                         "Frobenius norm per block"))
     if mse.size:
         x = list(range(1, mse.shape[1] + 1))

@@ -248,7 +248,7 @@ def run(args) -> dict:
         raise UsageError(err) from None
     shipped = None
     if args.ship:
-        shipped = SHIPPED_DIR / f"observations-{args.steps}"
+        shipped = shipped_dir(args.steps)
         shutil.rmtree(shipped, ignore_errors=True)
         (shipped / "figures").mkdir(parents=True)
         shutil.copyfile(folder.target / "observations.json", shipped / "observations.json")
@@ -259,6 +259,13 @@ def run(args) -> dict:
         write_slides(shipped)
     return {"out": str(folder.target), "units": len(units), "shipped": str(shipped) if shipped else None,
             "sensitivity_verdict": result["sensitivity"]["verdict"]}
+
+
+def shipped_dir(steps: int, directory: Path | None = None) -> Path:
+    """Where `--ship` puts the observations of a step count (the app's Observations tab reads it)."""
+    from analysis.eval.sweep_results import SHIPPED_DIR
+
+    return (directory or SHIPPED_DIR) / f"observations-{steps}"
 
 
 def _shown_path(path: Path) -> str:
