@@ -30,7 +30,7 @@ from analysis.run import RunStopped
 from ui import inputs
 from ui.inputs import SEED_MAX
 from ui.inside import InsideTabs, reading_note
-from ui.techniques import ORDER as TECHNIQUE_ORDER, TechniquePanel, follow_steps
+from ui.techniques import TechniquePanel, follow_steps, order
 from ui.tokens import token_spans, truncation_note
 from viz import plotly_figs as P
 from viz.images import difference_image, first_image, upscale
@@ -338,7 +338,7 @@ def build_demo(pipe_or_pool, probes=None) -> gr.Blocks:
         baseline, run = session.on_screen()
         return tradeoff(session, baseline, None if run is None else run.id, y)
 
-    @readable_errors(len(TECHNIQUE_ORDER) + 1)
+    @readable_errors(len(order()) + 1)
     def equal_latency(request: gr.Request = None):
         session = session_of(request)
         baseline, run = run_on_screen(session, "equal latency")
@@ -398,18 +398,17 @@ def build_demo(pipe_or_pool, probes=None) -> gr.Blocks:
         model = models.label(model)
         return f"Model: **{model}**", reading_note(models.pipe(model))
 
-    def steps_changed(steps_v, shown_for, policy, reuse_steps, gate_step, reduced_steps):
-        """The step-dependent knobs for a new step count (ui.techniques.follow_steps), and the count they are
+    def steps_changed(steps_v, shown_for, *values):
+        """The step-following knobs for a new step count (ui.techniques.follow_steps), and the count they are
         now shown for."""
         try:
             n = inputs.whole_number(steps_v, "Steps", 1, MAX_STEPS)
         except ValueError:
-            return shown_for, reuse_steps, gate_step, reduced_steps  # the run says what is wrong
-        reuse_steps, gate_step, reduced_steps, notes = follow_steps(n, shown_for, policy, reuse_steps, gate_step,
-                                                                    reduced_steps)
+            return (shown_for,) + tuple(gr.skip() for _ in panel.step_knobs())  # the run says what is wrong
+        followed, notes = follow_steps(n, shown_for, list(values))
         for note in notes:
             gr.Warning(note)
-        return n, reuse_steps, gate_step, reduced_steps
+        return (n, *followed)
 
     def on_unload(request: gr.Request = None):
         STORE.drop(getattr(request, "session_hash", None) or "anonymous")
@@ -480,11 +479,10 @@ def build_demo(pipe_or_pool, probes=None) -> gr.Blocks:
         def availability(model, steps_v, *values):
             return panel.availability(steps_v, *values, model=models.label(model))
 
-        gr.on(triggers=panel.availability_triggers(), fn=availability, inputs=[model_box, steps] + knobs,
+        gr.on(triggers=panel.triggers(), fn=availability, inputs=[model_box, steps] + knobs,
               outputs=panel.availability_outputs(), api_name="availability", show_progress="hidden", queue=False)
         # A new step count: knobs at their defaults follow it, set ones are clamped (with a note); then the run.
-        step_knobs = panel.step_knobs()
-        steps_event = steps.release(steps_changed, [steps, knob_steps] + step_knobs, [knob_steps] + step_knobs[1:],
+        steps_event = steps.release(steps_changed, [steps, knob_steps] + knobs, [knob_steps] + panel.step_knobs(),
                                     api_visibility="private", show_progress="hidden", trigger_mode="always_last")
         steps_event.then(availability, [model_box, steps] + knobs, panel.availability_outputs(),
                          api_visibility="private", show_progress="hidden", queue=False)

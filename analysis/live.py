@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from analysis import metrics
+from analysis.accel import technique_of
 from analysis.run import RunConfig, RunStopped, prompt_tokens, run_once
 
 MAX_SESSIONS = 8
@@ -293,28 +294,10 @@ def technique_family(accel: tuple) -> str:
 
 def skipped_summary(counters: dict) -> list[str]:
     """What each technique really skipped, in words, from its counters."""
-    out = []
+    from analysis.accel import registry
+
     c = counters or {}
-    if "reuse" in c:
-        r = c["reuse"]
-        total = r.get("maps_computed", 0) + r.get("maps_reused", 0)
-        out.append(f"reuse: {r.get('maps_reused', 0)} of {total} attention maps reused "
-                   f"({r.get('r_steps', 0)} R steps, scope {r.get('scope')}, policy {r.get('policy')})")
-    if "tgate" in c:
-        t = c["tgate"]
-        out.append(f"tgate: gate at step {t.get('gate_step')}; cross-attention reused {t.get('cross_attn_reused', 0)}"
-                   f"x, self-attention reused {t.get('self_attn_reused', 0)}x; CFG dropped on "
-                   f"{t.get('cfg_dropped_steps', 0)} steps ({t.get('unet_rows_saved', 0)} UNet batch rows saved)")
-    if "atedm" in c:
-        a = c["atedm"]
-        out.append(f"atedm: {a.get('pruned_fraction', 0):.0%} of transformer token-calls pruned "
-                   f"({a.get('pruning_events', 0)} pruning events)")
-    if "fastdiff" in c:
-        f = c["fastdiff"]
-        out.append(f"fastdiff: encoder skipped on {f.get('encoder_passes_skipped', 0)} of "
-                   f"{f.get('encoder_passes', 0) + f.get('encoder_passes_skipped', 0)} steps (key steps "
-                   f"{', '.join(map(str, f.get('key_steps', [])))}); {f.get('decoder_calls', 0)} decoder calls")
-    return out
+    return [line for name, t in registry().items() if name in c for line in [t.summary(c[name])] if line]
 
 
 # --- running ----------------------------------------------------------------------------------------------
@@ -326,13 +309,7 @@ def validate_accel(accel: tuple, steps: int, model: str) -> None:
     config = RunConfig(prompt="check", steps=steps, accel=tuple(accel), warmup=False)
     n = config.accel_steps
     for c in config.hooked_accel():
-        name = type(c).name
-        if name == "reuse":
-            c.resolve(n, model)
-        elif name == "fastdiff":
-            c.resolve_key_steps(n)
-        elif name == "tgate":
-            c.plan(n)
+        technique_of(c).validate(c, n, model)
 
 
 def _validate(pipe, request: Request, accel: tuple, probes: tuple = ()) -> RunConfig:
@@ -425,7 +402,7 @@ def frontier_steps(steps: int) -> list[int]:
 def compute_frontier(pipe, baseline: Baseline, stop: StopToken | None = None) -> list[dict]:
     """Plain step reduction for this prompt and seed: one timed run per step count (and the baseline itself),
     each scored like any run. Pure (the caller stores it as `baseline.frontier`). Caller holds the lock."""
-    from analysis.accel import StepsConfig
+    from analysis.accel.steps import StepsConfig
     from analysis.models import set_scheduler
 
     request = baseline.request
@@ -496,15 +473,15 @@ def warm_up(pipe, request: Request) -> float:
     import dataclasses
     import time
 
-    from analysis.accel import list_techniques
+    from analysis.accel import registry
     from analysis.models import set_scheduler
 
     start = time.perf_counter()
     request = dataclasses.replace(request, steps=min(request.steps, WARM_STEPS))
     set_scheduler(pipe, request.scheduler)
     with pipeline_lock(pipe):
-        for name, cls in [("baseline", None)] + sorted(list_techniques().items()):
-            accel = () if cls is None else ((cls(steps=max(1, request.steps // 2)),) if name == "steps" else (cls(),))
+        at_defaults = [(t.build(t.default_values(request.steps), request.steps),) for t in registry().values()]
+        for accel in [()] + at_defaults:
             try:
                 config = _validate(pipe, request, accel)
             except ValueError:  # e.g. no PHAST policy for this model: nothing to warm

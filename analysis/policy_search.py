@@ -27,14 +27,8 @@ from typing import Sequence
 import numpy as np
 
 from analysis import metrics
-from analysis.accel.reuse import (
-    POLICY_FORMAT,
-    ReuseConfig,
-    default_reuse_steps,
-    hurry_policy,
-    longest_run,
-    policy_path,
-)
+from analysis.accel.reuse import ReuseConfig
+from analysis.accel.reuse_policy import POLICY_FORMAT, default_reuse_steps, hurry_policy, longest_run, policy_path
 from analysis.catalog import SCHEDULERS
 from analysis.jsonsafe import dumps
 

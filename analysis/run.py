@@ -71,13 +71,18 @@ class RunConfig:
     @property
     def accel_steps(self) -> int:
         """The step count the accelerated run uses (step reduction changes it)."""
+        from analysis.accel import technique_of
+
+        steps = self.steps
         for c in self.accel:
-            if type(c).name == "steps":
-                return c.steps
-        return self.steps
+            steps = technique_of(c).run_steps(c, steps)
+        return steps
 
     def hooked_accel(self) -> tuple:
-        return tuple(c for c in self.accel if type(c).name != "steps")
+        """The techniques that attach to the pipeline (step reduction only shortens the run)."""
+        from analysis.accel import technique_of
+
+        return tuple(c for c in self.accel if not technique_of(c).is_step_reduction)
 
 
 @dataclass

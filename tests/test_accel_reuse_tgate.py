@@ -5,8 +5,10 @@ import json
 import numpy as np
 import pytest
 
-from analysis.accel import StepsConfig, check_combination, parse_accel
-from analysis.accel.reuse import ReuseConfig, hurry_policy, load_phast, longest_run
+from analysis.accel import check_combination, parse_accel
+from analysis.accel.steps import StepsConfig
+from analysis.accel.reuse import ReuseConfig
+from analysis.accel.reuse_policy import hurry_policy, load_phast, longest_run
 from analysis.accel.tgate import TGateConfig
 from analysis.attention import AttentionPlugin
 from analysis.models import set_scheduler

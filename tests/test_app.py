@@ -14,7 +14,7 @@ from gradio_client import Client  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from ui.techniques import ORDER, client_inputs  # noqa: E402
+from ui.techniques import client_inputs, order  # noqa: E402
 
 PROMPT = "a large red circle on the left"
 
@@ -105,7 +105,7 @@ def test_availability_shows_the_engine_reason_before_anyone_clicks(client):
     # T-GATE on: Faster-Diffusion and AT-EDM cannot join it, reuse can only with scope=self
     values = run_args(tgate={})[8:]
     out = client.predict("default", 4, *values, api_name="/availability")
-    by_name = dict(zip(ORDER, zip(out[0::2], out[1::2])))
+    by_name = dict(zip(order(), zip(out[0::2], out[1::2])))
     assert by_name["fastdiff"][0]["interactive"] is False and "fastdiff cannot be combined with tgate" in by_name["fastdiff"][1]
     assert by_name["atedm"][0]["interactive"] is False
     assert "scope=self" in by_name["reuse"][1]
@@ -242,20 +242,28 @@ def test_only_the_offered_models_load_and_errors_name_no_path(client):
 
 
 def test_step_dependent_knobs_follow_the_step_count_unless_set():
-    from ui.techniques import follow_steps, max_reuse_steps, panel_defaults
+    from analysis.accel.reuse import max_reuse_steps
+    from ui.techniques import follow_steps, panel_defaults
 
-    d20, d6 = panel_defaults(20), panel_defaults(6)
+    def panel(steps, policy="hurry", r=None, gate=None, reduced=None):
+        d = panel_defaults(steps)
+        d["reuse"][1] = policy
+        for name, index, value in (("reuse", 2, r), ("tgate", 1, gate), ("steps", 1, reduced)):
+            if value is not None:
+                d[name][index] = value
+        return [v for block in d.values() for v in block]
+
+    d6 = panel_defaults(6)
     # untouched (at their 20-step defaults: R 7, gate 8, 10 steps): the 6-step defaults, no note
-    assert follow_steps(6, 20, "hurry", d20["reuse"][2], d20["tgate"][1], d20["steps"][1]) == (
-        d6["reuse"][2], d6["tgate"][1], d6["steps"][1], [])
+    assert follow_steps(6, 20, panel(20)) == ([d6["reuse"][2], d6["tgate"][1], d6["steps"][1]], [])
     # set by the user: kept where 6 steps allow them, clamped (with a note) where not
-    r, gate, reduced, notes = follow_steps(6, 20, "hurry", 3, 9, 4)
-    assert (r, gate, reduced) == (3, 5, 4) and notes == ["T-GATE gate step 9 clamped to 5 for 6 steps"]
-    r, _, _, notes = follow_steps(6, 20, "strided", 5, 8, 10)
+    assert follow_steps(6, 20, panel(20, r=3, gate=9, reduced=4)) == (
+        [3, 5, 4], ["T-GATE gate step 9 clamped to 5 for 6 steps"])
+    (r, _, _), notes = follow_steps(6, 20, panel(20, "strided", 5, 8, 10))
     assert r == 3 == max_reuse_steps(6, "strided") and len(notes) == 1
     assert max_reuse_steps(6, "hurry") == 4  # CCRRCR... : 4 R need 6 steps with runs of at most 2
     # back up again: the knobs shown for 6 follow to 20
-    assert follow_steps(20, 6, "hurry", d6["reuse"][2], d6["tgate"][1], d6["steps"][1])[:3] == (7, 8, 10)
+    assert follow_steps(20, 6, panel(6))[0] == [7, 8, 10]
 
 
 def test_a_new_step_count_updates_the_knobs_before_the_run(server):

@@ -221,7 +221,7 @@ def test_atedm_cost_is_pruned_fraction_of_post_pruning_work(tiny):
 
 
 def test_steps_cost_is_whole_loop_steps(tiny):
-    from analysis.accel import StepsConfig
+    from analysis.accel.steps import StepsConfig
     from analysis.eval.cost import cost_model
 
     _, _, profile = tiny
@@ -256,7 +256,7 @@ def test_ideal_speedup_all_off_is_exactly_one(tiny):
 
 
 def test_ideal_speedup_adds_savings_of_combined_techniques(tiny):
-    from analysis.accel import StepsConfig
+    from analysis.accel.steps import StepsConfig
     from analysis.accel.tgate import TGateConfig
     from analysis.eval.cost import cost_model, ideal_speedup, profile_for
 
@@ -300,7 +300,7 @@ def _policy_file(directory, scheduler="dpm", guidance=7.5):
 
 
 def test_load_phast_warns_when_searched_with_another_sampler(tmp_path):
-    from analysis.accel.reuse import load_phast
+    from analysis.accel.reuse_policy import load_phast
 
     _policy_file(tmp_path)
     with pytest.warns(UserWarning, match=r"searched with scheduler dpm \(this run: ddim\) and guidance 7.5"):

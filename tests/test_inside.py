@@ -1,7 +1,5 @@
 """Inside the accelerated run: technique marks, AT-EDM's pruned tokens, probes under techniques, and the
 figures that mark gate steps, key steps, reused maps and pruned tokens (issue 8, item 5)."""
-from dataclasses import dataclass
-from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -9,7 +7,6 @@ import pytest
 from analysis.accel import parse_accel, reused_attention_steps, technique_marks
 from analysis.accel.atedm import ATEDMConfig
 from analysis.accel.fastdiff import PAPER_KEY_STEPS_20, FastDiffConfig
-from analysis.accel.marks import tgate_gate_step
 from analysis.probes import AttentionMapsConfig, ConvergenceConfig, DriftConfig, TokenRankConfig, default_probes
 from analysis.run import RunConfig, run_once
 from viz import _data as D
@@ -31,44 +28,40 @@ def _run(pipe, plugins, steps=STEPS, size=None):
 def test_marks_of_known_configs():
     m = technique_marks([parse_accel("tgate:gate_step=8,sp_interval=1"), parse_accel("reuse:scope=self")], 20)
     assert m["steps"] == 20
-    assert m["tgate"]["gate_step"] == 8 and m["tgate"]["gated"]
-    assert m["tgate"]["cross"][7] == "cache" and set(m["tgate"]["cross"][8:]) == {"reuse"}
-    assert m["reuse"]["policy"] == "CCCCCCCCCCRCRRCRRCRR" and m["reuse"]["scope"] == "self"
-    assert m["reuse"]["reused_steps"] == [10, 12, 13, 15, 16, 18, 19]
+    assert m["techniques"]["tgate"]["gate_step"] == 8 and m["techniques"]["tgate"]["gated"]
+    assert m["techniques"]["tgate"]["cross"][7] == "cache" and set(m["techniques"]["tgate"]["cross"][8:]) == {"reuse"}
+    assert m["techniques"]["reuse"]["policy"] == "CCCCCCCCCCRCRRCRRCRR" and m["techniques"]["reuse"]["scope"] == "self"
+    assert m["techniques"]["reuse"]["reused_steps"] == [10, 12, 13, 15, 16, 18, 19]
     # cross maps not computed: T-GATE's cached steps only (reuse is scope=self); self: reuse's R steps
     assert reused_attention_steps(m, "cross") == list(range(8, 20))
     assert reused_attention_steps(m, "self") == [10, 12, 13, 15, 16, 18, 19]
 
     m = technique_marks([parse_accel("fastdiff"), parse_accel("atedm")], 20)
-    assert m["fastdiff"]["key_steps"] == list(PAPER_KEY_STEPS_20)
-    assert sorted(m["fastdiff"]["key_steps"] + m["fastdiff"]["skipped_steps"]) == list(range(20))
-    assert m["atedm"]["early_steps"] == list(range(6))  # int(0.3 * 20 + 0.5)
-    assert technique_marks([parse_accel("fastdiff")], 10)["fastdiff"]["key_steps"] == [0, 1, 2, 3, 5, 7]
-    assert technique_marks([ATEDMConfig(dsap=False)], 10)["atedm"]["early_steps"] == []
+    assert m["techniques"]["fastdiff"]["key_steps"] == list(PAPER_KEY_STEPS_20)
+    assert sorted(m["techniques"]["fastdiff"]["key_steps"] + m["techniques"]["fastdiff"]["skipped_steps"]) == list(range(20))
+    assert m["techniques"]["atedm"]["early_steps"] == list(range(6))  # int(0.3 * 20 + 0.5)
+    assert technique_marks([parse_accel("fastdiff")], 10)["techniques"]["fastdiff"]["key_steps"] == [0, 1, 2, 3, 5, 7]
+    assert technique_marks([ATEDMConfig(dsap=False)], 10)["techniques"]["atedm"]["early_steps"] == []
 
     # a steps technique sets the run length the other marks are resolved for
     m = technique_marks([parse_accel("steps:steps=10"), parse_accel("fastdiff")], 20)
-    assert m["steps"] == 10 and m["fastdiff"]["key_steps"] == [0, 1, 2, 3, 5, 7]
+    assert m["steps"] == 10 and m["techniques"]["fastdiff"]["key_steps"] == [0, 1, 2, 3, 5, 7]
     # the gate is not reached in a run shorter than it
-    assert technique_marks([parse_accel("tgate:gate_step=10")], 8)["tgate"]["gated"] is False
+    assert technique_marks([parse_accel("tgate:gate_step=10")], 8)["techniques"]["tgate"]["gated"] is False
     with pytest.raises(ValueError, match="entries but the run has"):
         technique_marks([parse_accel("reuse:policy=CCR")], 5)
 
 
-def test_gate_step_resolution_prefers_the_config():
-    @dataclass(frozen=True)
-    class Auto:  # a gate of None = a fraction of the run (the T-GATE default being introduced in issue 8)
-        name: ClassVar[str] = "tgate"
-        gate_step: int | None = None
+def test_gate_step_follows_the_run_unless_set():
+    from analysis.accel.tgate import TGateConfig
 
-    @dataclass(frozen=True)
-    class Resolving(Auto):
-        def resolve_gate_step(self, steps):
-            return steps - 3
+    def gate(config, steps):
+        return technique_marks([config], steps)["techniques"]["tgate"]["gate_step"]
 
-    assert tgate_gate_step(Auto(), 20) == 8 and tgate_gate_step(Auto(), 25) == 10
-    assert tgate_gate_step(Auto(gate_step=5), 20) == 5
-    assert tgate_gate_step(Resolving(), 20) == 17
+    assert gate(TGateConfig(), 20) == 8 and gate(TGateConfig(), 25) == 10  # round(0.4 x steps), the paper's
+    assert gate(TGateConfig(gate_step=5), 20) == 5
+    m = technique_marks([TGateConfig(), parse_accel("fastdiff:parallel=false")], 20)
+    assert m["lines"] == {"convergence": [8], "drift": [0, 1, 2, 3, 5, 10, 15]}
 
 
 # --- AT-EDM's pruned tokens and the probes under techniques ---------------------------------------------

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from analysis import live
-from analysis.accel import StepsConfig, list_techniques
-from analysis.accel.reuse import strided_policy
+from analysis.accel import list_techniques
+from analysis.accel.steps import StepsConfig
+from analysis.accel.reuse_policy import strided_policy
 from analysis.run import RunStopped
 
 T = list_techniques()

@@ -39,11 +39,11 @@ def test_default_grid_covers_the_issue_and_validates():
 
 
 def test_strided_policy():
-    assert grid.strided_policy(8, 4) == "CRCRCRCR"
-    p = grid.strided_policy(20, 5)
+    assert strided_policy(8, 4) == "CRCRCRCR"
+    p = strided_policy(20, 5)
     assert len(p) == 20 and p.count("R") == 5 and "RR" not in p and p[0] == "C"
     with pytest.raises(ValueError):
-        grid.strided_policy(8, 5)
+        strided_policy(8, 5)
 
 
 def test_grid_inline_file_and_errors(tmp_path):

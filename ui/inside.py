@@ -170,9 +170,9 @@ class InsideTabs:
     def _figures(self, baseline, run, view, step, layer, head, norm, overlay, alpha, special, conv_log, drift_log,
                  pixel) -> tuple:
         req = baseline.request
-        marks = technique_marks(run.accel, req.steps, req.model) if run is not None else {"steps": req.steps}
-        gate = (marks.get("tgate") or {}).get("gate_step")
-        key_steps = (marks.get("fastdiff") or {}).get("key_steps")
+        marks = technique_marks(run.accel if run is not None else (), req.steps, req.model)
+        gate = next(iter(marks["lines"].get("convergence", [])), None)
+        key_steps = marks["lines"].get("drift")
         sources = {"0-full": (baseline.signals, baseline.image, baseline.timesteps, ()),
                    "1-accel": (None if run is None else run.signals, None if run is None else run.image,
                                None if run is None else run.timesteps, "accel")}

@@ -1,7 +1,7 @@
-"""The techniques panel: one block per technique with an on/off toggle and its main knobs at the paper's
-defaults. Configs are built from the technique config dataclasses (never from CLI strings), and every
-combination the engine would refuse is shown as unavailable, with the engine's own reason, before anyone
-clicks.
+"""The techniques panel: one block per registered technique (analysis.accel.registry) with an on/off toggle
+and its knobs (`Technique.knobs`) at the paper's defaults. Configs are built by each technique's `build` from
+the checked knob values (never from CLI strings), and every combination the engine would refuse is shown as
+unavailable, with the engine's own reason, before anyone clicks.
 """
 from __future__ import annotations
 
@@ -9,67 +9,51 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from analysis.accel import StepsConfig, list_techniques
-from analysis.accel.reuse import strided_policy
+from analysis.accel import registry
+from analysis.accel.technique import Knob, Technique
 from ui.inputs import Slider, one_of, real_number, refuse, whole_number, yes_no
 from ui.inputs import text as input_text
 
-ORDER = ("reuse", "tgate", "atedm", "fastdiff", "steps")
-TITLES = {
-    "reuse": "Attention-map reuse (HURRY / PHAST, Hunter et al.)",
-    "tgate": "T-GATE (Liu et al.)",
-    "atedm": "AT-EDM token pruning (Wang et al.)",
-    "fastdiff": "Faster-Diffusion encoder propagation (Li et al.)",
-    "steps": "Step reduction (the baseline to beat)",
-}
-REUSE_POLICIES = [("HURRY: late reuse", "hurry"), ("PHAST: searched", "phast"), ("strided: evenly spread", "strided"),
-                  ("custom C/R string", "custom")]
-FASTDIFF_PRESETS = [("paper key steps (non-uniform)", "paper"), ("uniform stride", "stride")]
+
+def order() -> tuple[str, ...]:
+    """The blocks' names in panel order."""
+    return tuple(registry())
+
+
+def short_title(technique: Technique) -> str:
+    return technique.title.split(" (")[0]
 
 
 def panel_defaults(steps: int = 20) -> dict[str, list]:
-    """Each block's initial [toggle, knobs...], from the technique dataclasses' defaults (the papers')."""
-    from analysis.accel.reuse import default_reuse_steps
-
-    T = list_techniques()
-    tgate, atedm, fast = T["tgate"](), T["atedm"](), T["fastdiff"]()
-    gate = tgate.gate_step if isinstance(tgate.gate_step, int) else max(1, round(0.4 * steps))
-    return {"reuse": [False, "hurry", default_reuse_steps(steps), "both", ""],
-            "tgate": [False, gate, tgate.sp_interval, tgate.fi_interval],
-            "atedm": [False, atedm.ratio, atedm.dsap],
-            "fastdiff": [False, "paper", 2, fast.parallel, fast.noise],
-            "steps": [False, max(1, steps // 2)]}
+    """Each block's initial [toggle, knobs...], from the techniques' knob defaults (the papers')."""
+    return {name: [False, *t.default_values(steps).values()] for name, t in registry().items()}
 
 
-def max_reuse_steps(steps: int, policy: str) -> int:
-    """The most R steps `policy` fits into `steps` (HURRY / PHAST: runs of at most 2 R after a C; strided:
-    the odd steps)."""
-    if policy == "strided":
-        return steps // 2
-    return max(r for r in range(steps) if r + -(-r // 2) <= steps)
-
-
-def follow_steps(steps: int, shown_for: int, policy: str, reuse_steps, gate_step, reduced_steps) -> tuple:
-    """The step-dependent knobs after the step count changes from `shown_for` to `steps`: a knob still at its
-    default for `shown_for` takes the default for `steps`; a knob the user set stays as set, clamped to what
-    `steps` allows. Returns (reuse_steps, gate_step, reduced_steps, notes), notes saying what was clamped."""
-    old, new = panel_defaults(shown_for), panel_defaults(steps)
-    limits = {"reuse": max_reuse_steps(steps, policy), "tgate": max(1, steps - 1), "steps": max(1, steps - 1)}
-    what = {"reuse": "reuse steps (R)", "tgate": "T-GATE gate step", "steps": "step reduction"}
+def follow_steps(steps: int, shown_for: int, values: list) -> tuple[list, list[str]]:
+    """The step-following knobs (`Knob.follows_steps`, in panel order) after the step count changes from
+    `shown_for` to `steps`, given the whole panel's values: a knob still at its default for `shown_for` takes
+    the default for `steps`; a knob the user set stays as set, clamped to what `steps` allows. Returns (their
+    new values, notes saying what was clamped)."""
     out, notes = [], []
-    for name, index, value in (("reuse", 2, reuse_steps), ("tgate", 1, gate_step), ("steps", 1, reduced_steps)):
-        try:
-            value = int(value)
-        except (TypeError, ValueError):  # the run's own validation says what is wrong with it
+    for name, (on, knob_values) in split_values(values).items():
+        technique = registry()[name]
+        by_key = {k.key: v for k, v in zip(technique.knobs, knob_values)}
+        for knob in technique.knobs:
+            if not knob.follows_steps:
+                continue
+            try:
+                value = int(by_key[knob.key])
+            except (TypeError, ValueError):  # the run's own validation says what is wrong with it
+                out.append(by_key[knob.key])
+                continue
+            limit = knob.limit(steps, by_key) if knob.limit else None
+            if value == knob.default_for(shown_for):
+                value = knob.default_for(steps)
+            elif limit is not None and value > limit:
+                notes.append(f"{short_title(technique)} {knob.label} {value} clamped to {limit} for {steps} steps")
+                value = limit
             out.append(value)
-            continue
-        if value == old[name][index]:
-            value = new[name][index]
-        elif value > limits[name]:
-            notes.append(f"{what[name]} {value} clamped to {limits[name]} for {steps} steps")
-            value = limits[name]
-        out.append(value)
-    return (*out, notes)
+    return out, notes
 
 
 def client_inputs(prompt: str, seed="0", steps: int = 20, y: str = "psnr", negative: str = "",
@@ -89,11 +73,58 @@ def client_inputs(prompt: str, seed="0", steps: int = 20, y: str = "psnr", negat
     return args
 
 
+def split_values(values) -> dict[str, tuple[bool, list]]:
+    """The panel's flat values (toggle, knobs..., per block in order) -> name: (toggle, knob values)."""
+    values = list(values)
+    out, i = {}, 0
+    for name, t in registry().items():
+        n = 1 + len(t.knobs)
+        out[name] = (yes_no(values[i], f"The {name} toggle"), values[i + 1:i + n])
+        i += n
+    return out
+
+
+def checked(knob: Knob, value, what: str):
+    """A knob's value as its kind demands (InvalidInput: never rounded)."""
+    if knob.kind == "int":
+        low, high = knob.accepted
+        return whole_number(value, what, int(low), int(high))
+    if knob.kind == "float":
+        return real_number(value, what, *knob.accepted)
+    if knob.kind == "bool":
+        return yes_no(value, what)
+    if knob.kind == "choice":
+        return one_of(value, what, [v for _, v in knob.choices])
+    return input_text(value, what, 1000)
+
+
+def build_config(name: str, knob_values: list, steps: int):
+    """One block's config from its knob values, each checked as it is (ValueError: a knob is invalid)."""
+    technique = registry()[name]
+    if len(knob_values) != len(technique.knobs):
+        refuse(f"The {name} block", f"needs {len(technique.knobs)} settings, got {len(knob_values)}.")
+    values = {k.key: checked(k, v, f"{short_title(technique)}: {k.label}") for k, v in zip(technique.knobs, knob_values)}
+    return technique.build(values, steps)
+
+
+def knob_component(knob: Knob, steps: int = 20):
+    value = knob.default_for(steps)
+    if knob.kind in ("int", "float"):
+        return Slider(knob.low, knob.high, value=value, step=knob.step, label=knob.label, info=knob.info or None)
+    if knob.kind == "bool":
+        return gr.Checkbox(value=value, label=knob.label)
+    if knob.kind == "choice":
+        if knob.radio:
+            return gr.Radio(list(knob.choices), value=value, label=knob.label)
+        return gr.Dropdown(list(knob.choices), value=value, label=knob.label, min_width=140)
+    return gr.Textbox(label=knob.label, placeholder=knob.placeholder, max_lines=1)
+
+
 @dataclass
 class Block:
     name: str
     toggle: gr.Checkbox
-    knobs: list  # components, in the order `_config` reads them
+    knobs: list  # components, in the order of the technique's knobs
     note: gr.Markdown
 
 
@@ -104,42 +135,12 @@ class TechniquePanel:
 
     # -- layout
     def render(self) -> None:
-        defaults = panel_defaults()
-        for name in ORDER:
-            d = defaults[name]
+        for name, t in registry().items():
             with gr.Group():
-                toggle = gr.Checkbox(label=TITLES[name], value=False, elem_id=f"toggle-{name}")
+                toggle = gr.Checkbox(label=t.title, value=False, elem_id=f"toggle-{name}")
                 with gr.Row():
-                    if name == "reuse":
-                        knobs = [
-                            gr.Dropdown(REUSE_POLICIES, value="hurry", label="policy", min_width=140),
-                            Slider(0, 50, value=d[2], step=1, label="reuse steps (R)",
-                                      info="a reading, not the paper's: HURRY gives no R count; default a third of the steps"),
-                            gr.Radio(["self", "cross", "both"], value="both", label="scope"),
-                            gr.Textbox(label="custom policy", placeholder="CCCCRCRR... one letter per step",
-                                       max_lines=1),
-                        ]
-                    elif name == "tgate":
-                        knobs = [
-                            Slider(1, 100, value=d[1], step=1, label="gate step",
-                                      info="paper: about 0.4 of the steps (10 of 25)"),
-                            Slider(1, 10, value=d[2], step=1, label="self-attention interval before the gate"),
-                            Slider(1, 10, value=d[3], step=1, label="self-attention interval after the gate"),
-                        ]
-                    elif name == "atedm":
-                        knobs = [
-                            Slider(0.0, 0.9, value=d[1], step=0.01, label="pruning ratio"),
-                            gr.Checkbox(value=d[2], label="DSAP (prune less early)"),
-                        ]
-                    elif name == "fastdiff":
-                        knobs = [
-                            gr.Radio(FASTDIFF_PRESETS, value="paper", label="key steps"),
-                            Slider(2, 10, value=d[2], step=1, label="stride (uniform)"),
-                            gr.Checkbox(value=d[3], label="parallel decoding"),
-                            gr.Checkbox(value=d[4], label="prior noise injection"),
-                        ]
-                    else:
-                        knobs = [Slider(1, 100, value=d[1], step=1, label="steps")]
+                    knobs = [knob_component(k) for k in t.knobs]
+                    if t.is_step_reduction:
                         self.equal_latency_button = gr.Button("Equal latency", size="sm", min_width=110)
                 note = gr.Markdown(elem_classes="diffscope-unavailable", elem_id=f"note-{name}")
             self.blocks[name] = Block(name, toggle, knobs, note)
@@ -159,9 +160,6 @@ class TechniquePanel:
                 out.append(k.release if isinstance(k, gr.Slider) else (k.submit if isinstance(k, gr.Textbox) else k.input))
         return out
 
-    def availability_triggers(self) -> list:
-        return self.triggers()
-
     def availability_outputs(self) -> list:
         out = []
         for b in self.blocks.values():
@@ -169,67 +167,25 @@ class TechniquePanel:
         return out
 
     def step_knobs(self) -> list:
-        """The knobs whose defaults depend on the step count: reuse policy (read only) and R, the T-GATE gate,
-        the step-reduction count."""
-        reuse = self.blocks["reuse"].knobs
-        return [reuse[0], reuse[1], self.blocks["tgate"].knobs[0], self.blocks["steps"].knobs[0]]
+        """The knobs whose defaults follow the step count, in panel order (`follow_steps`' outputs)."""
+        return [component for name, b in self.blocks.items()
+                for knob, component in zip(registry()[name].knobs, b.knobs) if knob.follows_steps]
 
     def steps_outputs(self) -> list:
-        return [b.toggle for b in self.blocks.values()] + [self.blocks["steps"].knobs[0]]
+        return [b.toggle for b in self.blocks.values()] + [self._step_reduction().knobs[0]]
 
     def steps_updates(self, n: int) -> tuple:
         """Step reduction alone at n steps (the equal-latency comparison); other toggles off, knobs kept."""
-        return tuple(gr.update(value=(b.name == "steps")) for b in self.blocks.values()) + (gr.update(value=n),)
+        reduction = self._step_reduction().name
+        return tuple(gr.update(value=(b.name == reduction)) for b in self.blocks.values()) + (gr.update(value=n),)
+
+    def _step_reduction(self) -> Block:
+        return next(b for name, b in self.blocks.items() if registry()[name].is_step_reduction)
 
     # -- configs
-    def _split(self, values) -> dict[str, tuple[bool, list]]:
-        values = list(values)
-        out, i = {}, 0
-        for b in self.blocks.values():
-            n = 1 + len(b.knobs)
-            out[b.name] = (yes_no(values[i], f"The {b.name} toggle"), values[i + 1:i + n])
-            i += n
-        return out
-
-    @staticmethod
-    def _config(name: str, knobs: list, steps: int):
-        """One block's config from its knob values, each checked as it is (InvalidInput: never rounded)."""
-        T = list_techniques()
-        if len(knobs) != len(panel_defaults(steps)[name]) - 1:
-            refuse(f"The {name} block", f"needs {len(panel_defaults(steps)[name]) - 1} settings, got {len(knobs)}.")
-        if name == "reuse":
-            policy, r, scope, custom = knobs
-            policy = one_of(policy, "reuse: policy", [v for _, v in REUSE_POLICIES])
-            r = whole_number(r, "reuse: reuse steps (R)", 0, 1000)
-            scope = one_of(scope, "reuse: scope", ("self", "cross", "both"))
-            if policy == "custom":
-                text = input_text(custom, "reuse: custom policy", 1000).strip().upper()
-                if not text:
-                    raise ValueError("reuse: type a custom policy, one C (compute) or R (reuse) per step")
-                return T["reuse"](policy=text, scope=scope)
-            if policy == "strided":
-                return T["reuse"](policy=strided_policy(steps, r), scope=scope)
-            return T["reuse"](policy=policy, reuse_steps=r, scope=scope)
-        if name == "tgate":
-            gate, sp, fi = (whole_number(v, f"T-GATE: {what}", 1, 1000)
-                            for v, what in zip(knobs, ("gate step", "interval before the gate", "interval after the gate")))
-            return T["tgate"](gate_step=gate, sp_interval=sp, fi_interval=fi)
-        if name == "atedm":
-            ratio, dsap = knobs
-            return T["atedm"](ratio=real_number(ratio, "AT-EDM: pruning ratio", 0.0, 1.0),
-                              dsap=yes_no(dsap, "AT-EDM: DSAP"))
-        if name == "fastdiff":
-            preset, stride, parallel, noise = knobs
-            preset = one_of(preset, "Faster-Diffusion: key steps", [v for _, v in FASTDIFF_PRESETS])
-            stride = whole_number(stride, "Faster-Diffusion: stride", 1, 1000)
-            return T["fastdiff"](stride=stride if preset == "stride" else 0,
-                                 parallel=yes_no(parallel, "Faster-Diffusion: parallel decoding"),
-                                 noise=yes_no(noise, "Faster-Diffusion: noise injection"))
-        return StepsConfig(steps=whole_number(knobs[0], "Step reduction: steps", 1, 1000))
-
     def configs(self, values, steps: int) -> tuple:
         """The techniques switched on, as config dataclasses in panel order (ValueError: a knob is invalid)."""
-        return tuple(self._config(name, knobs, steps) for name, (on, knobs) in self._split(values).items() if on)
+        return tuple(build_config(name, knobs, steps) for name, (on, knobs) in split_values(values).items() if on)
 
     # -- what the engine accepts
     def availability(self, steps, *values, model: str = "default") -> tuple:
@@ -241,19 +197,19 @@ class TechniquePanel:
             steps = int(steps)
         except (TypeError, ValueError):
             steps = 20
-        split = self._split(values)
+        split = split_values(values)
         updates = []
         for name, (on, knobs) in split.items():
             others = []
             for other, (other_on, other_knobs) in split.items():
                 if other != name and other_on:
                     try:
-                        others.append(self._config(other, other_knobs, steps))
+                        others.append(build_config(other, other_knobs, steps))
                     except ValueError:
                         pass  # that block shows its own reason
             reason = ""
             try:
-                validate_accel(tuple(others) + (self._config(name, knobs, steps),), steps, model)
+                validate_accel(tuple(others) + (build_config(name, knobs, steps),), steps, model)
             except ValueError as err:
                 reason = str(err)
             if reason and not on:
@@ -263,4 +219,3 @@ class TechniquePanel:
             else:
                 updates += [gr.update(interactive=True), ""]
         return tuple(updates)
-

@@ -442,25 +442,4 @@ STRIP_CODES = {"compute": 0, "cache": 1, "reuse": 2, "skip": 2, "prune": 3, "pru
 def step_strip_rows(marks: dict) -> list[tuple[str, list[str], list[str]]]:
     """(row label, per-step state, per-step letter) of every technique in `marks` (analysis.accel.marks);
     states are keys of STRIP_CODES."""
-    steps = int(marks.get("steps", 0))
-    rows = []
-    reuse = marks.get("reuse")
-    if reuse:
-        policy = reuse["policy"]
-        rows.append((f"reuse ({reuse['scope']})", ["reuse" if c == "R" else "compute" for c in policy], list(policy)))
-    tgate = marks.get("tgate")
-    if tgate:
-        for kind in ("cross", "self"):
-            acts = tgate[kind]
-            rows.append((f"T-GATE {kind}-attn", list(acts), [{"compute": "C", "cache": "S", "reuse": "R"}[a] for a in acts]))
-    fd = marks.get("fastdiff")
-    if fd:
-        keys = set(fd["key_steps"])
-        rows.append(("Faster-Diffusion encoder", ["compute" if s in keys else "skip" for s in range(steps)],
-                     ["K" if s in keys else "–" for s in range(steps)]))
-    at = marks.get("atedm")
-    if at:
-        early = set(at["early_steps"])
-        rows.append((f"AT-EDM pruning ({at['ratio']:.0%})", ["prune-early" if s in early else "prune" for s in range(steps)],
-                     ["d" if s in early else "P" for s in range(steps)]))
-    return rows
+    return [tuple(row) for row in marks.get("strip", [])]

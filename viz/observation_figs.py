@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 
 from viz.colours import FAMILY_COLOURS, RANKING_COLOURS, ROLE_COLOURS, SENSITIVITY_COLOURS
+
+MAP_CHANGE_COLOUR = FAMILY_COLOURS["tgate"]  # the map change is what T-GATE's gate reads
 from viz.sweep_figs import SLIDE_FONT, _policy_steps, _save_mpl
 
 
@@ -49,7 +51,7 @@ def _per_step_figure(steps, series, marks, ylabel: str, title: str, background=(
 
 def map_change_figure(result: dict):
     mc, gate = result["map_change"], result["tgate_gate_step"]
-    return _per_step_figure(mc["steps"], [("mean of layers (grey: each layer)", mc["mean_of_layers"], FAMILY_COLOURS["tgate"])],
+    return _per_step_figure(mc["steps"], [("mean of layers (grey: each layer)", mc["mean_of_layers"], MAP_CHANGE_COLOUR)],
                             [(gate, f"T-GATE gate (step {gate})", "#000000", "--")],
                             "||P_t - P_t-1|| (cross-attention map)",
                             f"Cross-attention maps converge ({result['units']} units; median, IQR)",

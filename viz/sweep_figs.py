@@ -11,10 +11,8 @@ from typing import Sequence
 
 import plotly.graph_objects as go
 
-from viz.colours import SENSITIVITY_COLOURS, family_colour
+from viz.colours import SENSITIVITY_COLOURS, STEP_REDUCTION, family_colour, family_marker
 
-FAMILY_MARKERS = {"reuse": "o", "tgate": "s", "fastdiff": "^", "atedm": "D", "combo": "P", "peer": "X",
-                  "ablation": "v"}
 AXIS_LABELS = {"psnr_db": "PSNR to full compute (dB)", "ssim": "SSIM to full compute",
                "fidelity": "prompt fidelity (attribute accuracy)", "clip_score": "CLIP score (shapes-CLIP)",
                "kid_renders": "KID to true renders (shapes-CLIP; lower = better)"}
@@ -87,12 +85,12 @@ def tradeoff_figure(summary: Sequence[dict], axis: str = "psnr_db", shipped: Seq
         err = [_errors(r, axis, y, cap) for r, y in zip(rows, ys)]
         xerr = [(r[latency] - (_num(r.get(f"{latency}_q25")) or r[latency]),
                  (_num(r.get(f"{latency}_q75")) or r[latency]) - r[latency]) for r in rows]
-        style = dict(mode="lines+markers", line=dict(color="#000000", width=2, dash="dash")) if family == "steps" else \
+        style = dict(mode="lines+markers", line=dict(color="#000000", width=2, dash="dash")) if family == STEP_REDUCTION else \
             dict(mode="markers")
         marker = dict(color=family_colour(family), size=16 if family == "baseline" else 10,
                       symbol="star" if family == "baseline" else "circle")
         fig.add_trace(go.Scatter(
-            x=[r[latency] for r in rows], y=ys, name="step reduction" if family == "steps" else family,
+            x=[r[latency] for r in rows], y=ys, name="step reduction" if family == STEP_REDUCTION else family,
             text=[r["setting"] for r in rows], marker=marker, **style,
             error_y=dict(type="data", symmetric=False, array=[e[1] for e in err], arrayminus=[e[0] for e in err],
                          thickness=1),
@@ -124,13 +122,13 @@ def tradeoff_figure_mpl(summary: Sequence[dict], axis: str = "psnr_db", latency:
             ys = [_plot_value(r, axis, cap) for r in rows]
             err = list(zip(*[_errors(r, axis, y, cap) for r, y in zip(rows, ys)]))
             colour = family_colour(family)
-            if family == "steps":
+            if family == STEP_REDUCTION:
                 ax.errorbar(xs, ys, yerr=err, color=colour, ls="--", lw=2, marker="o", ms=6, capsize=3,
                             label="step reduction (baseline frontier)")
             elif family == "baseline":
                 ax.plot(xs, ys, marker="*", ms=20, color=colour, ls="none", label="full compute")
             else:
-                ax.errorbar(xs, ys, yerr=err, color=colour, ls="none", marker=FAMILY_MARKERS.get(family, "o"), ms=9,
+                ax.errorbar(xs, ys, yerr=err, color=colour, ls="none", marker=family_marker(family), ms=9,
                             capsize=3, label=family)
         ax.set_xlabel(LATENCY_LABELS[latency])
         ax.set_ylabel(AXIS_LABELS[axis])

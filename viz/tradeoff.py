@@ -20,7 +20,7 @@ from typing import Sequence
 
 import numpy as np
 
-from viz.colours import family_colour
+from viz.colours import STEP_REDUCTION, family_colour
 
 Y_AXES = {"psnr": ("psnr_db", "PSNR vs full compute (dB)"), "fidelity": ("fidelity", "prompt fidelity (%)"),
           "clip": ("clip_score", "CLIP score")}
@@ -115,7 +115,7 @@ def tradeoff_figure(runs: Sequence[dict], frontier: Sequence[dict] | None = None
     if d["frontier"]:
         fig.add_trace(go.Scatter(
             x=d["frontier_x"].tolist(), y=d["frontier_y"].tolist(), mode="lines+markers+text", name="step reduction (this prompt, seed)",
-            line=dict(color=family_colour("steps"), dash="dash", width=2), marker=dict(size=6, symbol="circle-open"),
+            line=dict(color=family_colour(STEP_REDUCTION), dash="dash", width=2), marker=dict(size=6, symbol="circle-open"),
             text=[str(r["steps"]) for r in d["frontier"]], textposition="top center", textfont=dict(size=10),
             hovertemplate="%{text} steps<br>latency %{x:.3f} s<br>%{y:.1f}<extra>step reduction</extra>"))
         base_x, base_y = d["frontier_x"][-1], d["frontier_y"][-1]
@@ -159,7 +159,7 @@ def tradeoff_axes(ax, runs: Sequence[dict], frontier: Sequence[dict] | None = No
             ax.errorbar(d["shipped_x"], d["shipped_y"], yerr=np.vstack(d["shipped_err"]), fmt="none",
                         ecolor="#999", alpha=0.35, lw=0.8)
     if d["frontier"]:
-        ax.plot(d["frontier_x"], d["frontier_y"], "--o", color=family_colour("steps"), mfc="none", ms=5, lw=1.6,
+        ax.plot(d["frontier_x"], d["frontier_y"], "--o", color=family_colour(STEP_REDUCTION), mfc="none", ms=5, lw=1.6,
                 label="step reduction")
         for x, yy, r in zip(d["frontier_x"], d["frontier_y"], d["frontier"]):
             ax.annotate(str(r["steps"]), (x, yy), xytext=(0, 5), textcoords="offset points", ha="center",

@@ -1,10 +1,11 @@
-"""Training-free acceleration techniques, each a plug-in (see analysis/plugins.py).
+"""Training-free acceleration techniques, each a plug-in (see analysis/plugins.py) declared as one
+`Technique` (analysis/accel/technique.py) in its own module of this package.
 
-`TECHNIQUES` maps the CLI/run.json name to its Config class; `parse_accel("tgate:gate_step=10")` builds a
-config from the CLI syntax (list values joined by '+'); `check_combination` refuses combinations that
-cannot work, saying why.
+`registry()` finds them (name -> Technique, panel order); `list_techniques()` maps the CLI/run.json name to
+its Config class; `parse_accel("tgate:gate_step=10")` builds a config from the CLI syntax (list values joined
+by '+'); `check_combination` refuses combinations that cannot work, saying why.
 
-Cost functions. Every technique registers, beside its Config, one function with `@register_cost(name)`:
+Cost functions. Every technique declares, beside its Config, one cost function (`Technique.cost`):
     cost(config, counters, profile, steps, accel_steps) -> {"unet_s", "expected_unet_s", "loop_steps_saved",
                                                              "detail", "note"}
 that turns the run's counted work (`counters`, as `run_once` returns them) into seconds of baseline UNet work
@@ -15,53 +16,18 @@ analysis/eval/cost.py converts that to a fraction of the pipeline and an ideal s
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import pkgutil
 import typing
-from dataclasses import dataclass
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable
 
-from analysis.plugins import HandleBase
+from analysis.accel.technique import Technique
 
 CostFunction = Callable[..., dict[str, Any]]
 
 
-@dataclass(frozen=True)
-class StepsConfig:
-    """Plain step reduction: the baseline every technique is judged against at equal latency."""
-
-    name: ClassVar[str] = "steps"
-    steps: int = 20
-
-    def __post_init__(self):
-        if not 1 <= self.steps <= 1000:
-            raise ValueError(f"steps: steps must be between 1 and 1000, got {self.steps}")
-
-    def attach(self, ctx) -> HandleBase:  # the run itself uses fewer steps; nothing to hook
-        return HandleBase()
-
-
-TECHNIQUES: dict[str, type] = {"steps": StepsConfig}
-COSTS: dict[str, CostFunction] = {}
-
-
-def register(config_cls: type) -> type:
-    TECHNIQUES[config_cls.name] = config_cls
-    return config_cls
-
-
-def register_cost(name: str) -> Callable[[CostFunction], CostFunction]:
-    """Register `fn` as the cost function of technique `name` (see the module docstring)."""
-    def decorate(fn: CostFunction) -> CostFunction:
-        COSTS[name] = fn
-        return fn
-
-    return decorate
-
-
 def cost_function(name: str) -> CostFunction:
-    _load_all()
-    if name not in COSTS:
-        raise ValueError(f"technique {name!r} registers no cost function")
-    return COSTS[name]
+    return technique(name).cost
 
 
 def saving(unet_s: float = 0.0, expected_unet_s: float | None = None, loop_steps_saved: int = 0,
@@ -83,22 +49,51 @@ def mean_at(values: list[float], steps: list[int]) -> float:
     return sum(values[s] for s in steps) / len(steps) if steps else 1.0
 
 
-@register_cost("steps")
-def steps_cost(config, counters, profile, steps, accel_steps) -> dict[str, Any]:
-    """(N - n) whole steps of the denoising loop (UNet call + scheduler step) are not run; the text encoder
-    and the VAE decode stay."""
-    return saving(loop_steps_saved=steps - accel_steps, detail={"steps": accel_steps})
+def registry() -> dict[str, "Technique"]:
+    """Every technique, name -> Technique, in panel order: each module of this package that defines
+    `TECHNIQUE` (found with pkgutil, so a new technique needs no list kept by hand). A module that fails to
+    import is a bug, not an optional technique: the error propagates."""
+    global _REGISTRY
+    if _REGISTRY is None:
+        found = {}
+        for info in pkgutil.iter_modules(__path__):
+            module = importlib.import_module(f"{__name__}.{info.name}")
+            technique = getattr(module, "TECHNIQUE", None)
+            if technique is not None:
+                if technique.name in found:
+                    raise RuntimeError(f"two techniques are named {technique.name!r}")
+                found[technique.name] = technique
+        _REGISTRY = dict(sorted(found.items(), key=lambda kv: (kv[1].order, kv[0])))
+    return _REGISTRY
 
 
-def _load_all() -> None:
-    # Import for their @register side effect; a technique module that fails to import is a bug, not optional.
-    from analysis.accel import atedm, fastdiff, reuse, tgate  # noqa: F401
+_REGISTRY: dict | None = None
+
+
+def technique(name: str) -> "Technique":
+    techniques = registry()
+    if name not in techniques:
+        raise ValueError(f"unknown technique {name!r}; choose from {', '.join(sorted(techniques))}")
+    return techniques[name]
+
+
+def technique_of(config) -> "Technique":
+    return technique(type(config).name)
+
+
+def step_reduction_name() -> str:
+    """The name of plain step reduction, the baseline every technique is compared with (a sweep's ladder)."""
+    return next(name for name, t in registry().items() if t.is_step_reduction)
+
+
+def ladder_families() -> tuple[str, str]:
+    """A sweep's step-reduction ladder: its settings' family and full compute's ("baseline")."""
+    return (step_reduction_name(), "baseline")
 
 
 def list_techniques() -> dict[str, type]:
     """Every registered technique: name -> Config class."""
-    _load_all()
-    return dict(TECHNIQUES)
+    return {name: t.config for name, t in registry().items()}
 
 
 def _convert(value: str, annotation, field_name: str, technique: str):
@@ -124,12 +119,9 @@ def _convert(value: str, annotation, field_name: str, technique: str):
 
 def parse_accel(spec: str):
     """'tgate:gate_step=10,sp_interval=5' -> TGateConfig(gate_step=10, sp_interval=5)."""
-    _load_all()
     name, _, rest = spec.partition(":")
     name = name.strip()
-    if name not in TECHNIQUES:
-        raise ValueError(f"unknown technique {name!r}; choose from {', '.join(sorted(TECHNIQUES))}")
-    cls = TECHNIQUES[name]
+    cls = technique(name).config
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
@@ -146,7 +138,6 @@ def parse_accel(spec: str):
 
 def check_combination(configs) -> None:
     """Raise ValueError for combinations that cannot work together, saying why."""
-    _load_all()
     by_name = {type(c).name: c for c in configs}
     for config in configs:
         check = getattr(config, "check_with", None)

@@ -61,10 +61,11 @@ from typing import Any, ClassVar
 
 import torch
 from diffusers.models.attention import BasicTransformerBlock, _chunked_feed_forward
-from diffusers.models.transformers.transformer_2d import Transformer2DModel
 
-from analysis.accel import prune, register, register_cost, saving
+from analysis.accel import prune, saving
+from analysis.accel.pruning_layers import PruningLayer, find_layers
 from analysis.accel.pruning_log import PruningLog
+from analysis.accel.technique import Knob, Technique
 from analysis.attention import AttentionPlugin, AttnCall, attention_probs
 from analysis.plugins import HandleBase
 from analysis.token_rank import HEAD_REDUCTIONS, gwpr
@@ -75,7 +76,6 @@ RANDOM_DRAWS = ("call", "layer")
 CFG_MASKS = ("branch", "shared")
 
 
-@register
 @dataclass(frozen=True)
 class ATEDMConfig:
     name: ClassVar[str] = "atedm"
@@ -110,6 +110,11 @@ class ATEDMConfig:
         if self.cfg_mask not in CFG_MASKS:
             raise ValueError(f"atedm: cfg_mask must be one of {', '.join(CFG_MASKS)}, got {self.cfg_mask!r}")
 
+    @classmethod
+    def off(cls, steps: int) -> "ATEDMConfig":
+        """Nothing pruned: nothing is attached, the baseline bit for bit."""
+        return cls(ratio=0.0)
+
     def check_with(self, by_name: dict) -> None:
         if "reuse" in by_name:
             raise ValueError("atedm cannot be combined with reuse: the kept tokens change every step (and with DSAP "
@@ -122,23 +127,6 @@ class ATEDMConfig:
         if self.ratio == 0:
             return HandleBase()  # off: nothing attached, the baseline bit for bit
         return ATEDMHandle(self, ctx)
-
-
-@dataclass
-class _Layer:
-    name: str  # e.g. "down_blocks.1.attentions.0"
-    model: Transformer2DModel
-    protected: bool  # DSAP leaves it unpruned in early steps
-    tokens_total: int = 0
-    tokens_pruned: int = 0
-
-    @property
-    def attn1(self) -> str:
-        return f"{self.name}.transformer_blocks.0.attn1"
-
-    @property
-    def attn2(self) -> str:
-        return f"{self.name}.transformer_blocks.0.attn2"
 
 
 class _RankPlugin(AttentionPlugin):
@@ -162,7 +150,7 @@ class _RankPlugin(AttentionPlugin):
 class ATEDMHandle:
     def __init__(self, config: ATEDMConfig, ctx):
         self.config, self.clock = config, ctx.clock
-        self.layers = _find_layers(ctx.unet)
+        self.layers = find_layers(ctx.unet)
         if not self.layers:
             raise ValueError("atedm: the UNet has no attention blocks (Transformer2DModel) to prune")
         self.by_attn1 = {layer.attn1: layer for layer in self.layers}
@@ -202,14 +190,14 @@ class ATEDMHandle:
 
     # --- schedule ------------------------------------------------------------------------------------
 
-    def n_prune(self, layer: _Layer, n_tokens: int) -> int:
+    def n_prune(self, layer: PruningLayer, n_tokens: int) -> int:
         c, step = self.config, self.clock.step_index
         ratio = c.ratio
         if c.dsap and step < int(c.dsap_fraction * self.clock.num_steps + 0.5):
             ratio = 0.0 if layer.protected else ratio * c.dsap_scale
         return min(int(ratio * n_tokens), n_tokens - 1)
 
-    def _plan(self, layer: _Layer, hidden_states: torch.Tensor, n: int) -> prune.Pruning | None:
+    def _plan(self, layer: PruningLayer, hidden_states: torch.Tensor, n: int) -> prune.Pruning | None:
         """Rank with G-WPR (attn1 probabilities of this call), keep the best, pair the rest for recovery."""
         probs = self.probs.pop(layer.name, None)
         rows, n_tokens = hidden_states.shape[:2]
@@ -255,7 +243,7 @@ class ATEDMHandle:
         block.forward = forward
         self._patched.append(block)
 
-    def _one_layer_forward(self, layer: _Layer, block: BasicTransformerBlock):
+    def _one_layer_forward(self, layer: PruningLayer, block: BasicTransformerBlock):
         """BasicTransformerBlock.forward (layer_norm variant, as in SD/SDXL) with pruning after attn1."""
         original = block.forward
 
@@ -292,7 +280,7 @@ class ATEDMHandle:
 
         return forward
 
-    def _first_block_forward(self, layer: _Layer, original):
+    def _first_block_forward(self, layer: PruningLayer, original):
         def forward(hidden_states, *args, **kwargs):
             n = self.n_prune(layer, hidden_states.shape[1])  # decided before attn1 runs (wants_probs agrees)
             out = original(hidden_states, *args, **kwargs)
@@ -305,7 +293,7 @@ class ATEDMHandle:
 
         return forward
 
-    def _last_block_forward(self, layer: _Layer, original):
+    def _last_block_forward(self, layer: PruningLayer, original):
         def forward(hidden_states, *args, **kwargs):
             out = original(hidden_states, *args, **kwargs)
             pruning = self.pending.pop(layer.name, None)
@@ -343,32 +331,6 @@ class ATEDMHandle:
         return self.log.signals()
 
 
-def _find_layers(unet: torch.nn.Module) -> list[_Layer]:
-    """Every continuous-input Transformer2DModel, with DSAP's protected ones marked: the first attention block
-    of each down stage and the last of each up stage."""
-    layers = []
-    for name, module in unet.named_modules():
-        if not isinstance(module, Transformer2DModel):
-            continue
-        blocks = module.transformer_blocks
-        if not module.is_input_continuous or not all(isinstance(b, BasicTransformerBlock) for b in blocks):
-            raise ValueError(f"atedm: {name} is not an SD/SDXL-style attention block (continuous input, BasicTransformerBlock)")
-        first = blocks[0]
-        if first.only_cross_attention or first.pos_embed is not None:
-            raise ValueError(f"atedm: {name}'s first layer has no plain self-attention to rank tokens with")
-        if len(blocks) == 1 and first.norm_type != "layer_norm":
-            raise ValueError(f"atedm: {name} uses norm_type={first.norm_type!r}; only SD/SDXL's layer_norm blocks are supported")
-        parts = name.split(".")  # down_blocks.i.attentions.j / up_blocks.i.attentions.j / mid_block.attentions.0
-        protected = False
-        if parts[0] in ("down_blocks", "up_blocks") and len(parts) == 4 and parts[2] == "attentions":
-            siblings = len(unet.get_submodule(".".join(parts[:3])))
-            j = int(parts[3])
-            protected = j == 0 if parts[0] == "down_blocks" else j == siblings - 1
-        layers.append(_Layer(name=name, model=module, protected=protected))
-    return layers
-
-
-@register_cost("atedm")
 def atedm_cost(config: ATEDMConfig, counters: dict, profile: dict, steps: int, accel_steps: int) -> dict[str, Any]:
     """For each transformer (Transformer2DModel): its pruned fraction of token-calls over the run
     (tokens_pruned / tokens_total) x its post-pruning work (one-layer block: the block minus norm1 and attn1,
@@ -397,3 +359,50 @@ def atedm_cost(config: ATEDMConfig, counters: dict, profile: dict, steps: int, a
                   detail={"pruned_fraction": c.get("pruned_fraction"), "layers": per_layer},
                   note="linear in tokens; G-WPR ranking, gather/copy-back and the explicit attn1 are not subtracted "
                        "in ideal")
+
+
+def _summary(c: dict) -> str:
+    return (f"atedm: {c.get('pruned_fraction', 0):.0%} of transformer token-calls pruned "
+            f"({c.get('pruning_events', 0)} pruning events)")
+
+
+def early_steps(config: ATEDMConfig, steps: int) -> list[int]:
+    """DSAP's early steps (protected blocks unpruned, the rest scaled): ATEDMHandle.n_prune's split."""
+    return list(range(int(config.dsap_fraction * steps + 0.5) if config.dsap else 0))
+
+
+def _strip(marks: dict, steps: int) -> list:
+    early = set(marks["early_steps"])
+    return [(f"AT-EDM pruning ({marks['ratio']:.0%})", ["prune-early" if s in early else "prune" for s in range(steps)],
+             ["d" if s in early else "P" for s in range(steps)])]
+
+
+def _bound(profile: dict, steps: int) -> float:
+    post = sum(v["post_pruning_s"] for v in profile["transformer_layers"].values())
+    return profile["pipeline"]["shares"]["unet"] * post / profile["unet_call_s"] if profile["unet_call_s"] else 0.0
+
+
+PRUNING_RATIOS = (0.3, 0.5, 0.63, 0.8)  # the default grid's ratios
+
+
+def _grid(steps: int) -> list:
+    out = [(f"atedm-{int(r * 100)}", (f"atedm:ratio={r}",)) for r in PRUNING_RATIOS]
+    return out + [(f"atedm-{int(r * 100)}-nodsap", (f"atedm:ratio={r},dsap=false",)) for r in (0.5, 0.63)]
+
+
+TECHNIQUE = Technique(
+    name="atedm", title="AT-EDM token pruning (Wang et al.)",
+    reference="Wang et al., Attention-Driven Training-Free Efficiency Enhancement of Diffusion Models, CVPR 2024",
+    config=ATEDMConfig,
+    knobs=(Knob("ratio", "pruning ratio", "float", default=ATEDMConfig.ratio, low=0.0, high=0.9, step=0.01,
+                accept=(0.0, 1.0)),
+           Knob("dsap", "DSAP (prune less early)", "bool", default=ATEDMConfig.dsap)),
+    build=lambda values, steps: ATEDMConfig(**values),
+    cost=atedm_cost, summary=_summary,
+    marks=lambda config, steps, model: {"ratio": float(config.ratio), "dsap": bool(config.dsap),
+                                        "early_steps": early_steps(config, steps)},
+    strip=_strip,
+    bound_text="bounded by the pruned fraction of the post-pruning transformer work (attn2 + FF, later blocks); "
+               "the ResNets/convolutions, attn1 of the pruning layer, proj_in/out run on every token",
+    bound=_bound, grid=_grid, colour="#009E73", marker="D", order=30,
+)

@@ -55,13 +55,13 @@ from typing import Any, ClassVar
 import torch
 from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
 
-from analysis.accel import register, register_cost, saving, unet_split
+from analysis.accel import saving, unet_split
+from analysis.accel.technique import Knob, Technique
 
 PAPER_KEY_STEPS_50 = (0, 1, 2, 3, 5, 10, 15, 25, 35)
 PAPER_KEY_STEPS_20 = (0, 1, 2, 3, 5, 10, 15)
 
 
-@register
 @dataclass(frozen=True)
 class FastDiffConfig:
     name: ClassVar[str] = "fastdiff"
@@ -100,6 +100,11 @@ class FastDiffConfig:
         if num_steps == 20:
             return PAPER_KEY_STEPS_20
         return tuple(sorted({int(k * num_steps / 50 + 0.5) for k in PAPER_KEY_STEPS_50} & set(range(num_steps))))
+
+    @classmethod
+    def off(cls, steps: int) -> "FastDiffConfig":
+        """Every step a key step, no noise injected: the baseline bit for bit."""
+        return cls(stride=1, noise=False)
 
     def check_with(self, by_name: dict) -> None:
         if "tgate" in by_name:
@@ -267,7 +272,6 @@ def _wrap(sample: torch.Tensor, return_dict: bool):
     return UNet2DConditionOutput(sample=sample) if return_dict else (sample,)
 
 
-@register_cost("fastdiff")
 def fastdiff_cost(config: FastDiffConfig, counters: dict, profile: dict, steps: int, accel_steps: int) -> dict[str, Any]:
     """encoder_passes_skipped x the encoder's time (conv_in + down blocks + mid block). Parallel decoding batches
     the decoder calls of several steps but saves no FLOPs, so it counts nothing."""
@@ -275,3 +279,53 @@ def fastdiff_cost(config: FastDiffConfig, counters: dict, profile: dict, steps: 
     encoder_s = profile["encoder_decoder"]["encoder_s"]
     return saving(unet_s=skipped * encoder_s,
                   detail={"encoder_passes_skipped": skipped, "encoder_s": encoder_s, "parallel": config.parallel})
+
+
+PRESETS = (("paper key steps (non-uniform)", "paper"), ("uniform stride", "stride"))
+
+
+def _summary(c: dict) -> str:
+    return (f"fastdiff: encoder skipped on {c.get('encoder_passes_skipped', 0)} of "
+            f"{c.get('encoder_passes', 0) + c.get('encoder_passes_skipped', 0)} steps (key steps "
+            f"{', '.join(map(str, c.get('key_steps', [])))}); {c.get('decoder_calls', 0)} decoder calls")
+
+
+def _marks(config: FastDiffConfig, steps: int, model: str) -> dict:
+    keys = [int(k) for k in config.resolve_key_steps(steps)]
+    return {"key_steps": keys, "skipped_steps": [s for s in range(steps) if s not in set(keys)],
+            "parallel": bool(config.parallel), "noise": bool(config.noise)}
+
+
+def _strip(marks: dict, steps: int) -> list:
+    keys = set(marks["key_steps"])
+    return [("Faster-Diffusion encoder", ["compute" if s in keys else "skip" for s in range(steps)],
+             ["K" if s in keys else "\u2013" for s in range(steps)])]
+
+
+def _grid(steps: int) -> list:
+    out = []
+    for noise in (True, False):
+        tag, flag = ("" if noise else "-nonoise"), str(noise).lower()
+        out.append((f"fastdiff-paper{tag}", (f"fastdiff:noise={flag}",)))
+        out.append((f"fastdiff-s2{tag}", (f"fastdiff:stride=2,noise={flag}",)))
+    return out + [(f"fastdiff-s{k}", (f"fastdiff:stride={k}",)) for k in (3, 4)]
+
+
+TECHNIQUE = Technique(
+    name="fastdiff", title="Faster-Diffusion encoder propagation (Li et al.)",
+    reference="Li et al., Faster Diffusion: Rethinking the Role of the Encoder for Diffusion Model Inference, NeurIPS 2024",
+    config=FastDiffConfig,
+    knobs=(Knob("preset", "key steps", "choice", default="paper", choices=PRESETS, radio=True),
+           Knob("stride", "stride (uniform)", "int", default=2, low=2, high=10, step=1, accept=(1, 1000)),
+           Knob("parallel", "parallel decoding", "bool", default=FastDiffConfig.parallel),
+           Knob("noise", "prior noise injection", "bool", default=FastDiffConfig.noise)),
+    build=lambda values, steps: FastDiffConfig(stride=values["stride"] if values["preset"] == "stride" else 0,
+                                               parallel=values["parallel"], noise=values["noise"]),
+    cost=fastdiff_cost, summary=_summary, marks=_marks, strip=_strip,
+    bound_text="bounded by the encoder share (conv_in + down blocks + mid block) times the fraction of skipped "
+               "encoder passes; the decoder runs at every step, and parallel decoding saves no FLOPs",
+    bound=lambda profile, steps: profile["pipeline"]["shares"]["unet"] * profile["encoder_decoder"]["encoder"],
+    grid=_grid, colour="#D55E00", marker="^", order=40,
+    validate=lambda config, steps, model: config.resolve_key_steps(steps),
+    lines=lambda marks: {"drift": list(marks["key_steps"])},
+)

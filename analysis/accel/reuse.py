@@ -42,9 +42,6 @@ L in-scope modules), maps_cached the calls whose probabilities were materialised
 """
 from __future__ import annotations
 
-import json
-import math
-import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,136 +49,12 @@ from typing import Any, ClassVar
 
 import torch
 
-from analysis.accel import mean_at, register, register_cost, row_fractions, saving
+from analysis.accel import mean_at, row_fractions, saving
+from analysis.accel.reuse_policy import (SCOPES, default_reuse_steps, hurry_policy, load_phast, phast_file,
+                                         phast_policy, searched_elsewhere, strided_policy)
+from analysis.accel.technique import Knob, Technique
 from analysis.attention import AttentionPlugin, AttnCall
 from analysis.plugins import HandleBase
-
-POLICY_DIR = Path(__file__).resolve().parent.parent.parent / "assets" / "policies"
-POLICY_FORMAT = "diffscope-reuse-policy/1"
-SCOPES = ("self", "cross", "both")
-
-
-def default_reuse_steps(steps: int) -> int:
-    """About a third of the steps, rounded: (steps + 1) // 3 (7 of 20, 10 of 30)."""
-    return (steps + 1) // 3
-
-
-def hurry_policy(steps: int, reuse_steps: int, max_run: int = 2) -> str:
-    """R steps as late as possible, no computed map reused more than `max_run` steps in a row.
-
-    Filled from the last step backwards: R while the current run is shorter than max_run, then one C.
-    """
-    if reuse_steps < 0 or max_run < 1:
-        raise ValueError(f"reuse: need reuse_steps >= 0 and max_run >= 1, got {reuse_steps} and {max_run}")
-    need = reuse_steps + math.ceil(reuse_steps / max_run) if reuse_steps else 1
-    if need > steps:
-        raise ValueError(
-            f"reuse: {reuse_steps} reuse steps with max_run={max_run} need at least {need} steps (each run of at "
-            f"most {max_run} R steps follows a C step, and step 0 computes); the run has {steps}"
-        )
-    out = ["C"] * steps
-    remaining, run = reuse_steps, 0
-    for i in range(steps - 1, 0, -1):
-        if remaining == 0:
-            break
-        if run < max_run:
-            out[i], remaining, run = "R", remaining - 1, run + 1
-        else:
-            run = 0
-    return "".join(out)
-
-
-def strided_policy(steps: int, reuse_steps: int) -> str:
-    """The uniform counterpoint to HURRY: the R steps spread evenly over steps 1..N-1 (CRCR... when
-    reuse_steps is about half the steps), the comparison Hunter et al. make against late reuse."""
-    if not 0 <= reuse_steps < steps:
-        raise ValueError(f"reuse: strided needs 0 <= reuse_steps < steps ({steps}), got {reuse_steps}")
-    out = ["C"] * steps
-    gap = (steps - 1) / reuse_steps if reuse_steps else 0.0
-    for j in range(reuse_steps):
-        out[min(steps - 1, max(1, int(1 + (j + 0.5) * gap)))] = "R"
-    if out.count("R") != reuse_steps:  # rounding collided two R steps: fill the latest free slots
-        for i in range(steps - 1, 0, -1):
-            if out.count("R") == reuse_steps:
-                break
-            out[i] = "R"
-    return "".join(out)
-
-
-def longest_run(policy: str) -> int:
-    return max((len(m) for m in re.findall("R+", policy)), default=0)
-
-
-def model_slug(model: str) -> str:
-    """File-name form of a model name: 'default' -> 'default', 'owner/name' -> 'owner--name'."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "--", model.strip("/")) or "custom"
-
-
-def policy_path(model: str, steps: int, directory: Path | None = None) -> Path:
-    return (directory or POLICY_DIR) / f"{model_slug(model)}-{steps}.json"
-
-
-def searched_elsewhere(recorded: dict, scheduler: str | None = None, guidance: float | None = None) -> str | None:
-    """One line saying how the run differs from the scheduler / guidance a policy file was searched with, or
-    None (a value not given, or not recorded, is not compared)."""
-    diffs = []
-    if scheduler is not None and recorded.get("scheduler") not in (None, scheduler):
-        diffs.append(f"scheduler {recorded['scheduler']} (this run: {scheduler})")
-    if guidance is not None and recorded.get("guidance") is not None and float(recorded["guidance"]) != float(guidance):
-        diffs.append(f"guidance {recorded['guidance']} (this run: {guidance})")
-    if not diffs:
-        return None
-    return ("reuse: the PHAST policy for model {model!r} at {steps} steps was searched with " + " and ".join(diffs)
-            + "; a searched policy is tuned to its sampler, so it may not be the best one for this run "
-              "(run `python -m analysis search-policy` with these settings to make a matching one)").format(
-        model=recorded.get("model"), steps=recorded.get("steps"))
-
-
-def load_phast(model: str, steps: int, reuse_steps: int, scope: str, directory: Path | None = None,
-               scheduler: str | None = None, guidance: float | None = None) -> str:
-    """The searched policy for (model, steps, reuse_steps, scope).
-
-    With `scheduler` and/or `guidance` given, a file searched with other values still loads, but a warning
-    (UserWarning, `searched_elsewhere`) says so: the policy is valid, only perhaps not the best for this run.
-
-    File format (`assets/policies/<model>-<steps>.json`, written by `python -m analysis search-policy`):
-        {"format": "diffscope-reuse-policy/1", "model": "default", "steps": 20, "scheduler": "ddim",
-         "guidance": 5.0, "size": null,
-         "policies": [{"reuse_steps": 7, "scope": "both", "max_run": 2, "policy": "CCCC...R",
-                       "hurry_policy": "CCCC...R", "calibration": {...}, "held_out": {...}}, ...]}
-    One file per model and step count; one entry per (reuse_steps, scope).
-    """
-    path = policy_path(model, steps, directory)
-    hint = (f"run `python -m analysis search-policy --model {model} --steps {steps} --reuse-steps {reuse_steps} "
-            f"--scope {scope}` to make one, or use policy=hurry")
-    if not path.exists():
-        raise ValueError(f"reuse: no PHAST policy for model {model!r} at {steps} steps ({path} is missing); {hint}")
-    try:
-        data = json.loads(path.read_text())
-        entries = data["policies"]
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
-        raise ValueError(f"reuse: {path} is not a policy file ({err})") from None
-    for entry in entries:
-        if entry.get("reuse_steps") == reuse_steps and entry.get("scope") == scope:
-            policy = str(entry["policy"])
-            if len(policy) != steps or set(policy) - {"C", "R"} or policy[0] != "C" or policy.count("R") != reuse_steps:
-                raise ValueError(f"reuse: the policy in {path} for reuse_steps={reuse_steps} is malformed: {policy!r}")
-            message = searched_elsewhere(data, scheduler, guidance)
-            if message:
-                warnings.warn(message, stacklevel=2)
-            return policy
-    have = ", ".join(f"reuse_steps={e.get('reuse_steps')} scope={e.get('scope')}" for e in entries) or "none"
-    raise ValueError(f"reuse: {path} has no PHAST policy for reuse_steps={reuse_steps} scope={scope} (it has: {have}); {hint}")
-
-
-def phast_file(model: str, steps: int, directory: Path | None = None) -> dict:
-    """The policy file's header (model, steps, scheduler, guidance, size), {} if unreadable."""
-    try:
-        data = json.loads(policy_path(model, steps, directory).read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
-    return {k: data.get(k) for k in ("model", "steps", "scheduler", "guidance", "size")} if isinstance(data, dict) else {}
-
 
 def _guidance_check(pipe, recorded: dict):
     """A step-end callback that, after the first step (the pipeline has set its guidance scale by then), warns
@@ -199,7 +72,6 @@ def _guidance_check(pipe, recorded: dict):
     return check
 
 
-@register
 @dataclass(frozen=True)
 class ReuseConfig:
     """Attention-map reuse. policy: "hurry" | "phast" | a C/R string (one letter per step, step 0 = C)."""
@@ -252,6 +124,11 @@ class ReuseConfig:
         if self.policy == "hurry":
             return hurry_policy(steps, r, self.max_run)
         return load_phast(model, steps, r, self.scope, policy_dir, scheduler, guidance)
+
+    @classmethod
+    def off(cls, steps: int) -> "ReuseConfig":
+        """All C: every map computed, none materialised; the baseline bit for bit."""
+        return cls(policy="C" * steps)
 
     def check_with(self, by_name: dict) -> None:
         steps_cfg = by_name.get("steps")
@@ -371,7 +248,6 @@ class ReuseHandle(AttentionPlugin, HandleBase):
         }
 
 
-@register_cost("reuse")
 def reuse_cost(config: ReuseConfig, counters: dict, profile: dict, steps: int, accel_steps: int) -> dict[str, Any]:
     """Ideal: maps_reused x the mean attention-map time (Q/K projections + QK^T + softmax) of an in-scope module;
     V, probs @ V and to_out still run. Expected also charges the explicit (non-SDPA) path this implementation
@@ -396,3 +272,76 @@ def reuse_cost(config: ReuseConfig, counters: dict, profile: dict, steps: int, a
         detail={"maps_reused": reused, "maps_cached": cached, "in_scope_modules": len(scope),
                 "map_per_call_s": map_call, "reused_call_saving_s": saved_r, "cache_call_extra_s": extra_c,
                 "rows_at_reuse_steps": r_rows})
+
+
+POLICIES = (("HURRY: late reuse", "hurry"), ("PHAST: searched", "phast"), ("strided: evenly spread", "strided"),
+            ("custom C/R string", "custom"))
+
+
+def max_reuse_steps(steps: int, policy: str) -> int:
+    """The most R steps `policy` fits into `steps` (HURRY / PHAST: runs of at most 2 R after a C; strided: the
+    odd steps)."""
+    if policy == "strided":
+        return steps // 2
+    return max(r for r in range(steps) if r + -(-r // 2) <= steps)
+
+
+def _build(values: dict, steps: int) -> ReuseConfig:
+    policy, scope = values["policy"], values["scope"]
+    if policy == "custom":
+        text = values["custom"].strip().upper()
+        if not text:
+            raise ValueError("reuse: type a custom policy, one C (compute) or R (reuse) per step")
+        return ReuseConfig(policy=text, scope=scope)
+    if policy == "strided":
+        return ReuseConfig(policy=strided_policy(steps, values["reuse_steps"]), scope=scope)
+    return ReuseConfig(policy=policy, reuse_steps=values["reuse_steps"], scope=scope)
+
+
+def _summary(c: dict) -> str:
+    total = c.get("maps_computed", 0) + c.get("maps_reused", 0)
+    return (f"reuse: {c.get('maps_reused', 0)} of {total} attention maps reused ({c.get('r_steps', 0)} R steps, "
+            f"scope {c.get('scope')}, policy {c.get('policy')})")
+
+
+def _marks(config: ReuseConfig, steps: int, model: str) -> dict:
+    policy = config.resolve(steps, model)
+    return {"policy": policy, "reused_steps": [i for i, c in enumerate(policy) if c == "R"], "scope": config.scope}
+
+
+def _grid(steps: int) -> list:
+    half = steps // 2
+    out = [("reuse-r0", ("reuse:policy=" + "C" * steps,))]  # all-C: the noise floor
+    for r in sorted({max(1, half // 5), 2 * half // 5, 3 * half // 5, 4 * half // 5, half} - {0}):
+        if r + -(-r // 2) <= steps:
+            out.append((f"reuse-hurry-r{r}", (f"reuse:policy=hurry,reuse_steps={r}",)))
+    for r in sorted({half // 2, half} - {0}):
+        out.append((f"reuse-strided-r{r}", ("reuse:policy=" + strided_policy(steps, r),)))
+    r = (steps + 1) // 3
+    if 2 * r <= steps:  # HURRY with no map reused twice in a row (issue 17): R C R C ... from the end
+        out.append((f"reuse-hurry-r{r}-run1", (f"reuse:policy=hurry,reuse_steps={r},max_run=1",)))
+    if phast_policy(steps, r) is not None:
+        out.append((f"reuse-phast-r{r}", (f"reuse:policy=phast,reuse_steps={r}",)))
+    return out
+
+
+TECHNIQUE = Technique(
+    name="reuse", title="Attention-map reuse (HURRY / PHAST, Hunter et al.)",
+    reference="Hunter et al., Fast Inference Through The Reuse Of Attention Maps In Diffusion Models, arXiv 2401.01008",
+    config=ReuseConfig,
+    knobs=(Knob("policy", "policy", "choice", default="hurry", choices=POLICIES),
+           Knob("reuse_steps", "reuse steps (R)", "int", default=default_reuse_steps, low=0, high=50, step=1,
+                info="a reading, not the paper's: HURRY gives no R count; default a third of the steps",
+                limit=lambda steps, values: max_reuse_steps(steps, values.get("policy", "hurry")), accept=(0, 1000)),
+           Knob("scope", "scope", "choice", default="both", choices=tuple((s, s) for s in SCOPES), radio=True),
+           Knob("custom", "custom policy", "text", default="", placeholder="CCCCRCRR... one letter per step")),
+    build=_build, cost=reuse_cost, summary=_summary, marks=_marks,
+    strip=lambda marks, steps: [(f"reuse ({marks['scope']})", ["reuse" if c == "R" else "compute" for c in marks["policy"]],
+                                 list(marks["policy"]))],
+    bound_text="bounded by the attention-map share (Q/K projections + QK^T + softmax) of the in-scope kind "
+               "(self/cross/both) times R/N of the UNet share; V, probs@V, to_out, convolutions and FF always run",
+    bound=lambda profile, steps: profile["pipeline"]["shares"]["unet"] * profile["shares"]["attention_maps"],
+    grid=_grid, colour="#E69F00", marker="o", order=10,
+    reused=lambda marks, kind: list(marks["reused_steps"]) if marks["scope"] in (kind, "both") else [],
+    validate=lambda config, steps, model: config.resolve(steps, model),
+)

@@ -50,7 +50,8 @@ from typing import Any, ClassVar
 
 import torch
 
-from analysis.accel import mean_at, register, register_cost, row_fractions, saving
+from analysis.accel import mean_at, row_fractions, saving
+from analysis.accel.technique import Knob, Technique
 from analysis.attention import AttentionPlugin, AttnCall
 from analysis.plugins import HandleBase
 
@@ -94,7 +95,6 @@ def _prune(actions: list[str]) -> list[str]:
     return out
 
 
-@register
 @dataclass(frozen=True)
 class TGateConfig:
     """T-GATE v2; gate_step=None = round(0.4 * steps) (the paper's 6/15, 10/25, 20/50); the other defaults
@@ -271,7 +271,6 @@ class TGateHandle(AttentionPlugin, HandleBase):
         }
 
 
-@register_cost("tgate")
 def tgate_cost(config: TGateConfig, counters: dict, profile: dict, steps: int, accel_steps: int) -> dict[str, Any]:
     """Per step with CFG dropped, (rows dropped / rows) of a whole UNet call (UNet cost is linear in batch rows),
     plus each reused cross-/self-attention call's full module time at the batch rows of its step. The counts
@@ -300,3 +299,52 @@ def tgate_cost(config: TGateConfig, counters: dict, profile: dict, steps: int, a
                 "cross_saved_s": saved_cross, "self_saved_s": saved_self, "cfg_saved_s": cfg_units * u,
                 "counts_match": ca_n == len(cross_steps) * len(cross) and sa_n == len(self_steps) * len(self_)},
         note=note)
+
+
+def _summary(c: dict) -> str:
+    return (f"tgate: gate at step {c.get('gate_step')}; cross-attention reused {c.get('cross_attn_reused', 0)}x, "
+            f"self-attention reused {c.get('self_attn_reused', 0)}x; CFG dropped on {c.get('cfg_dropped_steps', 0)} "
+            f"steps ({c.get('unet_rows_saved', 0)} UNet batch rows saved)")
+
+
+def _marks(config: TGateConfig, steps: int, model: str) -> dict:
+    gate = config.resolved_gate_step(steps)
+    cross, self_, _ = config.plan(steps)
+    return {"gate_step": gate, "gated": gate < steps, "cross": list(cross), "self": list(self_)}
+
+
+def _strip(marks: dict, steps: int) -> list:
+    letter = {COMPUTE: "C", CACHE: "S", REUSE: "R"}
+    return [(f"T-GATE {kind}-attn", list(marks[kind]), [letter[a] for a in marks[kind]]) for kind in ("cross", "self")]
+
+
+def _bound(profile: dict, steps: int) -> float:
+    cross_all = profile["attention_by_kind"]["cross"]["attention_share"]
+    return profile["pipeline"]["shares"]["unet"] * (0.5 + 0.5 * cross_all)
+
+
+def _grid(steps: int) -> list:
+    gates = sorted({max(2, round(f * steps)) for f in (0.2, 0.3, 0.4, 0.5, 0.6, 0.8)} - {steps})
+    return [(f"tgate-g{g}", (f"tgate:gate_step={g}",)) for g in gates]
+
+
+TECHNIQUE = Technique(
+    name="tgate", title="T-GATE (Liu et al.)",
+    reference="Liu et al., Faster Diffusion via Temporal Attention Decomposition, TMLR 2025",
+    config=TGateConfig,
+    knobs=(Knob("gate_step", "gate step", "int", default=default_gate_step, low=1, high=100, step=1,
+                info="paper: about 0.4 of the steps (10 of 25)", limit=lambda steps, values: max(1, steps - 1), accept=(1, 1000)),
+           Knob("sp_interval", "self-attention interval before the gate", "int", default=TGateConfig.sp_interval,
+                low=1, high=10, step=1, accept=(1, 1000)),
+           Knob("fi_interval", "self-attention interval after the gate", "int", default=TGateConfig.fi_interval,
+                low=1, high=10, step=1, accept=(1, 1000))),
+    build=lambda values, steps: TGateConfig(**values),
+    cost=tgate_cost, summary=_summary, marks=_marks, strip=_strip,
+    bound_text="bounded by the CFG half of the UNet on post-gate steps plus the cross-attention share (all of it "
+               "after the gate) plus the self-attention share of the self-attn steps it caches; convolutions and FF "
+               "of the remaining half always run",
+    bound=_bound, grid=_grid, colour="#0072B2", marker="s", order=20,
+    reused=lambda marks, kind: [i for i, a in enumerate(marks[kind]) if a == REUSE],
+    validate=lambda config, steps, model: config.plan(steps),
+    lines=lambda marks: {"convergence": [marks["gate_step"]]},
+)

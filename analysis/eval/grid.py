@@ -17,21 +17,21 @@ Every setting is validated (parse_accel + check_combination) before anything run
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-FAMILIES = ("steps", "reuse", "tgate", "fastdiff", "atedm", "combo", "peer", "ablation")
+from analysis.accel.atedm import PRUNING_RATIOS
+from analysis.accel.reuse_policy import phast_policy
+
 NAMED = ("default", "ablations", "pruning", "peers", "smoke")
-PRUNING_RATIOS = (0.3, 0.5, 0.63, 0.8)  # the default grid's AT-EDM ratios
 
 
 @dataclass(frozen=True)
 class Setting:
     name: str
-    technique: str  # family: steps | reuse | tgate | fastdiff | atedm | combo | peer | ablation
+    technique: str  # family: a technique's name, combo, peer or ablation
     specs: tuple[str, ...]  # --accel specs; peers use "peer:<name>:key=value,..."
     scheduler: str | None = None  # None = the sweep's scheduler
 
@@ -46,73 +46,17 @@ class Setting:
         return tuple(parse_accel(s) for s in self.specs if not s.startswith("peer:"))
 
 
-def strided_policy(steps: int, reuse_steps: int) -> str:
-    """`reuse_steps` R steps spread evenly over the odd steps (CRCR... when reuse_steps = steps // 2)."""
-    slots = list(range(1, steps, 2))
-    if not 0 <= reuse_steps <= len(slots):
-        raise ValueError(f"strided reuse: {reuse_steps} R steps do not fit {steps} steps (at most {len(slots)})")
-    out = ["C"] * steps
-    if reuse_steps:
-        for i in np.unique(np.round(np.linspace(len(slots) - 1, 0, reuse_steps)).astype(int)):
-            out[slots[i]] = "R"
-    return "".join(out)
+def _family(technique) -> list[Setting]:
+    return lambda steps: [Setting(name, technique.name, specs) for name, specs in technique.grid(steps)]
 
 
-def phast_policy(steps: int, reuse_steps: int, scope: str = "both", model: str = "default") -> str | None:
-    """The searched PHAST policy string if assets/policies has it, else None (the setting is left out)."""
-    from analysis.accel.reuse import policy_path
+def _family_builders() -> dict:
+    """Each technique's family of the default grid (its `Technique.grid`), step reduction first, then the
+    combinations."""
+    from analysis.accel import registry
 
-    path = policy_path(model, steps)
-    if not path.exists():
-        return None
-    for entry in json.loads(path.read_text()).get("policies", []):
-        if entry.get("reuse_steps") == reuse_steps and entry.get("scope") == scope:
-            return str(entry["policy"])
-    return None
-
-
-def _step_ladder(steps: int) -> list[Setting]:
-    ks = sorted({k for k in range(max(2, steps // 5), steps, max(1, steps // 10))})
-    return [Setting(f"steps-{k}", "steps", (f"steps:steps={k}",)) for k in ks]
-
-
-def _reuse(steps: int) -> list[Setting]:
-    half = steps // 2
-    out = [Setting("reuse-r0", "reuse", ("reuse:policy=" + "C" * steps,))]  # all-C: the noise floor
-    for r in sorted({max(1, half // 5), 2 * half // 5, 3 * half // 5, 4 * half // 5, half} - {0}):
-        if r + -(-r // 2) <= steps:
-            out.append(Setting(f"reuse-hurry-r{r}", "reuse", (f"reuse:policy=hurry,reuse_steps={r}",)))
-    for r in sorted({half // 2, half} - {0}):
-        out.append(Setting(f"reuse-strided-r{r}", "reuse", ("reuse:policy=" + strided_policy(steps, r),)))
-    r = (steps + 1) // 3
-    if 2 * r <= steps:  # HURRY with no map reused twice in a row (issue 17): R C R C ... from the end
-        out.append(Setting(f"reuse-hurry-r{r}-run1", "reuse", (f"reuse:policy=hurry,reuse_steps={r},max_run=1",)))
-    policy = phast_policy(steps, r)
-    if policy is not None:
-        out.append(Setting(f"reuse-phast-r{r}", "reuse", (f"reuse:policy=phast,reuse_steps={r}",)))
-    return out
-
-
-def _tgate(steps: int) -> list[Setting]:
-    gates = sorted({max(2, round(f * steps)) for f in (0.2, 0.3, 0.4, 0.5, 0.6, 0.8)} - {steps})
-    return [Setting(f"tgate-g{g}", "tgate", (f"tgate:gate_step={g}",)) for g in gates]
-
-
-def _fastdiff(steps: int) -> list[Setting]:
-    out = []
-    for noise in (True, False):
-        tag = "" if noise else "-nonoise"
-        out.append(Setting(f"fastdiff-paper{tag}", "fastdiff", (f"fastdiff:noise={str(noise).lower()}",)))
-        out.append(Setting(f"fastdiff-s2{tag}", "fastdiff", (f"fastdiff:stride=2,noise={str(noise).lower()}",)))
-    for k in (3, 4):
-        out.append(Setting(f"fastdiff-s{k}", "fastdiff", (f"fastdiff:stride={k}",)))
-    return out
-
-
-def _atedm(steps: int) -> list[Setting]:
-    out = [Setting(f"atedm-{int(r * 100)}", "atedm", (f"atedm:ratio={r}",)) for r in PRUNING_RATIOS]
-    out += [Setting(f"atedm-{int(r * 100)}-nodsap", "atedm", (f"atedm:ratio={r},dsap=false",)) for r in (0.5, 0.63)]
-    return out
+    techniques = sorted(registry().values(), key=lambda t: not t.is_step_reduction)
+    return {**{t.name: _family(t) for t in techniques}, "combo": _combo}
 
 
 def _combo(steps: int) -> list[Setting]:
@@ -183,15 +127,12 @@ def _smoke(steps: int) -> list[Setting]:
             Setting("atedm-50", "atedm", ("atedm:ratio=0.5",))]
 
 
-_FAMILY_BUILDERS = {"steps": _step_ladder, "reuse": _reuse, "tgate": _tgate, "fastdiff": _fastdiff,
-                    "atedm": _atedm, "combo": _combo}
-
-
 def named_grid(name: str, steps: int) -> list[Setting]:
+    builders = _family_builders()
     if name == "default":
-        return [s for build in _FAMILY_BUILDERS.values() for s in build(steps)]
-    if name in _FAMILY_BUILDERS:
-        return _FAMILY_BUILDERS[name](steps)
+        return [s for build in builders.values() for s in build(steps)]
+    if name in builders:
+        return builders[name](steps)
     if name == "ablations":
         return _ablations(steps)
     if name == "pruning":
@@ -200,7 +141,7 @@ def named_grid(name: str, steps: int) -> list[Setting]:
         return _peers(steps)
     if name == "smoke":
         return _smoke(steps)
-    raise ValueError(f"unknown grid {name!r}; named grids: {', '.join(NAMED + tuple(_FAMILY_BUILDERS))}")
+    raise ValueError(f"unknown grid {name!r}; named grids: {', '.join(NAMED + tuple(builders))}")
 
 
 def _family_of(specs: tuple[str, ...]) -> str:
@@ -225,7 +166,7 @@ def parse_grid(spec: str, steps: int) -> list[Setting]:
         raise ValueError("--grid is empty")
     out: list[Setting] = []
     for part in (p.strip() for p in spec.split(",") if p.strip()):
-        if part in NAMED or part in _FAMILY_BUILDERS:
+        if part in NAMED or part in _family_builders():
             out += named_grid(part, steps)
         elif Path(part).is_file():
             for i, line in enumerate(Path(part).read_text().splitlines(), 1):
@@ -250,7 +191,7 @@ def parse_grid(spec: str, steps: int) -> list[Setting]:
 
 def validate(setting: Setting, steps: int) -> None:
     """parse_accel + check_combination + the policy length, so that a bad grid fails before the sweep runs."""
-    from analysis.accel import check_combination
+    from analysis.accel import check_combination, technique_of
     from analysis.run import RunConfig
 
     if setting.is_peer:
@@ -263,8 +204,7 @@ def validate(setting: Setting, steps: int) -> None:
         configs = setting.configs()
         check_combination(configs)
         config = RunConfig(prompt="x", steps=steps, accel=configs)
-        for c in configs:
-            if type(c).name == "reuse" and c.policy != "phast":
-                c.resolve(config.accel_steps)
+        for c in config.hooked_accel():
+            technique_of(c).validate(c, config.accel_steps, "default")
     except (ValueError, TypeError) as err:
         raise ValueError(f"setting {setting.name}: {err}") from None

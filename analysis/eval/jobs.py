@@ -75,9 +75,9 @@ def run_jobs(pipe, config, jobs: list[Job], repeats: int, tag: str = "") -> None
 def default_specs(steps: int) -> list[str]:
     """Every registered technique at its defaults (T-GATE's gate follows the step count), plus step reduction
     to about STEPS_FRACTION of the steps."""
-    from analysis.accel import list_techniques
+    from analysis.accel import registry
 
-    specs = [n for n in list_techniques() if n != "steps"]
+    specs = [n for n, t in registry().items() if not t.is_step_reduction]
     specs.append(f"steps:steps={max(1, min(steps - 1, round(STEPS_FRACTION * steps)))}")
     return specs
 

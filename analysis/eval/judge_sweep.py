@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from analysis.accel import ladder_families
 from analysis.eval import distribution
 
 # Summary columns; each also has _low and _high (95% bootstrap interval).
@@ -42,7 +43,7 @@ def baseline_name(row: dict, summary: list[dict]) -> str | None:
 
 def _nearest_step_setting(summary_row: dict, summary: list[dict]) -> dict | None:
     # the ladder ends at full compute, which is the nearest point for settings as slow as it or slower
-    ladder = [r for r in summary if r.get("technique") in ("steps", "baseline")
+    ladder = [r for r in summary if r.get("technique") in ladder_families()
               and r.get("scheduler") == summary_row.get("scheduler") and r.get("relative_latency") is not None]
     lat = summary_row.get("relative_latency")
     if not ladder or lat is None:
@@ -153,7 +154,7 @@ def versus_steps(summary: list[dict], scores: JudgeScores, n_bootstrap: int = di
     paired, clip, by_setting = scores.paired, scores.clip, scores.by_setting
     out = []
     for r in summary:
-        if r.get("technique") in ("steps", "baseline"):
+        if r.get("technique") in ladder_families():
             continue
         ladder = _nearest_step_setting(r, summary)
         if ladder is None:

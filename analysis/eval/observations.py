@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from analysis.accel import ladder_families, step_reduction_name
 from analysis.eval.sweep_results import UsageError, UsageParser
 
 PRUNING_RANKINGS = {"gwpr": "cfg_mask=shared", "cross": "ranking=cross,cfg_mask=shared",
@@ -128,12 +129,12 @@ def versus_steps(pipe, sweep: Path, prompt: str, guidance: float) -> list[dict]:
                            accel=tuple(parse_accel(s) for s in r["specs"].split(" & ") if s))
         counters = run_once(pipe, config, config.hooked_accel(), config.accel_steps)[2] if config.accel else {}
         r["counted_speedup"] = ideal_speedup(pipe, config, counters)["ideal_speedup"]
-    ladder = [r for r in summary if r["technique"] == "steps" and "counted_speedup" in r]
+    ladder = [r for r in summary if r["technique"] == step_reduction_name() and "counted_speedup" in r]
     measured_pts = [(r["speedup"], r["psnr_db"]) for r in ladder]
     counted_pts = [(r["counted_speedup"], r["psnr_db"]) for r in ladder]
     out = []
     for r in summary:
-        if r["technique"] in ("steps", "baseline") or "counted_speedup" not in r or not ladder \
+        if r["technique"] in ladder_families() or "counted_speedup" not in r or not ladder \
                 or not np.isfinite(r["psnr_db"]):  # full compute and the all-C reuse policy: nothing to compare
             continue
         at_measured, off_m = interp(measured_pts, r["speedup"])

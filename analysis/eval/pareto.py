@@ -7,6 +7,8 @@ from typing import Sequence
 
 import numpy as np
 
+from analysis.accel import ladder_families
+
 # quality axis -> True when higher is better
 AXES: dict[str, bool] = {"psnr_db": True, "ssim": True, "fidelity": True, "clip_score": True, "kid_renders": False}
 
@@ -61,10 +63,10 @@ def versus_ladder(summary: Sequence[dict], axes: Sequence[str] = tuple(AXES),
     better than step reduction for higher-is-better axes; for kid_renders, negative = better). The ladder ends
     at full compute (the baseline row). By default latency is relative to the interleaved full-compute
     timing (median of latency / baseline latency per row), which a drifting shared machine cannot bias."""
-    ladder = [r for r in summary if r.get("technique") in ("steps", "baseline")]
+    ladder = [r for r in summary if r.get("technique") in ladder_families()]
     out = []
     for r in summary:
-        if r.get("technique") in ("steps", "baseline") or r.get(latency_key) is None:
+        if r.get("technique") in ladder_families() or r.get(latency_key) is None:
             continue
         row = {"setting": r["setting"], "technique": r["technique"], latency_key: r[latency_key],
                "speedup": r.get("speedup")}

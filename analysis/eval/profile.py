@@ -31,19 +31,11 @@ import torch
 from analysis.attention import ATTENTION_PARTS
 from analysis.eval.timing import ModuleTimer, TimedAttnProcessor, clone, profile_clock
 
-BOUNDS_TEXT = {
-    "reuse": "bounded by the attention-map share (Q/K projections + QK^T + softmax) of the in-scope kind "
-             "(self/cross/both) times R/N of the UNet share; V, probs@V, to_out, convolutions and FF always run",
-    "tgate": "bounded by the CFG half of the UNet on post-gate steps plus the cross-attention share (all of it "
-             "after the gate) plus the self-attention share of the self-attn steps it caches; convolutions and FF "
-             "of the remaining half always run",
-    "fastdiff": "bounded by the encoder share (conv_in + down blocks + mid block) times the fraction of skipped "
-                "encoder passes; the decoder runs at every step, and parallel decoding saves no FLOPs",
-    "atedm": "bounded by the pruned fraction of the post-pruning transformer work (attn2 + FF, later blocks); the "
-             "ResNets/convolutions, attn1 of the pruning layer, proj_in/out run on every token",
-    "steps": "bounded by the denoising loop share (UNet + scheduler): text encoder and VAE decode stay",
-    "all": "no technique can beat 1 / non_unet_share of the pipeline (Amdahl)",
-}
+def _bounds_text() -> dict[str, str]:
+    from analysis.accel import registry
+
+    return {**{name: t.bound_text for name, t in registry().items()},
+            "all": "no technique can beat 1 / non_unet_share of the pipeline (Amdahl)"}
 
 
 def _quiet(msg: str) -> None:
@@ -313,28 +305,17 @@ def breakdown(pipe, config, steps: int, calls: int, log: Callable[[str], None] =
 
 
 def _bounds(b: dict, steps: int) -> dict:
-    """The largest speedup each technique could reach if it removed its whole share at every step."""
-    p = b["pipeline"]
-    unet_share = p["shares"]["unet"]
-    k = b["attention_by_kind"]
-    sh = b["shares"]
-    cross_all = k["cross"]["attention_share"]
+    """The largest speedup each technique could reach if it removed its whole share at every step
+    (`Technique.bound`: the share of the pipeline, from this breakdown)."""
+    from analysis.accel import registry
 
     def speed(saved):
         return 1.0 / (1.0 - saved) if saved < 1 else math.inf
 
     return {
-        "text": BOUNDS_TEXT,
-        "max_speedup": {
-            "reuse": speed(unet_share * sh["attention_maps"]),
-            "tgate": speed(unet_share * (0.5 + 0.5 * cross_all)),
-            "fastdiff": speed(unet_share * b["encoder_decoder"]["encoder"]),
-            "atedm": speed(unet_share * sum(v["post_pruning_s"] for v in b["transformer_layers"].values())
-                           / b["unet_call_s"] if b["unet_call_s"] else 0.0),
-            "steps": speed(p["loop_share"] * (steps - 1) / steps),
-            "all": speed(unet_share),
-        },
-        "note": "max_speedup: the technique's share removed at every step (reuse: every map; tgate: CFG half + all "
-                "cross-attention; fastdiff: every encoder pass; atedm: all post-pruning transformer work; steps: "
-                "one step left) - an upper bound, never reached",
+        "text": _bounds_text(),
+        "max_speedup": {**{name: speed(t.bound(b, steps)) for name, t in registry().items()},
+                        "all": speed(b["pipeline"]["shares"]["unet"])},
+        "note": "max_speedup: each technique's share (see text) removed at every step - an upper bound, never "
+                "reached",
     }

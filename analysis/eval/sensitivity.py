@@ -307,8 +307,8 @@ def verdict(curve_rows: list[dict], factors: list[dict] | None = None) -> dict:
 
 def policies(steps: int, model: str = "default") -> dict[str, str]:
     """The HURRY and (if searched) PHAST policies at the default R count, to draw over the curve."""
-    from analysis.accel.reuse import default_reuse_steps, hurry_policy
-    from analysis.eval.grid import phast_policy
+    from analysis.accel.reuse_policy import default_reuse_steps, hurry_policy
+    from analysis.accel.reuse_policy import phast_policy
 
     r = default_reuse_steps(steps)
     out = {f"HURRY r={r}": hurry_policy(steps, r)}

@@ -200,8 +200,11 @@ class SweepRunner:
                 "fidelity_correct": fid[1], "fidelity_total": fid[2], "counters": _compact(counters)}
 
     def _steps_of(self, setting: Setting) -> int:
-        steps = [c.steps for c in setting.configs() if type(c).name == "steps"] if not setting.is_peer else []
-        return steps[0] if steps else self.args.steps
+        if setting.is_peer:
+            return self.args.steps
+        from analysis.run import RunConfig
+
+        return RunConfig(prompt="x", steps=self.args.steps, accel=setting.configs()).accel_steps
 
     def _flush(self, block: list[dict], before: float, after: float) -> None:
         base = (before + after) / 2
