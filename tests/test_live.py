@@ -139,12 +139,16 @@ def test_labels_and_skipped_words():
     assert words == ["reuse: 3 of 12 attention maps reused (1 R steps, scope both, policy CCR)"]
 
 
-@pytest.mark.parametrize("steps,r", [(20, 7), (20, 10), (30, 10), (4, 1), (20, 0), (20, 19)])
-def test_strided_policy_spreads_r_steps(steps, r):
+@pytest.mark.parametrize("steps,r", [(20, 7), (20, 10), (30, 10), (4, 1), (20, 0), (5, 2)])
+def test_strided_policy_spreads_r_steps_over_the_odd_steps(steps, r):
     policy = strided_policy(steps, r)
-    assert len(policy) == steps and policy.count("R") == r and policy[0] == "C"
-    if 2 * r <= steps - 1:
-        assert "RR" not in policy
+    assert len(policy) == steps and policy.count("R") == r and "RR" not in policy
+    assert all(c == "C" for i, c in enumerate(policy) if i % 2 == 0)  # the sweep's strided settings, same policy
+
+
+def test_strided_policy_refuses_more_r_steps_than_odd_steps():
+    with pytest.raises(ValueError, match="at most 10"):
+        strided_policy(20, 11)
 
 
 def test_warm_up_runs_every_path_for_a_few_steps_only(toy_pipe, monkeypatch):
