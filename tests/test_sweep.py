@@ -8,6 +8,7 @@ import pytest
 from analysis.jsonsafe import from_json_value, jsonable
 
 from analysis import metrics
+from analysis.accel.reuse_policy import strided_policy
 from analysis.eval import grid, judge_sweep, pareto, sweep, sweep_results
 from analysis.toy import scenes
 

@@ -112,7 +112,7 @@ def knob_component(knob: Knob, steps: int = 20):
     if knob.kind in ("int", "float"):
         return Slider(knob.low, knob.high, value=value, step=knob.step, label=knob.label, info=knob.info or None)
     if knob.kind == "bool":
-        return gr.Checkbox(value=value, label=knob.label)
+        return gr.Checkbox(value=value, label=knob.label, info=knob.info or None)
     if knob.kind == "choice":
         if knob.radio:
             return gr.Radio(list(knob.choices), value=value, label=knob.label)

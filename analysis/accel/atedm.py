@@ -396,7 +396,7 @@ TECHNIQUE = Technique(
     config=ATEDMConfig,
     knobs=(Knob("ratio", "pruning ratio", "float", default=ATEDMConfig.ratio, low=0.0, high=0.9, step=0.01,
                 accept=(0.0, 1.0)),
-           Knob("dsap", "DSAP (prune less early)", "bool", default=ATEDMConfig.dsap)),
+           Knob("dsap", "DSAP", "bool", default=ATEDMConfig.dsap, info="prune less in the early steps")),
     build=lambda values, steps: ATEDMConfig(**values),
     cost=atedm_cost, summary=_summary,
     marks=lambda config, steps, model: {"ratio": float(config.ratio), "dsap": bool(config.dsap),

@@ -39,16 +39,15 @@ from analysis.jsonsafe import dumps
 def cost_model_description() -> dict[str, str]:
     """The JSON's `cost_model`: the conversion (analysis/eval/cost.py) and, per technique, its registered cost
     function's own docstring (one text per rule, kept beside the code that applies it)."""
-    from analysis.accel import COSTS, list_techniques
+    from analysis.accel import registry
 
-    list_techniques()  # registers every technique and its cost function
     return {
         "units": "saved work in baseline UNet calls u (timed in `breakdown`), converted to pipeline time with "
                  "the UNet's share of the pipeline: saved_fraction = saved_units * shares.unet / unet_calls",
         "ideal_speedup": "1 / (1 - saved_fraction)",
         "efficiency": "measured_speedup / ideal_speedup",
         "expected_speedup": "ideal minus the overheads this implementation knowingly pays (see each technique)",
-        **{name: " ".join((fn.__doc__ or "").split()) for name, fn in COSTS.items()},
+        **{name: " ".join((t.cost.__doc__ or "").split()) for name, t in registry().items()},
     }
 
 
