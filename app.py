@@ -32,8 +32,8 @@ from ui.inputs import SEED_MAX
 from ui.inside import InsideTabs, reading_note
 from ui.techniques import TechniquePanel, follow_steps, order
 from ui.tokens import token_spans, truncation_note
-from viz import plotly_figs as P
 from viz.images import difference_image, first_image, upscale
+from viz.plotly_base import empty_figure
 from viz.tradeoff import tradeoff_figure
 
 # The widgets' bounds, which the handlers enforce too (an API client can send anything).
@@ -248,7 +248,7 @@ def export_folder(cache_dir: str) -> Path:
 
 def tradeoff(session, baseline, current_id, y) -> "object":
     if baseline is None:
-        return P.empty_figure("Generate an image to start the trade-off plot.")
+        return empty_figure("Generate an image to start the trade-off plot.")
     return tradeoff_figure(plot_rows(session, baseline, current_id), baseline.frontier,
                            shipped_rows(baseline.request.model, baseline.request.steps), baseline.latency_s,
                            y=y or "psnr")

@@ -31,7 +31,7 @@ from analysis.models import load_pipeline
 from analysis.probes import default_probes
 from analysis.run import RunConfig, generate
 from analysis.toy import scenes
-from analysis.toy.fidelity import FOREGROUND_DELTA_E, colour_masks, estimate_background
+from analysis.toy.detect import FOREGROUND_DELTA_E, colour_masks, estimate_background
 
 
 def foreground_mask(image: np.ndarray) -> np.ndarray:

@@ -75,16 +75,16 @@ def test_capture_writes_run_json_images_and_signals(capture_run):
 
 
 def test_saved_run_redraws_with_viz(capture_run, tmp_path):
-    from viz import export, plotly_figs
+    from viz import attention_figs, export, plotly_figs, signal_figs
 
     data, signals = report.load_run(capture_run)
     tokens = data["tokens"][0]
     img = np.asarray(Image.open(capture_run / "accelerated.png"))
-    for fig in (plotly_figs.cross_attention_figure(signals["attention_maps"], tokens, step=1, image=img),
-                plotly_figs.convergence_figure(signals["cross_attn_convergence"]),
-                plotly_figs.drift_figure(signals["feature_drift"]),
-                plotly_figs.token_rank_figure(signals["token_rank"], step=2),
-                plotly_figs.token_rank_summary_figure(signals["token_rank"]),
+    for fig in (attention_figs.cross_attention_figure(signals["attention_maps"], tokens, step=1, image=img),
+                signal_figs.convergence_figure(signals["cross_attn_convergence"]),
+                signal_figs.drift_figure(signals["feature_drift"]),
+                signal_figs.token_rank_figure(signals["token_rank"], step=2),
+                signal_figs.token_rank_summary_figure(signals["token_rank"]),
                 plotly_figs.counters_figure(data["counters"])):
         assert fig.layout.height
         fig.to_json()

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from analysis.toy import fidelity, scenes
+from analysis.toy import detect, fidelity, scenes
 from analysis.toy.scenes import Scene, SceneObject
 
 
@@ -49,7 +49,7 @@ def test_detect_objects_recovers_the_scene():
         ),
         background="sky",
     )
-    found = fidelity.detect_objects(scenes.render(scene))
+    found = detect.detect_objects(scenes.render(scene))
     assert len(found) == 2
     by_colour = {o["colour"]: o for o in found}
     for obj in scene.objects:
@@ -103,7 +103,7 @@ def test_wrong_colour_and_wrong_position():
 
 def test_blank_image_gets_colour_wrong():
     blank = np.full((64, 64, 3), scenes.BACKGROUNDS["grey"], dtype=np.uint8)
-    assert fidelity.detect_objects(blank) == []
+    assert detect.detect_objects(blank) == []
     result = fidelity.score_image(blank, "a small blue square in the center")
     colour = [r for r in result["attributes"] if r["attribute"] == "colour"]
     assert len(colour) == 1 and not colour[0]["correct"] and colour[0]["observed"] is None
@@ -143,5 +143,5 @@ def test_every_accepted_size_is_scored_on_the_canvas(size):
     assert acc["overall"] >= 0.95, (size, acc)
     if size % 64 == 0:  # whole multiples of the canvas come back exactly
         assert acc == fidelity.attribute_accuracy(images, prompts)
-    for obj in fidelity.detect_objects(resized[0]):
+    for obj in detect.detect_objects(resized[0]):
         assert all(0 <= v <= scenes.IMAGE_SIZE for v in obj["bbox"])  # canvas coordinates

@@ -9,9 +9,12 @@ from analysis.accel.atedm import ATEDMConfig
 from analysis.accel.fastdiff import PAPER_KEY_STEPS_20, FastDiffConfig
 from analysis.probes import AttentionMapsConfig, ConvergenceConfig, DriftConfig, TokenRankConfig, default_probes
 from analysis.run import RunConfig, run_once
+from viz import _attention_data as AD
 from viz import _data as D
+from viz import attention_figs as A
 from viz import export as E
 from viz import plotly_figs as P
+from viz import signal_figs as S
 
 PROMPT = "a red circle on the left"
 STEPS = 4
@@ -157,9 +160,9 @@ def _vlines(fig):
 
 def test_convergence_gate_line(full_run):
     conv = full_run["cross_attn_convergence"]
-    base = P.convergence_figure(conv)
+    base = S.convergence_figure(conv)
     assert not base.layout.shapes
-    fig = P.convergence_figure(conv, gate_step=2, title_prefix="accelerated")
+    fig = S.convergence_figure(conv, gate_step=2, title_prefix="accelerated")
     lines = _vlines(fig)
     assert len(lines) == 2 and {s.x0 for s in lines} == {2}
     assert any("T-GATE gate (step 2)" == (a.text or "") for a in fig.layout.annotations)
@@ -170,8 +173,8 @@ def test_convergence_gate_line(full_run):
 
 def test_drift_key_steps(full_run):
     drift = full_run["feature_drift"]
-    assert not P.drift_figure(drift).layout.shapes
-    fig = P.drift_figure(drift, key_steps=[0, 1, 3])
+    assert not S.drift_figure(drift).layout.shapes
+    fig = S.drift_figure(drift, key_steps=[0, 1, 3])
     assert sorted(s.x0 for s in _vlines(fig)) == [1, 3]  # step 0 has no MSE (it is the distance to step t-1)
     assert any("key steps" in (a.text or "") and "0, 1, 3" in a.text for a in fig.layout.annotations)
     E.drift_figure(drift, key_steps=[0, 1, 3])
@@ -180,7 +183,7 @@ def test_drift_key_steps(full_run):
 def test_token_rank_outlines_the_pruned_tokens(atedm_run):
     rank, pr = atedm_run["token_rank"], atedm_run["atedm_pruning"]
     for step in range(STEPS):
-        fig = P.token_rank_figure(rank, step=step, pruned=pr, title_prefix="accelerated")
+        fig = S.token_rank_figure(rank, step=step, pruned=pr, title_prefix="accelerated")
         outlined = [t for t in fig.data if t.type == "scatter" and t.name == "pruned by AT-EDM"]
         assert sum(len(t.x) for t in outlined) == sum(int(pr["n_pruned"][l][step, 0]) for l in pr["layers"]) > 0
         # each layer's outlines follow its heat map and sit exactly on the cells it pruned
@@ -191,7 +194,7 @@ def test_token_rank_outlines_the_pruned_tokens(atedm_run):
                 continue
             rows, cols = D.pruned_cells(pr, rank["layers"][k], step)
             assert sorted(zip(trace.y, trace.x)) == sorted(zip(rows.tolist(), cols.tolist()))
-    plain = P.token_rank_figure(rank, step=1)
+    plain = S.token_rank_figure(rank, step=1)
     assert all(t.type == "heatmap" for t in plain.data)
     E.token_rank_figure(rank, step=1, pruned=pr)
 
@@ -199,44 +202,44 @@ def test_token_rank_outlines_the_pruned_tokens(atedm_run):
 def test_cross_attention_heads_and_reused_badge(full_run):
     maps = full_run["attention_maps"]
     tokens = ["<|startoftext|>", "a", "red", "circle", "on", "the", "left", "<|endoftext|>"]
-    layer = D.cross_layers(maps)[0]
-    plain = P.cross_attention_figure(maps, tokens, step=2, layer=layer, norm="shared")
+    layer = AD.cross_layers(maps)[0]
+    plain = A.cross_attention_figure(maps, tokens, step=2, layer=layer, norm="shared")
     assert "mean over heads" in plain.layout.title.text
     assert not any(a.name == "reused-badge" for a in plain.layout.annotations)
-    fig = P.cross_attention_figure(maps, tokens, step=2, layer=layer, norm="shared", head=1, reused_steps=[2, 3])
+    fig = A.cross_attention_figure(maps, tokens, step=2, layer=layer, norm="shared", head=1, reused_steps=[2, 3])
     assert "head 1" in fig.layout.title.text and "map of step 1" in fig.layout.title.text
     assert any(a.name == "reused-badge" for a in fig.layout.annotations)
-    first = next(i for i, _ in D.token_entries(tokens))
+    first = next(i for i, _ in AD.token_entries(tokens))
     np.testing.assert_array_equal(fig.data[0].z, maps["cross_heads"][layer][2, 0, 1, first].astype(np.float32))
     with pytest.raises(ValueError, match="pick one layer"):
-        P.cross_attention_figure(maps, tokens, head=0)
+        A.cross_attention_figure(maps, tokens, head=0)
     with pytest.raises(ValueError, match="head must be between"):
-        P.cross_attention_figure(maps, tokens, layer=layer, head=99)
-    assert D.reuse_source(5, [3, 4, 5]) == 2 and D.reuse_source(2, [3]) is None
+        A.cross_attention_figure(maps, tokens, layer=layer, head=99)
+    assert AD.reuse_source(5, [3, 4, 5]) == 2 and AD.reuse_source(2, [3]) is None
     E.cross_attention_figure(maps, tokens, step=2, layer=layer, head=1, reused_steps=[2])
 
 
 def test_self_attention_of_one_pixel(full_run):
     maps = full_run["attention_maps"]
-    layer = max(D.self_layers(maps), key=lambda l: maps["self"][l].shape[2])
+    layer = max(AD.self_layers(maps), key=lambda l: maps["self"][l].shape[2])
     hq, wq = maps["self"][layer].shape[2:4]
-    fig = P.self_attention_figure(maps, step=1, layer=layer, pixel=(1, 2), title_prefix="full compute")
+    fig = A.self_attention_figure(maps, step=1, layer=layer, pixel=(1, 2), title_prefix="full compute")
     z = np.asarray(fig.data[0].z)
     np.testing.assert_array_equal(z, maps["self"][layer][1, 0, 1, 2].astype(np.float32))
     assert abs(z.sum() - 1) < 2e-2
     assert list(fig.data[1].x) == [2.0] and list(fig.data[1].y) == [1.0]
-    head = P.self_attention_figure(maps, step=1, layer=layer, pixel=(1, 2), head=0)
+    head = A.self_attention_figure(maps, step=1, layer=layer, pixel=(1, 2), head=0)
     np.testing.assert_array_equal(np.asarray(head.data[0].z), maps["self_heads"][layer][1, 0, 0, 1, 2].astype(np.float32))
     # in image pixels: the bottom-right pixel is the last query cell
     image = np.zeros((64, 64, 3), np.uint8)
-    m, _, cell = D.self_attention_map(maps, 1, layer, (63, 63), image_hw=(64, 64))
+    m, _, cell = AD.self_attention_map(maps, 1, layer, (63, 63), image_hw=(64, 64))
     assert cell == (hq - 1, wq - 1)
-    over = P.self_attention_figure(maps, step=1, layer=layer, pixel=(63, 63), image=image)
+    over = A.self_attention_figure(maps, step=1, layer=layer, pixel=(63, 63), image=image)
     assert over.data[0].type == "image"
-    mean, _, _ = D.self_attention_map(maps, 1, D.MEAN_LAYER, (0.5, 0.5), image_hw=(1, 1))
+    mean, _, _ = AD.self_attention_map(maps, 1, AD.MEAN_LAYER, (0.5, 0.5), image_hw=(1, 1))
     assert abs(float(np.nansum(mean)) - 1) < 2e-2
     with pytest.raises(ValueError, match="pick one layer"):
-        D.self_attention_map(maps, 1, D.MEAN_LAYER, (0, 0), head=0)
+        AD.self_attention_map(maps, 1, AD.MEAN_LAYER, (0, 0), head=0)
     E.self_attention_figure(maps, step=1, layer=layer, pixel=(63, 63), image=image, head=0, reused_steps=[1])
 
 
@@ -255,13 +258,13 @@ def test_step_strip():
 def test_every_figure_takes_a_title_prefix(full_run):
     sig = full_run
     figs = [
-        P.cross_attention_figure(sig["attention_maps"], ["a", "red"], title_prefix="X"),
-        P.convergence_figure(sig["cross_attn_convergence"], title_prefix="X"),
-        P.drift_figure(sig["feature_drift"], title_prefix="X"),
-        P.token_rank_figure(sig["token_rank"], title_prefix="X"),
-        P.token_rank_summary_figure(sig["token_rank"], title_prefix="X"),
+        A.cross_attention_figure(sig["attention_maps"], ["a", "red"], title_prefix="X"),
+        S.convergence_figure(sig["cross_attn_convergence"], title_prefix="X"),
+        S.drift_figure(sig["feature_drift"], title_prefix="X"),
+        S.token_rank_figure(sig["token_rank"], title_prefix="X"),
+        S.token_rank_summary_figure(sig["token_rank"], title_prefix="X"),
         P.counters_figure({"atedm": {"tokens_pruned": 3}}, title_prefix="X"),
-        P.self_attention_figure(sig["attention_maps"], title_prefix="X"),
+        A.self_attention_figure(sig["attention_maps"], title_prefix="X"),
         P.step_strip_figure(technique_marks([parse_accel("fastdiff")], 4), title_prefix="X"),
     ]
     for fig in figs:
@@ -306,19 +309,19 @@ def test_a_step_that_computed_no_attention_shows_the_map_the_unet_used(full_run)
 
     maps = copy.deepcopy(full_run["attention_maps"])
     tokens = ["<|startoftext|>", "a", "red", "circle", "on", "the", "left", "<|endoftext|>"]
-    layer = D.cross_layers(maps)[0]
+    layer = AD.cross_layers(maps)[0]
     maps["cross"][layer][2:] = np.nan
-    fig = P.cross_attention_figure(maps, tokens, step=2, layer=layer, norm="shared", reused_steps=[2, 3])
-    first = next(i for i, _ in D.token_entries(tokens))
+    fig = A.cross_attention_figure(maps, tokens, step=2, layer=layer, norm="shared", reused_steps=[2, 3])
+    first = next(i for i, _ in AD.token_entries(tokens))
     heat = [t for t in fig.data if t.type == "heatmap"][0]
     np.testing.assert_array_equal(heat.z, maps["cross"][layer][1, 0, first].astype(np.float32))
     assert "map of step 1" in fig.layout.title.text
     E.cross_attention_figure(maps, tokens, step=2, layer=layer, reused_steps=[2, 3])
     # a reused step that did capture something keeps its own data (reuse records the map it used)
-    same, _, source = D.cross_maps_shown(full_run["attention_maps"], layer, 2, None, 0, [2])
-    assert source == 1 and np.array_equal(same, D.cross_maps(full_run["attention_maps"], layer, 2)[0])
-    self_layer = D.self_layers(maps)[0]
+    same, _, source = AD.cross_maps_shown(full_run["attention_maps"], layer, 2, None, 0, [2])
+    assert source == 1 and np.array_equal(same, AD.cross_maps(full_run["attention_maps"], layer, 2)[0])
+    self_layer = AD.self_layers(maps)[0]
     maps["self"][self_layer][2:] = np.nan
-    m, shown, _, source = D.self_map_shown(maps, 2, self_layer, (0, 0), None, 0, None, [2])
+    m, shown, _, source = AD.self_map_shown(maps, 2, self_layer, (0, 0), None, 0, None, [2])
     assert shown == 2 and source == 1 and not np.isnan(m).all()
-    P.self_attention_figure(maps, step=2, layer=self_layer, reused_steps=[2])
+    A.self_attention_figure(maps, step=2, layer=self_layer, reused_steps=[2])

@@ -9,9 +9,12 @@ import plotly.graph_objects as go
 import pytest
 
 from fakes import TOKENS, fake_result, fake_signals
+from viz import _attention_data as AD
 from viz import _data as D
+from viz import attention_figs as A
 from viz import export as E
 from viz import plotly_figs as P
+from viz import signal_figs as S
 
 ROWS = [
     {"technique": "baseline", "latency_s": 1.0, "psnr_db": "inf", "ssim": 1.0, "speedup": 1.0},
@@ -36,12 +39,12 @@ def _check(fig):
 
 def test_cross_attention_excludes_padding_and_names_normalisation(sig):
     maps = sig["attention_maps"]
-    fig = _check(P.cross_attention_figure(maps, TOKENS, step=2, layer=P.MEAN_LAYER))
+    fig = _check(A.cross_attention_figure(maps, TOKENS, step=2, layer=AD.MEAN_LAYER))
     titles = [a.text for a in fig.layout.annotations]
     assert titles == ["a", "red", "circle", "on", "the", "left"]
     assert "per-token min-max" in fig.layout.title.text
     layer = next(iter(maps["cross"]))
-    shared = _check(P.cross_attention_figure(maps, TOKENS, step=0, layer=layer, norm="shared", special=True))
+    shared = _check(A.cross_attention_figure(maps, TOKENS, step=0, layer=layer, norm="shared", special=True))
     assert "<|startoftext|>" in [a.text for a in shared.layout.annotations]
     assert "<pad>" not in [a.text for a in shared.layout.annotations]
     assert "shared scale" in shared.layout.title.text
@@ -51,7 +54,7 @@ def test_cross_attention_excludes_padding_and_names_normalisation(sig):
 
 def test_cross_attention_overlay_on_image(sig):
     img = np.zeros((64, 64, 3), np.uint8)
-    fig = _check(P.cross_attention_figure(sig["attention_maps"], TOKENS, step=3, image=img, alpha=0.4))
+    fig = _check(A.cross_attention_figure(sig["attention_maps"], TOKENS, step=3, image=img, alpha=0.4))
     images = [t for t in fig.data if isinstance(t, go.Image)]
     heats = [t for t in fig.data if isinstance(t, go.Heatmap)]
     assert len(images) == len(heats) == 6
@@ -62,18 +65,18 @@ def test_cross_attention_overlay_on_image(sig):
 def test_cross_attention_nearest_kept_step_and_bad_layer(sig):
     maps = dict(sig["attention_maps"], steps=[0, 2, 4])
     maps["cross"] = {k: v[[0, 2, 4]] for k, v in sig["attention_maps"]["cross"].items()}
-    fig = P.cross_attention_figure(maps, TOKENS, step=3, timesteps=[999, 750, 500, 250, 1])
+    fig = A.cross_attention_figure(maps, TOKENS, step=3, timesteps=[999, 750, 500, 250, 1])
     assert "step 2 (t=500)" in fig.layout.title.text or "step 4 (t=1)" in fig.layout.title.text
     with pytest.raises(ValueError, match="not captured"):
-        P.cross_attention_figure(maps, TOKENS, step=0, layer="nope")
+        A.cross_attention_figure(maps, TOKENS, step=0, layer="nope")
 
 
 def test_convergence_and_drift(sig):
-    conv = _check(P.convergence_figure(sig["cross_attn_convergence"], log_y=True))
+    conv = _check(S.convergence_figure(sig["cross_attn_convergence"], log_y=True))
     assert conv.layout.yaxis.type == "log"
     names = [t.name for t in conv.data]
     assert names.count("mean over layers") == 2
-    drift = _check(P.drift_figure(sig["feature_drift"]))
+    drift = _check(S.drift_figure(sig["feature_drift"]))
     boxes = [t for t in drift.data if isinstance(t, go.Box)]
     assert len(boxes) == len(sig["feature_drift"]["blocks"])
     lines = [t for t in drift.data if isinstance(t, go.Scatter)]
@@ -85,20 +88,20 @@ def test_convergence_and_drift(sig):
 def test_drift_figure_draws_the_relative_change_where_the_signal_has_it(sig):
     drift = dict(sig["feature_drift"])
     drift["relative"] = np.full_like(np.asarray(drift["mse"], dtype=float), 0.25)
-    rel = P.drift_figure(drift)
+    rel = S.drift_figure(drift)
     assert "relative" in rel.layout.annotations[0].text
     assert all(set(t.y) == {0.25} for t in rel.data if isinstance(t, go.Scatter))
-    raw = P.drift_figure(drift, measure="mse")
+    raw = S.drift_figure(drift, measure="mse")
     assert "MSE" in raw.layout.annotations[0].text
     del drift["relative"]  # a run saved before the relative change existed: the MSE, labelled so
-    assert "MSE" in P.drift_figure(drift).layout.annotations[0].text
+    assert "MSE" in S.drift_figure(drift).layout.annotations[0].text
     assert E.drift_figure(drift, measure="relative").axes[0].get_ylabel().startswith("MSE")
 
 
 def test_token_rank(sig):
-    fig = _check(P.token_rank_figure(sig["token_rank"], step=1))
+    fig = _check(S.token_rank_figure(sig["token_rank"], step=1))
     assert len([t for t in fig.data if isinstance(t, go.Heatmap)]) == len(sig["token_rank"]["layers"])
-    summary = _check(P.token_rank_summary_figure(sig["token_rank"]))
+    summary = _check(S.token_rank_summary_figure(sig["token_rank"]))
     z = np.asarray(summary.data[0].z, dtype=float)
     assert z.shape == (len(sig["token_rank"]["layers"]), 5)
     assert np.nanmax(z) <= 1.0 + 1e-6
@@ -118,8 +121,8 @@ def test_counters_and_empty_inputs():
                                     "unet": {"batch_rows": [2, 2, 1]}, "atedm": {"dsap": True}}))
     table = [t for t in fig.data if isinstance(t, go.Table)][0]
     assert "batch_rows" in table.cells.values[1]
-    for fig in (P.counters_figure({}), P.cross_attention_figure({}, TOKENS), P.convergence_figure({}),
-                P.drift_figure(None), P.token_rank_figure({}), P.token_rank_summary_figure({}),
+    for fig in (P.counters_figure({}), A.cross_attention_figure({}, TOKENS), S.convergence_figure({}),
+                S.drift_figure(None), S.token_rank_figure({}), S.token_rank_summary_figure({}),
                 P.tradeoff_figure([])):
         _check(fig)
 
@@ -127,7 +130,7 @@ def test_counters_and_empty_inputs():
 def test_layer_labels_and_tokens():
     assert D.layer_label("down_blocks.1.attentions.0.transformer_blocks.1.attn2") == "down1.a0.t1.attn2"
     assert D.layer_label("mid_block.attentions.0.transformer_blocks.0.attn1") == "mid.a0.t0.attn1"
-    assert D.token_entries(["<|startoftext|>", "a", "a", "<|endoftext|>", "<pad>"]) == [(1, "a #1"), (2, "a #2")]
+    assert AD.token_entries(["<|startoftext|>", "a", "a", "<|endoftext|>", "<pad>"]) == [(1, "a #1"), (2, "a #2")]
 
 
 def test_export_png_and_pdf(tmp_path, sig):

@@ -11,8 +11,12 @@ import gradio as gr
 from analysis.accel import reused_attention_steps, technique_marks
 from analysis.run import RunStopped
 from ui import observations
+from viz import attention_figs as A
 from viz import plotly_figs as P
+from viz import signal_figs as S
+from viz._attention_data import MEAN_LAYER
 from viz.images import first_image, upscale
+from viz.plotly_base import empty_figure
 
 VIEWS = ["full compute", "accelerated", "both"]
 NORM_CHOICES = [("per-token min-max", "per-token"), ("shared scale", "shared")]
@@ -60,7 +64,7 @@ class InsideTabs:
                 with gr.Row():
                     self.view = gr.Radio(VIEWS, value="both", label="Show")
                     self.step = gr.Slider(0, 19, value=19, step=1, label="Step")
-                    self.layer = gr.Dropdown([P.MEAN_LAYER], value=P.MEAN_LAYER, label="Layer")
+                    self.layer = gr.Dropdown([MEAN_LAYER], value=MEAN_LAYER, label="Layer")
                     self.head = gr.Dropdown([MEAN_HEADS], value=MEAN_HEADS, label="Head",
                                             info="per-head maps need one layer")
                 self.strip = gr.Plot(label="What each technique did, step by step")
@@ -149,8 +153,8 @@ class InsideTabs:
         last = max(0, (run.steps_run if run is not None else baseline.request.steps) - 1)
         step = last if step is None or int(step) > last else int(step)
         maps = (baseline.signals or (run.signals if run is not None else None) or {}).get("attention_maps") or {}
-        layers = [P.MEAN_LAYER] + list(maps.get("cross") or {})
-        layer = layer if layer in layers else P.MEAN_LAYER
+        layers = [MEAN_LAYER] + list(maps.get("cross") or {})
+        layer = layer if layer in layers else MEAN_LAYER
         heads = [MEAN_HEADS] + [str(h) for h in range(_n_heads(maps, layer))]
         head = head if head in heads else MEAN_HEADS
         figs = self._figures(baseline, run, view, step, layer, head, norm, overlay, alpha, special, conv_log,
@@ -190,43 +194,43 @@ class InsideTabs:
             if signals is None or not shown[side]:
                 msg = ("Switch a technique on to see the accelerated run." if side == "1-accel" and run is None
                        else "Choose this run under Show to capture it." if not shown[side] else "Probes are running…")
-                out.append(P.empty_figure(msg))
+                out.append(empty_figure(msg))
                 continue
             reused_cross = reused_attention_steps(marks, "cross") if accel else None
             try:
                 if kind == "attn":
-                    fig = P.cross_attention_figure(signals.get("attention_maps"), tokens, step=s, layer=layer,
+                    fig = A.cross_attention_figure(signals.get("attention_maps"), tokens, step=s, layer=layer,
                                                    norm=norm or "per-token", head=head_index,
                                                    image=first_image(image) if overlay else None, alpha=float(alpha),
                                                    special=bool(special), timesteps=timesteps,
                                                    reused_steps=reused_cross, title_prefix=who)
                 elif kind == "self":
-                    fig = P.self_attention_figure(signals.get("attention_maps"), step=s, layer=layer,
+                    fig = A.self_attention_figure(signals.get("attention_maps"), step=s, layer=layer,
                                                   pixel=(row // factor, col // factor), head=head_index,
                                                   image=first_image(image), timesteps=timesteps,
                                                   reused_steps=reused_attention_steps(marks, "self") if accel else None,
                                                   title_prefix=who)
                 elif kind == "conv":
-                    fig = P.convergence_figure(signals.get("cross_attn_convergence"), log_y=bool(conv_log),
+                    fig = S.convergence_figure(signals.get("cross_attn_convergence"), log_y=bool(conv_log),
                                                gate_step=gate, title_prefix=who)
                 elif kind == "drift":
-                    fig = P.drift_figure(signals.get("feature_drift"), log_y=bool(drift_log), key_steps=key_steps,
+                    fig = S.drift_figure(signals.get("feature_drift"), log_y=bool(drift_log), key_steps=key_steps,
                                          title_prefix=who)
                 else:
-                    fig = P.token_rank_figure(signals.get("token_rank"), step=s, timesteps=timesteps,
+                    fig = S.token_rank_figure(signals.get("token_rank"), step=s, timesteps=timesteps,
                                               pruned=signals.get("atedm_pruning") if accel else None,
                                               title_prefix=who)
             except ValueError as err:  # e.g. a head of "mean of all layers": say so in the plot
-                fig = P.empty_figure(str(err))
+                fig = empty_figure(str(err))
             out.append(fig)
         strip = (P.step_strip_figure(marks, current_step=s, title_prefix=run.label) if run is not None
-                 else P.empty_figure("Switch a technique on to see what it does at each step.", height=160))
+                 else empty_figure("Switch a technique on to see what it does at each step.", height=160))
         out.append(strip)
         out.append(P.counters_figure(run.counters if run is not None else {}))
         return tuple(out)
 
 
 def _n_heads(maps: dict, layer: str) -> int:
-    from viz._data import n_heads
+    from viz._attention_data import n_heads
 
-    return 0 if layer in (None, P.MEAN_LAYER) else n_heads(maps, layer)
+    return 0 if layer in (None, MEAN_LAYER) else n_heads(maps, layer)

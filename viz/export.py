@@ -1,8 +1,9 @@
 """Static matplotlib versions of the app's figures, for lab slides and papers.
 
-Same inputs as `viz.plotly_figs` (schema-shaped dicts, docs/signals.md), a `matplotlib.figure.Figure` out;
-`save(fig, "fig.pdf")` or `fig.savefig(...)` writes PNG/PDF/SVG. Figures are built without pyplot (no
-global state, nothing to close, safe in threads) in a clean sans-serif style.
+Same inputs as the plotly figures (`viz.attention_figs`, `viz.signal_figs`, `viz.plotly_figs`; schema-shaped
+dicts, docs/signals.md), a `matplotlib.figure.Figure` out; `save(fig, "fig.pdf")` or `fig.savefig(...)` writes
+PNG/PDF/SVG. Figures are built without pyplot (no global state, nothing to close, safe in threads) in a clean
+sans-serif style.
 
     from analysis.report import load_run
     from viz import export
@@ -24,8 +25,10 @@ import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from viz import _attention_data as A  # noqa: E402
 from viz import _data as D  # noqa: E402
-from viz._data import MEAN_LAYER, NORM_MODES  # noqa: E402
+from viz import _signal_data as S  # noqa: E402
+from viz._attention_data import MEAN_LAYER, NORM_MODES  # noqa: E402
 
 STYLE = {
     "font.family": "sans-serif",
@@ -97,11 +100,11 @@ def cross_attention_figure(attention_maps: dict, tokens: Sequence[str], step: in
                            title_prefix: str | None = None) -> Figure:
     if not attention_maps or not attention_maps.get("cross"):
         return _message("No cross-attention maps were captured.")
-    maps, shown, source = D.cross_maps_shown(attention_maps, layer, step, head, prompt, reused_steps)
-    entries = [(i, lab) for i, lab in D.token_entries(tokens, special=special) if i < maps.shape[0]]
+    maps, shown, source = A.cross_maps_shown(attention_maps, layer, step, head, prompt, reused_steps)
+    entries = [(i, lab) for i, lab in A.token_entries(tokens, special=special) if i < maps.shape[0]]
     if not entries:
         return _message("The prompt has no tokens to show.")
-    values, zmin, zmax = D.normalise(np.stack([maps[i] for i, _ in entries]), norm)
+    values, zmin, zmax = A.normalise(np.stack([maps[i] for i, _ in entries]), norm)
     fig, axes = _grid(len(entries), cols)
     img = None
     if image is not None:
@@ -145,7 +148,7 @@ def convergence_figure(conv: dict, log_y: bool = False, gate_step: int | None = 
             for i, layer in enumerate(conv["layers"]):
                 ax.plot(steps, arr[i], lw=0.9, alpha=0.55, color=D.PALETTE[i % len(D.PALETTE)],
                         label=D.layer_label(layer))
-            ax.plot(steps, D.nanmean0(arr), lw=2.4, color="black", marker="o", ms=3, label="mean over layers")
+            ax.plot(steps, S.nanmean0(arr), lw=2.4, color="black", marker="o", ms=3, label="mean over layers")
         ax.set_title(title)
         ax.set_xlabel("denoising step t")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -165,8 +168,8 @@ def drift_figure(drift: dict, log_y: bool = False, key_steps: Sequence[int] | No
     if not drift or not drift.get("blocks"):
         return _message("No feature drift was captured.")
     roles = drift.get("role", {})
-    measure = D.drift_measure(drift, measure)
-    blocks, colours, mse, frob = D.drift_arrays(drift, measure)
+    measure = S.drift_measure(drift, measure)
+    blocks, colours, mse, frob = S.drift_arrays(drift, measure)
     fig = Figure(figsize=(8, 3.6), layout="constrained")
     ax1, ax2 = fig.subplots(1, 2, width_ratios=[1.3, 1])
     if mse.size:
@@ -205,7 +208,7 @@ def token_rank_figure(token_rank: dict, step: int | None = None, prompt: int = 0
                       title_prefix: str | None = None) -> Figure:
     if not token_rank or not token_rank.get("layers"):
         return _message("No token ranks were captured.")
-    maps, shown = D.token_rank_maps(token_rank, step, prompt, layers)
+    maps, shown = S.token_rank_maps(token_rank, step, prompt, layers)
     fig, axes = _grid(len(maps), cols)
     finite = np.concatenate([m[np.isfinite(m)].ravel() for _, m in maps])
     vmax = max(float(np.percentile(finite, 99)) if finite.size else 1.0, 1.0)
@@ -230,7 +233,7 @@ def token_rank_figure(token_rank: dict, step: int | None = None, prompt: int = 0
 def token_rank_summary_figure(token_rank: dict, prompt: int | None = None) -> Figure:
     if not token_rank or not token_rank.get("layers"):
         return _message("No token ranks were captured.")
-    layers, steps, ent = D.token_rank_concentration(token_rank, prompt)
+    layers, steps, ent = S.token_rank_concentration(token_rank, prompt)
     fig = Figure(figsize=(max(4, 0.35 * len(steps) + 2.5), 0.3 * len(layers) + 1.4), layout="constrained")
     ax = fig.add_subplot()
     im = ax.imshow(ent, aspect="auto", cmap="cividis", interpolation="nearest")
@@ -335,11 +338,11 @@ def self_attention_figure(attention_maps: dict, step: int | None = None, layer: 
                           image: np.ndarray | None = None, alpha: float = 0.6, timesteps: Sequence[float] | None = None,
                           reused_steps: Sequence[int] | None = None, cmap: str = "inferno",
                           title_prefix: str | None = None) -> Figure:
-    """Where one query pixel looks (see viz.plotly_figs.self_attention_figure for the arguments)."""
+    """Where one query pixel looks (see viz.attention_figs.self_attention_figure for the arguments)."""
     if not attention_maps or not attention_maps.get("self"):
         return _message("No self-attention maps were captured.")
     image_hw = None if image is None else tuple(np.asarray(image).shape[:2])
-    m, shown, cell, source = D.self_map_shown(attention_maps, step, layer, pixel, head, prompt, image_hw, reused_steps)
+    m, shown, cell, source = A.self_map_shown(attention_maps, step, layer, pixel, head, prompt, image_hw, reused_steps)
     fig = Figure(figsize=(3.6, 3.4), layout="constrained")
     ax = fig.add_subplot()
     if image is not None:

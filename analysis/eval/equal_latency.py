@@ -66,8 +66,6 @@ def quality(pipe, prompts: list[str], base_config, specs, steps, repeats, scorer
     Outside the swept counts the closest count is used and the prompt is counted in `extrapolated_prompts`; a
     technique no faster than the baseline (n* >= N) has no step-reduction counterpart (difference null).
     Done with wall clock (primary) and with process CPU time (`*_cpu`, immune to other processes' load)."""
-    from analysis import metrics
-
     fidelity = next((s for s in scorers if s.name == "fidelity"), None)  # the model's prompt-fidelity scorer
     with_fidelity = fidelity is not None
     counts = list(range(max(1, round(0.3 * steps)), steps))
@@ -78,75 +76,104 @@ def quality(pipe, prompts: list[str], base_config, specs, steps, repeats, scorer
         config = dataclasses.replace(base_config, prompt=prompt)
         jobs = make_jobs(techniques + sweep, steps, config)
         run_jobs(pipe, config, jobs, repeats, tag=f"quality {i + 1}/{len(prompts)}: ")
-        base = jobs[0]
-        base_lat, base_cpu = statistics.median(base.latencies), statistics.median(base.cpu)
-        row = {"prompt": prompt, "baseline_latency_s": base_lat, "baseline_cpu_s": base_cpu, "techniques": {},
-               "steps": {}}
-        if with_fidelity:
-            row["baseline_fidelity"] = fidelity.score(base.images, [prompt], base.images)["overall"]
-        for job in jobs[1:]:
-            lat, cpu = statistics.median(job.latencies), statistics.median(job.cpu)
-            d = {"latency_s": lat, "relative_latency": lat / base_lat, "speedup": base_lat / lat,
-                 "relative_cpu": cpu / base_cpu if base_cpu else None, "speedup_cpu": base_cpu / cpu if cpu else None,
-                 "psnr_db": metrics.psnr(base.images, job.images)}
-            if with_fidelity:
-                d["fidelity"] = fidelity.score(job.images, [prompt], base.images)["overall"]
-            (row["steps"] if job.label in sweep else row["techniques"])[job.steps if job.label in sweep else job.label] = d
-        per_prompt.append(row)
+        per_prompt.append(_prompt_row(prompt, jobs, sweep, fidelity))
+    fits = _latency_fits(per_prompt, counts, steps)
+    summary = {label: _technique_summary([r["techniques"][label] for r in per_prompt], per_prompt, counts, fits,
+                                         steps, with_fidelity)
+               for label in techniques}
+    return {
+        "prompts": prompts,
+        "baseline_fidelity": _med([r.get("baseline_fidelity") for r in per_prompt]) if with_fidelity else None,
+        "techniques": summary,
+        "steps_curve": _steps_curve(per_prompt, counts, with_fidelity),
+        "latency_fit": {clock: {"intercept": a, "per_step": b} for clock, (a, b) in fits.items()},
+        "per_prompt": jsonable(per_prompt),
+        "method": " ".join(quality.__doc__.split("\n\n", 1)[1].split()),
+    }
 
+
+def _prompt_row(prompt: str, jobs, sweep: list[str], fidelity) -> dict:
+    """One prompt's row: the baseline's latency and CPU time (and fidelity), and per technique (by label) and per
+    swept step count (by count) its latency and CPU time relative to the baseline, speed-ups, PSNR to the
+    baseline image and fidelity. jobs[0] is the baseline."""
+    from analysis import metrics
+
+    base = jobs[0]
+    base_lat, base_cpu = statistics.median(base.latencies), statistics.median(base.cpu)
+    row = {"prompt": prompt, "baseline_latency_s": base_lat, "baseline_cpu_s": base_cpu, "techniques": {},
+           "steps": {}}
+    if fidelity is not None:
+        row["baseline_fidelity"] = fidelity.score(base.images, [prompt], base.images)["overall"]
+    for job in jobs[1:]:
+        lat, cpu = statistics.median(job.latencies), statistics.median(job.cpu)
+        d = {"latency_s": lat, "relative_latency": lat / base_lat, "speedup": base_lat / lat,
+             "relative_cpu": cpu / base_cpu if base_cpu else None, "speedup_cpu": base_cpu / cpu if cpu else None,
+             "psnr_db": metrics.psnr(base.images, job.images)}
+        if fidelity is not None:
+            d["fidelity"] = fidelity.score(job.images, [prompt], base.images)["overall"]
+        (row["steps"] if job.label in sweep else row["techniques"])[job.steps if job.label in sweep else job.label] = d
+    return row
+
+
+def _latency_fits(per_prompt: list[dict], counts: list[int], steps: int) -> dict[str, tuple[float, float]]:
+    """Per clock ("wall", "cpu"): the line (intercept, per step) of relative latency against the step count,
+    over every prompt's swept counts and the baseline itself (steps, 1.0)."""
     fits = {}
     for clock, key in (("wall", "relative_latency"), ("cpu", "relative_cpu")):
         pts = [(n, r["steps"][n][key]) for r in per_prompt for n in counts if r["steps"][n][key] is not None]
         pts += [(steps, 1.0)] * len(per_prompt)  # the baseline itself
         fits[clock] = fit_line(pts) if counts else (0.0, 0.0)
+    return fits
 
-    summary = {}
-    for label in techniques:
-        rows = [r["techniques"][label] for r in per_prompt]
-        entry = {
-            "median_speedup": _med([r["speedup"] for r in rows]),
-            "median_speedup_cpu": _med([r["speedup_cpu"] for r in rows]),
-            "median_psnr_db": json_number(_med([r["psnr_db"] for r in rows])),
-            "mean_finite_psnr_db": _mean_finite([r["psnr_db"] for r in rows]),
-            "fidelity": _med([r.get("fidelity") for r in rows]) if with_fidelity else None,
-        }
-        for clock, key, suffix in (("wall", "relative_latency", ""), ("cpu", "relative_cpu", "_cpu")):
-            a, b = fits[clock]
-            rel = _med([r[key] for r in rows])
-            if not counts or rel is None or b <= 0:
-                entry.update({f"equal_latency_steps{suffix}": None, f"median_steps_psnr_db{suffix}": None,
-                              f"median_psnr_minus_steps_psnr{suffix}": None, f"extrapolated_prompts{suffix}": None})
-                continue
-            n_star = (rel - a) / b
-            if n_star >= steps:  # no faster than the baseline: at equal latency step reduction is the full image
-                entry.update({f"equal_latency_steps{suffix}": n_star, f"median_steps_psnr_db{suffix}": math.inf,
-                              f"median_psnr_minus_steps_psnr{suffix}": None,
-                              f"extrapolated_prompts{suffix}": len(rows)})
-                continue
-            diffs, steps_psnr, outside = [], [], 0
-            for r, t in zip(per_prompt, rows):
-                sp, out = interp([(n, r["steps"][n]["psnr_db"]) for n in counts], n_star)
-                outside += out
-                steps_psnr.append(sp)
-                diffs.append(t["psnr_db"] - sp)
-            entry.update({f"equal_latency_steps{suffix}": n_star, f"median_steps_psnr_db{suffix}": _med(steps_psnr),
-                          f"median_psnr_minus_steps_psnr{suffix}": _med(diffs),
-                          f"extrapolated_prompts{suffix}": outside})
-        summary[label] = entry
-    steps_curve = {n: {"median_relative_latency": _med([r["steps"][n]["relative_latency"] for r in per_prompt]),
-                       "median_relative_cpu": _med([r["steps"][n]["relative_cpu"] for r in per_prompt]),
-                       "median_psnr_db": _med([r["steps"][n]["psnr_db"] for r in per_prompt]),
-                       "fidelity": _med([r["steps"][n].get("fidelity") for r in per_prompt]) if with_fidelity else None}
-                   for n in counts}
-    return {
-        "prompts": prompts,
-        "baseline_fidelity": _med([r.get("baseline_fidelity") for r in per_prompt]) if with_fidelity else None,
-        "techniques": summary,
-        "steps_curve": steps_curve,
-        "latency_fit": {clock: {"intercept": a, "per_step": b} for clock, (a, b) in fits.items()},
-        "per_prompt": jsonable(per_prompt),
-        "method": " ".join(quality.__doc__.split("\n\n", 1)[1].split()),
+
+def _technique_summary(rows: list[dict], per_prompt: list[dict], counts: list[int], fits: dict, steps: int,
+                       with_fidelity: bool) -> dict:
+    """Medians of one technique's per-prompt `rows`, then its equal-latency comparison on each clock."""
+    entry = {
+        "median_speedup": _med([r["speedup"] for r in rows]),
+        "median_speedup_cpu": _med([r["speedup_cpu"] for r in rows]),
+        "median_psnr_db": json_number(_med([r["psnr_db"] for r in rows])),
+        "mean_finite_psnr_db": _mean_finite([r["psnr_db"] for r in rows]),
+        "fidelity": _med([r.get("fidelity") for r in rows]) if with_fidelity else None,
     }
+    for clock, key, suffix in (("wall", "relative_latency", ""), ("cpu", "relative_cpu", "_cpu")):
+        entry.update(_equal_latency(rows, per_prompt, counts, fits[clock], key, suffix, steps))
+    return entry
+
+
+def _equal_latency(rows: list[dict], per_prompt: list[dict], counts: list[int], fit: tuple[float, float], key: str,
+                   suffix: str, steps: int) -> dict:
+    """The equal-latency step count n* of one technique on one clock (`key`: its relative-latency field), the
+    median step-reduction PSNR there, the median PSNR difference and how many prompts were extrapolated;
+    None where there is no step sweep or no fit."""
+    a, b = fit
+    rel = _med([r[key] for r in rows])
+    if not counts or rel is None or b <= 0:
+        return {f"equal_latency_steps{suffix}": None, f"median_steps_psnr_db{suffix}": None,
+                f"median_psnr_minus_steps_psnr{suffix}": None, f"extrapolated_prompts{suffix}": None}
+    n_star = (rel - a) / b
+    if n_star >= steps:  # no faster than the baseline: at equal latency step reduction is the full image
+        return {f"equal_latency_steps{suffix}": n_star, f"median_steps_psnr_db{suffix}": math.inf,
+                f"median_psnr_minus_steps_psnr{suffix}": None,
+                f"extrapolated_prompts{suffix}": len(rows)}
+    diffs, steps_psnr, outside = [], [], 0
+    for r, t in zip(per_prompt, rows):
+        sp, out = interp([(n, r["steps"][n]["psnr_db"]) for n in counts], n_star)
+        outside += out
+        steps_psnr.append(sp)
+        diffs.append(t["psnr_db"] - sp)
+    return {f"equal_latency_steps{suffix}": n_star, f"median_steps_psnr_db{suffix}": _med(steps_psnr),
+            f"median_psnr_minus_steps_psnr{suffix}": _med(diffs),
+            f"extrapolated_prompts{suffix}": outside}
+
+
+def _steps_curve(per_prompt: list[dict], counts: list[int], with_fidelity: bool) -> dict:
+    """Per swept step count: median relative latency and CPU time, PSNR and fidelity over the prompts."""
+    return {n: {"median_relative_latency": _med([r["steps"][n]["relative_latency"] for r in per_prompt]),
+                "median_relative_cpu": _med([r["steps"][n]["relative_cpu"] for r in per_prompt]),
+                "median_psnr_db": _med([r["steps"][n]["psnr_db"] for r in per_prompt]),
+                "fidelity": _med([r["steps"][n].get("fidelity") for r in per_prompt]) if with_fidelity else None}
+            for n in counts}
 
 
 def _mean_finite(xs):

@@ -173,7 +173,6 @@ def run(args) -> dict:
 
     from analysis.eval import sensitivity as sens
     from analysis.eval.sweep import _parse_seeds, read_prompts
-    from analysis.eval.sweep_results import SHIPPED_DIR
     from analysis.models import ModelLoadError, load_pipeline
     from analysis.run_folder import OutDirError, RunFolder
 
@@ -188,15 +187,7 @@ def run(args) -> dict:
         prompts = prompts[: args.limit_prompts]
     if not 2 <= args.steps <= 1000:
         raise UsageError(f"--steps must be between 2 and 1000, got {args.steps}")
-    sweep = None
-    if args.sweep != "none":
-        sweep = Path(args.sweep) if args.sweep else SHIPPED_DIR / f"default-{args.steps}"
-        if args.sweep is None and args.model != "default":
-            sweep = None
-        elif not (sweep / "summary.json").exists():
-            if args.sweep:
-                raise UsageError(f"--sweep {args.sweep}: no summary.json (a merged sweep folder)")
-            sweep = None
+    sweep = _sweep_folder(args)
     try:
         pipe = load_pipeline(args.model, scheduler=args.scheduler)
     except (ModelLoadError, ValueError, OSError) as err:
@@ -205,9 +196,7 @@ def run(args) -> dict:
     units = [(p, s) for p in prompts for s in seeds]
     probed = [probe_unit(pipe, p, s, args.steps, args.guidance, args.scheduler)
               for p, s in tqdm(units, desc="probes", file=sys.stderr)]
-    first = probed[0]
-    roles = {role: [i for i, b in enumerate(first["blocks"]) if first["role"][b] == role]
-             for role in ("encoder", "bottleneck", "decoder")}
+    bands = _probe_bands(probed, args.steps)
     from analysis.accel.fastdiff import FastDiffConfig
     from analysis.accel.tgate import default_gate_step
 
@@ -223,15 +212,7 @@ def run(args) -> dict:
         "prompts": len(prompts), "seeds": seeds, "units": len(units), "band": "median and interquartile range over units",
         "tgate_gate_step": default_gate_step(args.steps),
         "fastdiff_key_steps": list(FastDiffConfig().resolve_key_steps(args.steps)),
-        "map_change": {"steps": list(range(1, args.steps)), "layers": first["layers"],
-                       "per_layer": {layer: band([u["map_change"][j] for u in probed]) for j, layer in enumerate(first["layers"])},
-                       "mean_of_layers": band([u["map_change"].mean(0) for u in probed])},
-        "relative_drift": {"steps": list(range(1, args.steps)),
-                           "per_role": {role: band([np.nanmean(u["relative_drift"][idx], axis=0) for u in probed])
-                                        for role, idx in roles.items() if idx},
-                           "per_block": {b: band([u["relative_drift"][j] for u in probed]) for j, b in enumerate(first["blocks"])}},
-        "map_similarity": {"steps": first["map_steps"],
-                           "median": np.median([u["similarity"] for u in probed], axis=0).tolist()},
+        **bands,
         "sensitivity": {"units": min(args.sensitivity_prompts, len(prompts)), "curve": curve, "step_factors": factors,
                         "verdict": sens.verdict(curve, factors), "policies": sens.policies(args.steps, args.model)},
         "pruning": {"units": min(args.pruning_prompts, len(prompts)), "rankings": PRUNING_RANKINGS,
@@ -247,19 +228,60 @@ def run(args) -> dict:
             folder.commit()
     except OutDirError as err:
         raise UsageError(err) from None
-    shipped = None
-    if args.ship:
-        shipped = shipped_dir(args.steps)
-        shutil.rmtree(shipped, ignore_errors=True)
-        (shipped / "figures").mkdir(parents=True)
-        shutil.copyfile(folder.target / "observations.json", shipped / "observations.json")
-        for figure in [*(folder.target / "figures").glob("*.png"), *(folder.target / "figures").glob("*.svg")]:
-            shutil.copyfile(figure, shipped / "figures" / figure.name)
-        from viz.observation_figs import write_slides  # the app's titles and captions, on 16:9 slides
-
-        write_slides(shipped)
+    shipped = _ship(folder.target, args.steps) if args.ship else None
     return {"out": str(folder.target), "units": len(units), "shipped": str(shipped) if shipped else None,
             "sensitivity_verdict": result["sensitivity"]["verdict"]}
+
+
+def _sweep_folder(args) -> Path | None:
+    """The merged sweep folder of the equal-work comparison: --sweep, else the shipped default-STEPS sweep on the
+    default model; None for --sweep none, another model without --sweep, or no shipped sweep."""
+    from analysis.eval.sweep_results import SHIPPED_DIR
+
+    sweep = None
+    if args.sweep != "none":
+        sweep = Path(args.sweep) if args.sweep else SHIPPED_DIR / f"default-{args.steps}"
+        if args.sweep is None and args.model != "default":
+            sweep = None
+        elif not (sweep / "summary.json").exists():
+            if args.sweep:
+                raise UsageError(f"--sweep {args.sweep}: no summary.json (a merged sweep folder)")
+            sweep = None
+    return sweep
+
+
+def _probe_bands(probed: list[dict], steps: int) -> dict:
+    """The probe observations over units: cross-attention map change per layer and mean of layers (T-GATE),
+    relative drift per role and per block (Faster-Diffusion), and the median step-by-step map similarity."""
+    first = probed[0]
+    roles = {role: [i for i, b in enumerate(first["blocks"]) if first["role"][b] == role]
+             for role in ("encoder", "bottleneck", "decoder")}
+    return {
+        "map_change": {"steps": list(range(1, steps)), "layers": first["layers"],
+                       "per_layer": {layer: band([u["map_change"][j] for u in probed]) for j, layer in enumerate(first["layers"])},
+                       "mean_of_layers": band([u["map_change"].mean(0) for u in probed])},
+        "relative_drift": {"steps": list(range(1, steps)),
+                           "per_role": {role: band([np.nanmean(u["relative_drift"][idx], axis=0) for u in probed])
+                                        for role, idx in roles.items() if idx},
+                           "per_block": {b: band([u["relative_drift"][j] for u in probed]) for j, b in enumerate(first["blocks"])}},
+        "map_similarity": {"steps": first["map_steps"],
+                           "median": np.median([u["similarity"] for u in probed], axis=0).tolist()},
+    }
+
+
+def _ship(target: Path, steps: int) -> Path:
+    """`--ship`: copy observations.json and the figures of the written folder to `shipped_dir(steps)` (replacing
+    what was there) and draw the slides there."""
+    shipped = shipped_dir(steps)
+    shutil.rmtree(shipped, ignore_errors=True)
+    (shipped / "figures").mkdir(parents=True)
+    shutil.copyfile(target / "observations.json", shipped / "observations.json")
+    for figure in [*(target / "figures").glob("*.png"), *(target / "figures").glob("*.svg")]:
+        shutil.copyfile(figure, shipped / "figures" / figure.name)
+    from viz.observation_figs import write_slides  # the app's titles and captions, on 16:9 slides
+
+    write_slides(shipped)
+    return shipped
 
 
 def shipped_dir(steps: int, directory: Path | None = None) -> Path:

@@ -196,43 +196,78 @@ def unet_breakdown(unet, inputs, calls: int) -> dict:
 def _analyse(unet, groups, fused, expl, parts, kinds, queries, calls) -> dict:
     u_f, u_e = fused["__total__"], expl["__total__"]
     conv_names = _outermost(groups["conv"])
-    attn_names = sorted(groups["attn"])
-
-    def cat(times, names):
-        return sum(times.get(n, 0.0) for n in names)
-
-    per_module = {}
-    for name in attn_names:
-        p = parts.get(name, dict.fromkeys(ATTENTION_PARTS, 0.0))
-        e_total = sum(p.values())
-        f_total = fused.get(name, 0.0)
-        proj_map, proj_val = p["qk_proj"], p["v_proj"] + p["out_proj"]
-        core_e = p["scores_softmax"] + p["probs_v"]
-        core_f = f_total - proj_map - proj_val - p["prologue"] - p["epilogue"]
-        if core_f >= 0 and core_e > 0:
-            map_f = proj_map + core_f * p["scores_softmax"] / core_e
-            val_f = proj_val + core_f * p["probs_v"] / core_e
-        else:  # the fused call was faster than the explicit projections alone (noise): scale everything
-            r = f_total / e_total if e_total else 0.0
-            map_f, val_f = (proj_map + p["scores_softmax"]) * r, (proj_val + p["probs_v"]) * r
-        per_module[name] = {
-            "kind": kinds.get(name, "self"), "queries": queries.get(name), "fused_s": f_total, "explicit_s": e_total,
-            "map_s": map_f, "values_s": val_f, "map_explicit_s": proj_map + p["scores_softmax"],
-            "values_explicit_s": proj_val + p["probs_v"],
-            "reuse_step_explicit_s": e_total - proj_map - p["scores_softmax"],  # V, probs@V, to_out, pro/epilogue
-            **{f"{k}_s": v for k, v in p.items()},
-        }
-
-    def shares(total, conv, ff, maps, values):
-        rest = total - conv - ff - maps - values
-        d = {"convolutions": conv, "attention_maps": maps, "attention_values_out": values, "feed_forward": ff,
-             "rest": rest}
-        return {k: (v / total if total else 0.0) for k, v in d.items()}
-
+    per_module = {name: _attention_module(parts.get(name, dict.fromkeys(ATTENTION_PARTS, 0.0)), fused.get(name, 0.0),
+                                          kinds.get(name, "self"), queries.get(name))
+                  for name in sorted(groups["attn"])}
     maps_f = sum(m["map_s"] for m in per_module.values())
     vals_f = sum(m["values_s"] for m in per_module.values())
     maps_e = sum(m["map_explicit_s"] for m in per_module.values())
     vals_e = sum(m["values_explicit_s"] for m in per_module.values())
+    top = groups["top"]
+    enc_names = [n for n in top if n == "conv_in" or n.startswith("down_blocks.") or n == "mid_block"]
+    dec_names = [n for n in top if n.startswith("up_blocks.") or n in ("conv_norm_out", "conv_act", "conv_out")]
+    enc, dec = _summed(fused, enc_names), _summed(fused, dec_names)
+    conv_f, ff_f = _summed(fused, conv_names), _summed(fused, groups["ff"])
+    conv_e, ff_e = _summed(expl, conv_names), _summed(expl, groups["ff"])
+    attn_f = sum(m["fused_s"] for m in per_module.values())
+    attn_e = sum(m["explicit_s"] for m in per_module.values())
+    return {
+        "calls_per_pass": calls,
+        "unet_call_s": u_f,
+        "unet_call_explicit_s": u_e,
+        "shares": _shares(u_f, conv_f, ff_f, maps_f, vals_f),
+        "shares_explicit": _shares(u_e, conv_e, ff_e, maps_e, vals_e),
+        "attention_by_kind": _attention_by_kind(per_module, u_f, u_e),
+        "attention_s": attn_f,
+        "attention_explicit_s": attn_e,
+        "explicit_over_fused_attention": attn_e / attn_f if attn_f else None,
+        "encoder_decoder": {"encoder": enc / u_f if u_f else 0.0, "decoder": dec / u_f if u_f else 0.0,
+                            "other": (u_f - enc - dec) / u_f if u_f else 0.0,
+                            "encoder_s": enc, "decoder_s": dec,
+                            "encoder_modules": sorted(enc_names), "decoder_modules": sorted(dec_names)},
+        "transformer_layers": _transformer_layers(groups["t2d"], fused, queries, per_module),
+        "attention_modules": per_module,
+    }
+
+
+def _summed(times: dict, names) -> float:
+    """The seconds of the named modules, summed (0 for a module that was not timed)."""
+    return sum(times.get(n, 0.0) for n in names)
+
+
+def _attention_module(p: dict, f_total: float, kind: str, queries) -> dict:
+    """One attention module's profile: its fused time split into maps and values in the proportion of its
+    explicit parts `p` (see the module doc), and the explicit parts themselves."""
+    e_total = sum(p.values())
+    proj_map, proj_val = p["qk_proj"], p["v_proj"] + p["out_proj"]
+    core_e = p["scores_softmax"] + p["probs_v"]
+    core_f = f_total - proj_map - proj_val - p["prologue"] - p["epilogue"]
+    if core_f >= 0 and core_e > 0:
+        map_f = proj_map + core_f * p["scores_softmax"] / core_e
+        val_f = proj_val + core_f * p["probs_v"] / core_e
+    else:  # the fused call was faster than the explicit projections alone (noise): scale everything
+        r = f_total / e_total if e_total else 0.0
+        map_f, val_f = (proj_map + p["scores_softmax"]) * r, (proj_val + p["probs_v"]) * r
+    return {
+        "kind": kind, "queries": queries, "fused_s": f_total, "explicit_s": e_total,
+        "map_s": map_f, "values_s": val_f, "map_explicit_s": proj_map + p["scores_softmax"],
+        "values_explicit_s": proj_val + p["probs_v"],
+        "reuse_step_explicit_s": e_total - proj_map - p["scores_softmax"],  # V, probs@V, to_out, pro/epilogue
+        **{f"{k}_s": v for k, v in p.items()},
+    }
+
+
+def _shares(total, conv, ff, maps, values) -> dict:
+    """Each part's share of a UNet call's `total` seconds; rest = the total minus the four parts."""
+    rest = total - conv - ff - maps - values
+    d = {"convolutions": conv, "attention_maps": maps, "attention_values_out": values, "feed_forward": ff,
+         "rest": rest}
+    return {k: (v / total if total else 0.0) for k, v in d.items()}
+
+
+def _attention_by_kind(per_module: dict, u_f: float, u_e: float) -> dict:
+    """Self- and cross-attention modules: how many, their fused seconds and shares of the fused UNet call `u_f`,
+    and their explicit map share of the explicit call `u_e`."""
     by_kind = {}
     for kind in ("self", "cross"):
         ms = [m for m in per_module.values() if m["kind"] == kind]
@@ -246,13 +281,14 @@ def _analyse(unet, groups, fused, expl, parts, kinds, queries, calls) -> dict:
             "values_share": sum(m["values_s"] for m in ms) / u_f if u_f else 0.0,
             "explicit_map_share": sum(m["map_explicit_s"] for m in ms) / u_e if u_e else 0.0,
         }
-    top = groups["top"]
-    enc_names = [n for n in top if n == "conv_in" or n.startswith("down_blocks.") or n == "mid_block"]
-    dec_names = [n for n in top if n.startswith("up_blocks.") or n in ("conv_norm_out", "conv_act", "conv_out")]
-    enc, dec = cat(fused, enc_names), cat(fused, dec_names)
+    return by_kind
 
+
+def _transformer_layers(t2d: dict, fused: dict, queries: dict, per_module: dict) -> dict:
+    """Per Transformer2D layer: its blocks, fused seconds, the seconds AT-EDM's pruning can save (after the first
+    block's attn1), and that attn1's queries and explicit-path overhead."""
     layers = {}
-    for name, model in groups["t2d"].items():
+    for name, model in t2d.items():
         blocks = [f"{name}.transformer_blocks.{i}" for i in range(len(model.transformer_blocks))]
         if len(blocks) == 1:
             b = blocks[0]
@@ -264,27 +300,7 @@ def _analyse(unet, groups, fused, expl, parts, kinds, queries, calls) -> dict:
                         "attn1": attn1, "attn1_queries": queries.get(attn1),
                         "attn1_explicit_overhead_s": per_module.get(attn1, {}).get("explicit_s", 0.0)
                         - per_module.get(attn1, {}).get("fused_s", 0.0)}
-    conv_f, ff_f = cat(fused, conv_names), cat(fused, groups["ff"])
-    conv_e, ff_e = cat(expl, conv_names), cat(expl, groups["ff"])
-    attn_f = sum(m["fused_s"] for m in per_module.values())
-    attn_e = sum(m["explicit_s"] for m in per_module.values())
-    return {
-        "calls_per_pass": calls,
-        "unet_call_s": u_f,
-        "unet_call_explicit_s": u_e,
-        "shares": shares(u_f, conv_f, ff_f, maps_f, vals_f),
-        "shares_explicit": shares(u_e, conv_e, ff_e, maps_e, vals_e),
-        "attention_by_kind": by_kind,
-        "attention_s": attn_f,
-        "attention_explicit_s": attn_e,
-        "explicit_over_fused_attention": attn_e / attn_f if attn_f else None,
-        "encoder_decoder": {"encoder": enc / u_f if u_f else 0.0, "decoder": dec / u_f if u_f else 0.0,
-                            "other": (u_f - enc - dec) / u_f if u_f else 0.0,
-                            "encoder_s": enc, "decoder_s": dec,
-                            "encoder_modules": sorted(enc_names), "decoder_modules": sorted(dec_names)},
-        "transformer_layers": layers,
-        "attention_modules": per_module,
-    }
+    return layers
 
 
 def breakdown(pipe, config, steps: int, calls: int, log: Callable[[str], None] = _quiet) -> dict:

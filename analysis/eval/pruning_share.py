@@ -2,7 +2,7 @@
 
 The ablation "G-WPR against random" compares quality; this says why. For one shapes-world prompt and seed,
 the objects' pixels are taken from the same-seed full-compute image (the palette-colour foreground of
-`analysis.toy.fidelity.colour_masks`: where the objects are when nothing is pruned), averaged down to each
+`analysis.toy.detect.colour_masks`: where the objects are when nothing is pruned), averaged down to each
 pruning layer's token grid (a token is an object token when at least half of its pixels are). The
 accelerated run carries a cheap attention probe, so AT-EDM's pruning log (signal "atedm_pruning",
 conditional branch) records which tokens were pruned at every step. Over the layers and steps that pruned:
@@ -23,7 +23,7 @@ from skimage.transform import resize
 
 def object_mask(image: np.ndarray) -> np.ndarray:
     """(H, W) bool: pixels of any palette colour (the shapes world's objects)."""
-    from analysis.toy.fidelity import colour_masks
+    from analysis.toy.detect import colour_masks
 
     return np.any(np.stack(list(colour_masks(image).values())), axis=0)
 

@@ -204,7 +204,7 @@ class AttentionMapsProbe(AttentionProbe):
 
     def _plan(self) -> None:
         self._flush()
-        cfg, layers = self.config, list(self.layers.values())
+        layers = list(self.layers.values())
         n = max(self.clock.num_steps, 1)
         first = self.first_step or 0
         total_steps = list(range(first, n)) or [first]
@@ -213,36 +213,11 @@ class AttentionMapsProbe(AttentionProbe):
             self._drop_heads(cross=False)
         if self._per_step() * n > self.budget and self.heads_on:
             self._drop_heads(cross=True)
-        downsampled = any(not l.cross and l.kept != l.native for l in layers)  # first-step bounds
-        while self._per_step() * n > self.budget:
-            cands = [l for l in layers if not l.cross and not l.dropped and halve(l.kept, cfg.min_res) != l.kept]
-            if not cands:
-                break
-            layer = max(cands, key=lambda l: l.bytes_per_step(False))
-            layer.kept = layer.keys_kept = halve(layer.kept, cfg.min_res)
-            downsampled = True
-        if downsampled:
-            self.reductions.append(f"self-attention downsampled (min {cfg.min_res}x{cfg.min_res})")
+        self._downsample_self(layers, n)
         per_step = self._per_step()
         n_keep = n if per_step == 0 else min(n, self.budget // per_step)
         if n_keep < 1:
-            while self._per_step() > self.budget:
-                cands = [l for l in layers if l.cross and not l.dropped and halve(l.kept, cfg.min_res) != l.kept]
-                if not cands:
-                    break
-                layer = max(cands, key=lambda l: l.bytes_per_step(False))
-                layer.kept = halve(layer.kept, cfg.min_res)
-                if "cross-attention downsampled" not in self.reductions:
-                    self.reductions.append("cross-attention downsampled")
-            dropped = 0
-            while self._per_step() > self.budget:  # self-attention layers go first: the token maps matter most
-                layer = max((l for l in layers if not l.dropped),
-                            key=lambda l: (not l.cross, l.bytes_per_step(self.heads_on, self.self_heads_on)))
-                layer.dropped = True
-                dropped += 1
-            if dropped:
-                self.reductions.append(f"dropped {dropped} of {len(layers)} layers")
-            n_keep = 1 if self._per_step() > 0 else 0
+            n_keep = self._fit_one_step(layers)
         if n_keep >= n:
             kept = total_steps
         elif n_keep <= 1:
@@ -253,36 +228,77 @@ class AttentionMapsProbe(AttentionProbe):
             self.reductions.append(f"kept {len(kept)} of {n} steps")
         self.kept_steps = kept
         self._kept_set = set(kept)
-        # Bring what the first step stored down to the plan.
-        for layer in layers:
-            if layer.dropped:
-                layer.maps.clear()
-                layer.head_maps.clear()
+        for layer in layers:  # bring what the first step stored down to the plan
+            self._reduce_to_plan(layer)
+
+    def _downsample_self(self, layers: list[_Layer], n: int) -> None:
+        """Halve the largest self-attention layer's kept grid until `n` steps of every layer fit the budget (or no
+        layer can be halved); noted once, also when the first-step bounds already downsampled."""
+        min_res = self.config.min_res
+        downsampled = any(not l.cross and l.kept != l.native for l in layers)  # first-step bounds
+        while self._per_step() * n > self.budget:
+            cands = [l for l in layers if not l.cross and not l.dropped and halve(l.kept, min_res) != l.kept]
+            if not cands:
+                break
+            layer = max(cands, key=lambda l: l.bytes_per_step(False))
+            layer.kept = layer.keys_kept = halve(layer.kept, min_res)
+            downsampled = True
+        if downsampled:
+            self.reductions.append(f"self-attention downsampled (min {min_res}x{min_res})")
+
+    def _fit_one_step(self, layers: list[_Layer]) -> int:
+        """Not even one step fits: halve the cross-attention layers, then drop layers (self-attention first) until
+        one step fits. Returns how many steps to keep (1, or 0 when every layer was dropped)."""
+        min_res = self.config.min_res
+        while self._per_step() > self.budget:
+            cands = [l for l in layers if l.cross and not l.dropped and halve(l.kept, min_res) != l.kept]
+            if not cands:
+                break
+            layer = max(cands, key=lambda l: l.bytes_per_step(False))
+            layer.kept = halve(layer.kept, min_res)
+            if "cross-attention downsampled" not in self.reductions:
+                self.reductions.append("cross-attention downsampled")
+        dropped = 0
+        while self._per_step() > self.budget:  # self-attention layers go first: the token maps matter most
+            layer = max((l for l in layers if not l.dropped),
+                        key=lambda l: (not l.cross, l.bytes_per_step(self.heads_on, self.self_heads_on)))
+            layer.dropped = True
+            dropped += 1
+        if dropped:
+            self.reductions.append(f"dropped {dropped} of {len(layers)} layers")
+        return 1 if self._per_step() > 0 else 0
+
+    def _reduce_to_plan(self, layer: _Layer) -> None:
+        """Bring the maps `layer` stored at the first step down to the plan: drop unkept steps (or the whole
+        dropped layer), pool to the kept resolution, and reduce or drop the per-head maps likewise."""
+        if layer.dropped:
+            layer.maps.clear()
+            layer.head_maps.clear()
+            return
+        for step in list(layer.maps):
+            if step not in self._kept_set:
+                del layer.maps[step]
+                layer.head_maps.pop(step, None)
                 continue
-            for step in list(layer.maps):
-                if step not in self._kept_set:
-                    del layer.maps[step]
-                    layer.head_maps.pop(step, None)
-                    continue
-                m = layer.maps[step].float()
-                if layer.cross:
-                    layer.maps[step] = pool(m, layer.kept).half()
-                else:  # stored at the first-step resolution (queries and keys on the same grid)
-                    grid = (m.shape[1], m.shape[2])
-                    flat = m.reshape(layer.prompts, grid[0] * grid[1], -1)
-                    layer.maps[step] = _self_reduce(flat, grid, layer.kept, layer.keys_kept).half()
-            if not (self.heads_on if layer.cross else self.self_heads_on):
-                layer.head_maps.clear()
-            elif layer.cross:
-                for step, m in list(layer.head_maps.items()):
-                    layer.head_maps[step] = pool(m.float(), layer.kept).half()
-            else:
-                for step, m in list(layer.head_maps.items()):
-                    m = m.float()  # (P, heads, hq, wq, hk, wk) at the first-step resolution
-                    grid = (m.shape[2], m.shape[3])
-                    flat = m.reshape(layer.prompts * layer.heads, grid[0] * grid[1], -1)
-                    red = _self_reduce(flat, grid, layer.kept, layer.keys_kept)
-                    layer.head_maps[step] = red.reshape(layer.prompts, layer.heads, *red.shape[1:]).half()
+            m = layer.maps[step].float()
+            if layer.cross:
+                layer.maps[step] = pool(m, layer.kept).half()
+            else:  # stored at the first-step resolution (queries and keys on the same grid)
+                grid = (m.shape[1], m.shape[2])
+                flat = m.reshape(layer.prompts, grid[0] * grid[1], -1)
+                layer.maps[step] = _self_reduce(flat, grid, layer.kept, layer.keys_kept).half()
+        if not (self.heads_on if layer.cross else self.self_heads_on):
+            layer.head_maps.clear()
+        elif layer.cross:
+            for step, m in list(layer.head_maps.items()):
+                layer.head_maps[step] = pool(m.float(), layer.kept).half()
+        else:
+            for step, m in list(layer.head_maps.items()):
+                m = m.float()  # (P, heads, hq, wq, hk, wk) at the first-step resolution
+                grid = (m.shape[2], m.shape[3])
+                flat = m.reshape(layer.prompts * layer.heads, grid[0] * grid[1], -1)
+                red = _self_reduce(flat, grid, layer.kept, layer.keys_kept)
+                layer.head_maps[step] = red.reshape(layer.prompts, layer.heads, *red.shape[1:]).half()
 
     # --- results -------------------------------------------------------------------------------------------
     def signals(self) -> dict[str, Any]:

@@ -211,30 +211,11 @@ def train(cfg: TrainConfig) -> Path:
     tokenizer = build_tokenizer(work / "tokenizer")
 
     images, captions, _ = scenes.sample_dataset(cfg.n_scenes, seed=cfg.seed)
-    if cfg.vae_from:
-        vae = AutoencoderKL.from_pretrained(Path(cfg.vae_from) / "vae").eval()
-    else:
-        vae = train_vae(cfg, images, work)
-    latents = encode_pool(cfg, vae, images, work)
-    scale = float(1.0 / latents.std())
-    vae.register_to_config(scaling_factor=scale)
-    latents = latents * scale
-
+    vae, latents = _latent_pool(cfg, images, work)
     ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
     empty_ids = tokenizer([""], padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt").input_ids
 
-    torch.manual_seed(cfg.seed)
-    # Built in the same order for every variant, so the UNet starts from the same weights in all of them.
-    text_encoder = architecture.make_text_encoder(len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id)
-    unet = architecture.make_unet()
-    scheduler = architecture.make_scheduler()
-    prediction_type = scheduler.config.prediction_type
-    if cfg.text_encoder == "judge":  # the tower must read the same token ids, not only as many of them
-        from transformers import AutoTokenizer
-
-        if AutoTokenizer.from_pretrained(cfg.text_encoder_from).get_vocab() != tokenizer.get_vocab():
-            raise ValueError(f"text_encoder_from {cfg.text_encoder_from}: its tokenizer differs from the world's")
-    text_encoder = text_encoder_variant(text_encoder, cfg.text_encoder, cfg.text_encoder_from)
+    text_encoder, unet, scheduler = _fresh_models(cfg, tokenizer)
     train_text = cfg.text_encoder not in ("frozen", "judge")
     params = list(unet.parameters()) + (list(text_encoder.parameters()) if train_text else [])
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
@@ -242,38 +223,14 @@ def train(cfg: TrainConfig) -> Path:
     ema = EMAModel(params, decay=cfg.ema_decay, use_ema_warmup=True, power=3 / 4)
 
     ckpt = work / "unet.pt"
-    start = 0
-    if ckpt.exists():
-        state = torch.load(ckpt, weights_only=False)
-        unet.load_state_dict(state["unet"])
-        text_encoder.load_state_dict(state["text_encoder"])
-        opt.load_state_dict(state["opt"])
-        ema.load_state_dict(state["ema"])
-        start = state["step"]
-
+    start = _resume(ckpt, unet, text_encoder, opt, ema)
     unet.train()
     text_encoder.train(train_text)
     log = open(work / "unet_log.csv", "a")
     t0 = time.time()
     bar = tqdm(range(start, cfg.unet_steps), desc="unet", initial=start, total=cfg.unet_steps)
     for step in bar:
-        np_rng, torch_rng = _step_rng(cfg.seed, 3, step)
-        idx = torch.from_numpy(np_rng.integers(0, len(latents), cfg.batch))
-        x0 = latents[idx]
-        batch_ids = ids[idx].clone()
-        drop = torch.from_numpy(np_rng.random(cfg.batch) < cfg.caption_dropout)
-        batch_ids[drop] = empty_ids
-        noise = torch.randn(x0.shape, generator=torch_rng)
-        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (cfg.batch,), generator=torch_rng)
-        noisy = scheduler.add_noise(x0, noise, timesteps)
-        target = scheduler.get_velocity(x0, noise, timesteps) if prediction_type == "v_prediction" else noise
-
-        with torch.set_grad_enabled(train_text):
-            text = text_encoder(batch_ids)[0]
-        pred = unet(noisy, timesteps, text).sample
-        weight = loss_weight(_snr(scheduler, timesteps), prediction_type, cfg.snr_gamma)
-        loss = (weight * (pred - target).square().mean(dim=(1, 2, 3))).mean()
-
+        loss = _unet_loss(cfg, step, latents, ids, empty_ids, text_encoder, unet, scheduler, train_text)
         for group in opt.param_groups:
             group["lr"] = lr_at(step)
         opt.zero_grad(set_to_none=True)
@@ -294,6 +251,70 @@ def train(cfg: TrainConfig) -> Path:
     if start >= cfg.unet_steps:  # already finished: make sure the export exists
         export(cfg, vae, text_encoder, unet, tokenizer, scheduler, ema, params, start)
     return Path(cfg.out_dir)
+
+
+def _latent_pool(cfg: TrainConfig, images: np.ndarray, work: Path):
+    """Stages 1 and 2: the autoencoder (trained, or `vae_from`'s) and the scene pool's latents, scaled to unit
+    standard deviation (the scale is recorded in the autoencoder's config)."""
+    if cfg.vae_from:
+        vae = AutoencoderKL.from_pretrained(Path(cfg.vae_from) / "vae").eval()
+    else:
+        vae = train_vae(cfg, images, work)
+    latents = encode_pool(cfg, vae, images, work)
+    scale = float(1.0 / latents.std())
+    vae.register_to_config(scaling_factor=scale)
+    return vae, latents * scale
+
+
+def _fresh_models(cfg: TrainConfig, tokenizer):
+    """(text encoder of the recipe's variant, UNet, scheduler), initialised from `cfg.seed`."""
+    torch.manual_seed(cfg.seed)
+    # Built in the same order for every variant, so the UNet starts from the same weights in all of them.
+    text_encoder = architecture.make_text_encoder(len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id)
+    unet = architecture.make_unet()
+    scheduler = architecture.make_scheduler()
+    if cfg.text_encoder == "judge":  # the tower must read the same token ids, not only as many of them
+        from transformers import AutoTokenizer
+
+        if AutoTokenizer.from_pretrained(cfg.text_encoder_from).get_vocab() != tokenizer.get_vocab():
+            raise ValueError(f"text_encoder_from {cfg.text_encoder_from}: its tokenizer differs from the world's")
+    text_encoder = text_encoder_variant(text_encoder, cfg.text_encoder, cfg.text_encoder_from)
+    return text_encoder, unet, scheduler
+
+
+def _resume(ckpt: Path, unet, text_encoder, opt, ema) -> int:
+    """Load the UNet stage's checkpoint when there is one; the step to start from (0 without one)."""
+    if not ckpt.exists():
+        return 0
+    state = torch.load(ckpt, weights_only=False)
+    unet.load_state_dict(state["unet"])
+    text_encoder.load_state_dict(state["text_encoder"])
+    opt.load_state_dict(state["opt"])
+    ema.load_state_dict(state["ema"])
+    return state["step"]
+
+
+def _unet_loss(cfg: TrainConfig, step: int, latents, ids, empty_ids, text_encoder, unet, scheduler,
+               train_text: bool) -> torch.Tensor:
+    """The weighted loss of training step `step`: its batch, caption dropout, noise and timesteps all drawn from
+    (seed, step), so a resumed run equals an uninterrupted one."""
+    prediction_type = scheduler.config.prediction_type
+    np_rng, torch_rng = _step_rng(cfg.seed, 3, step)
+    idx = torch.from_numpy(np_rng.integers(0, len(latents), cfg.batch))
+    x0 = latents[idx]
+    batch_ids = ids[idx].clone()
+    drop = torch.from_numpy(np_rng.random(cfg.batch) < cfg.caption_dropout)
+    batch_ids[drop] = empty_ids
+    noise = torch.randn(x0.shape, generator=torch_rng)
+    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (cfg.batch,), generator=torch_rng)
+    noisy = scheduler.add_noise(x0, noise, timesteps)
+    target = scheduler.get_velocity(x0, noise, timesteps) if prediction_type == "v_prediction" else noise
+
+    with torch.set_grad_enabled(train_text):
+        text = text_encoder(batch_ids)[0]
+    pred = unet(noisy, timesteps, text).sample
+    weight = loss_weight(_snr(scheduler, timesteps), prediction_type, cfg.snr_gamma)
+    return (weight * (pred - target).square().mean(dim=(1, 2, 3))).mean()
 
 
 def config_from_args(args) -> TrainConfig:
