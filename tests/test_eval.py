@@ -312,11 +312,11 @@ def test_load_phast_warns_when_searched_with_another_sampler(tmp_path):
 
 
 def test_phast_run_warns_about_scheduler_and_guidance(sd15_pipe, tmp_path, monkeypatch):
-    from analysis.accel import reuse
+    from analysis.accel import reuse, reuse_policy
     from analysis.run import RunConfig
 
     _policy_file(tmp_path, scheduler="ddim", guidance=7.5)
-    monkeypatch.setattr(reuse, "POLICY_DIR", tmp_path)
+    monkeypatch.setattr(reuse_policy, "POLICY_DIR", tmp_path)
     monkeypatch.setattr(sd15_pipe, "diffscope_name", "owner/m", raising=False)
     config = RunConfig(prompt=PROMPT, steps=STEPS, size=64, guidance=5.0)
     with pytest.warns(UserWarning, match=r"guidance 7.5 \(this run: 5.0\)"):

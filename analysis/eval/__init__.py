@@ -9,7 +9,7 @@ One concern per module; the CLI subcommands (`bench`, `sweep`, `sensitivity`) ar
   (shares per component, per attention module, per transformer layer; bounds per technique);
 - `cost`: counted work -> fraction of the pipeline -> ideal speed-up (`cost_model`, and `ideal_speedup(pipe,
   config, counters)` for the app, with a cached cheap profile). The cost functions themselves are registered
-  by each technique beside its code (`analysis.accel.register_cost`);
+  by each technique beside its code (`Technique.cost`, analysis/accel/technique.py);
 - `jobs`: `Job`, `make_jobs`, `run_jobs` (interleaved timed runs), `paired_speedup`, `speed` (noise floor);
 - `equal_latency`: quality of each technique against step reduction at the same measured latency;
 - `quality`: scorers by model (`scorers_for(model_name)`, `score_all`): PSNR/SSIM, LPIPS, prompt fidelity

@@ -1,6 +1,6 @@
 """The cost model: counted work not done -> a fraction of the pipeline -> an ideal speed-up.
 
-Each technique's cost function (registered beside it with `analysis.accel.register_cost`) turns the run's
+Each technique's cost function (`Technique.cost`, declared beside its code in analysis/accel) turns the run's
 counters into seconds of baseline UNet work not done, timed in a profile (analysis/eval/profile.py), or into
 whole denoising steps not run. This module converts that into pipeline time with a linear model of the
 profiled pipeline, in shares of the profiled run (profile["pipeline"]: UNet share u, loop share l = UNet +
