@@ -62,9 +62,9 @@ from typing import Any, ClassVar
 import torch
 from diffusers.models.attention import BasicTransformerBlock, _chunked_feed_forward
 
-from analysis.accel import prune, saving
+from analysis.accel import prune
 from analysis.accel.pruning_layers import PruningLayer, find_layers
-from analysis.accel.pruning_log import PruningLog
+from analysis.accel.pruning_log import PruningLog, atedm_cost
 from analysis.accel.technique import Knob, Technique
 from analysis.attention import AttentionPlugin, AttnCall, attention_probs
 from analysis.plugins import HandleBase
@@ -329,36 +329,6 @@ class ATEDMHandle:
 
     def signals(self) -> dict[str, Any]:
         return self.log.signals()
-
-
-def atedm_cost(config: ATEDMConfig, counters: dict, profile: dict, steps: int, accel_steps: int) -> dict[str, Any]:
-    """For each transformer (Transformer2DModel): its pruned fraction of token-calls over the run
-    (tokens_pruned / tokens_total) x its post-pruning work (one-layer block: the block minus norm1 and attn1,
-    i.e. attn2 + FF + norms; multi-layer: the blocks after the first) x the run's UNet calls. Linear in tokens
-    (the quadratic self-attention of later blocks is under-counted) and, in the ideal, minus nothing: the
-    paper's FLOPs view. Expected also subtracts the explicit attn1 (its map ranks the tokens) per pruning call;
-    G-WPR, the plan and the copy-back are not subtracted (benchmarks/atedm_costs.py measures them)."""
-    c = counters.get("atedm", {})
-    ideal = expected = 0.0
-    per_layer = {}
-    for lname, lc in (c.get("layers") or {}).items():
-        layer = profile["transformer_layers"].get(lname)
-        if not layer or not lc.get("tokens_total"):
-            continue
-        f = lc["tokens_pruned"] / lc["tokens_total"]
-        s = f * accel_steps * layer["post_pruning_s"]
-        n_tok = layer["attn1_queries"] or 1
-        per_call = lc["tokens_total"] / max(1, accel_steps)
-        n_prune = min(int(config.ratio * n_tok), n_tok - 1)
-        events = lc["tokens_pruned"] / (per_call / n_tok * n_prune) if n_prune > 0 and per_call else 0.0
-        ideal += s
-        expected += s - events * max(0.0, layer["attn1_explicit_overhead_s"])
-        per_layer[lname] = {"pruned_fraction": f, "post_pruning_s": layer["post_pruning_s"], "saved_s": s,
-                            "pruning_calls": events}
-    return saving(unet_s=ideal, expected_unet_s=expected,
-                  detail={"pruned_fraction": c.get("pruned_fraction"), "layers": per_layer},
-                  note="linear in tokens; G-WPR ranking, gather/copy-back and the explicit attn1 are not subtracted "
-                       "in ideal")
 
 
 def _summary(c: dict) -> str:
