@@ -8,6 +8,7 @@ import pytest
 from analysis.jsonsafe import from_json_value, jsonable
 
 from analysis import metrics
+from analysis.accel import registry
 from analysis.accel.reuse_policy import strided_policy
 from analysis.eval import grid, judge_sweep, pareto, sweep, sweep_results
 from analysis.toy import scenes
@@ -31,7 +32,7 @@ def test_default_grid_covers_the_issue_and_validates():
     names = [s.name for s in settings]
     assert len(set(names)) == len(names)
     fam = {s.technique for s in settings}
-    assert fam == {"steps", "reuse", "tgate", "fastdiff", "atedm", "combo"}
+    assert fam == set(registry()) | {"combo"}  # every technique's own family (Technique.grid), and combinations
     reuse = [s for s in settings if s.technique == "reuse"]
     r_counts = {s.configs()[0].resolve(20).count("R") for s in reuse if s.configs()[0].policy != "phast"}
     assert 0 in r_counts and 10 in r_counts  # 0 .. half the steps
