@@ -349,17 +349,18 @@ def measure_baseline(pipe, request: Request, stop: StopToken | None = None,
     shape = (id(pipe), request.size, request.guidance > 1.0, request.scheduler)
     image = timesteps = None
     if shape not in _WARM_SHAPES:
-        image, _, _, _, timesteps = run_once(pipe, config, (), request.steps, stop=stop)
+        first = run_once(pipe, config, (), request.steps, stop=stop)
+        image, timesteps = first.images, first.timesteps
         _WARM_SHAPES.add(shape)
     latencies = []
     for _ in range(timed_runs):
-        img, seconds, _, _, ts = run_once(pipe, config, (), request.steps, stop=stop)
+        timed = run_once(pipe, config, (), request.steps, stop=stop)
         if image is None:
-            image, timesteps = img, ts
-        elif not np.array_equal(img, image):
+            image, timesteps = timed.images, timed.timesteps
+        elif not np.array_equal(timed.images, image):
             raise RuntimeError("the full-compute image changed between identical runs: the pipeline is not "
                                "deterministic, so no comparison against it would mean anything")
-        latencies.append(seconds)
+        latencies.append(timed.seconds)
     return Baseline(request, image, timesteps, latencies, quality_of(pipe, request, image, image),
                     prompt_tokens(pipe, config.prompts))
 
@@ -382,8 +383,8 @@ def run_accelerated(pipe, baseline: Baseline, accel: tuple, stop: StopToken | No
     request = baseline.request
     config = _validate(pipe, request, accel)
     set_scheduler(pipe, request.scheduler)
-    image, seconds, counters, _, timesteps = run_once(pipe, config, config.hooked_accel(), config.accel_steps,
-                                                      stop=stop)
+    result = run_once(pipe, config, config.hooked_accel(), config.accel_steps, stop=stop)
+    image, seconds, counters, timesteps = result.images, result.seconds, result.counters, result.timesteps
     speedup = baseline.latency_s / seconds
     lo, hi = baseline.noise
     return LiveRun(
@@ -410,7 +411,8 @@ def compute_frontier(pipe, baseline: Baseline, stop: StopToken | None = None) ->
     rows = []
     for n in frontier_steps(request.steps):
         config = _validate(pipe, request, (StepsConfig(steps=n),))
-        image, seconds, _, _, _ = run_once(pipe, config, (), n, stop=stop)
+        result = run_once(pipe, config, (), n, stop=stop)
+        image, seconds = result.images, result.seconds
         q = quality_of(pipe, request, image, baseline.image)
         rows.append({"steps": n, "latency_s": seconds, "psnr_db": metrics.psnr(baseline.image, image),
                      "ssim": metrics.ssim(baseline.image, image),
@@ -453,7 +455,7 @@ def measure_carefully(pipe, baseline: Baseline, run: LiveRun, rounds: int = CARE
     for r in range(rounds):
         order = ((), request.steps, base), (plugins, steps, acc)
         for p, n, out in (order if r % 2 == 0 else order[::-1]):
-            out.append(run_once(pipe, config, p, n, stop=stop)[1])
+            out.append(run_once(pipe, config, p, n, stop=stop).seconds)
     from analysis.eval.jobs import paired_speedup
 
     return {"rounds": rounds, **paired_speedup(base, acc), "baseline_latencies": base, "latencies": acc}
@@ -498,8 +500,7 @@ def instrumented(pipe, request: Request, accel: tuple, probes: tuple, stop: Stop
 
     config = _validate(pipe, request, accel, probes)
     set_scheduler(pipe, request.scheduler)
-    _, _, _, signals, _ = run_once(pipe, config, config.hooked_accel() + tuple(probes), config.accel_steps, stop=stop)
-    return signals
+    return run_once(pipe, config, config.hooked_accel() + tuple(probes), config.accel_steps, stop=stop).signals
 
 
 __all__ = ["Request", "Baseline", "LiveRun", "Session", "SessionStore", "StopToken", "RunStopped",

@@ -85,7 +85,7 @@ class Evaluator:
             RunConfig(prompt=tuple(prompts[i:i + batch]), seed=seed, steps=steps, guidance=guidance, size=size)
             for i in range(0, len(prompts), batch)
         ]
-        self.references = [run_once(pipe, c, (), steps)[0] for c in self.configs]
+        self.references = [run_once(pipe, c, (), steps).images for c in self.configs]
         self.cache: dict[str, float] = {}
 
     def __call__(self, policy: str) -> float:
@@ -93,7 +93,7 @@ class Evaluator:
             scores = []
             plugin = ReuseConfig(policy=policy, scope=self.scope)
             for config, ref in zip(self.configs, self.references):
-                images = self._run_once(self.pipe, config, (plugin,), self.steps)[0]
+                images = self._run_once(self.pipe, config, (plugin,), self.steps).images
                 scores += [min(metrics.psnr(r, im), PSNR_CAP_DB) for r, im in zip(ref, images)]
             self.cache[policy] = float(np.mean(scores))
         return self.cache[policy]

@@ -135,16 +135,36 @@ def _to_uint8(images: np.ndarray) -> np.ndarray:
     return (np.clip(images, 0, 1) * 255).round().astype(np.uint8)
 
 
+@dataclass(frozen=True, eq=False)
+class RunOnceResult:
+    """What one `run_once` generation produced (not to be confused with `RunResult`, a whole request's
+    baseline + accelerated + instrumented outcome). Plain data; nothing in it holds a hook or a module.
+
+    images: (B, H, W, 3) uint8, one per prompt.
+    seconds: wall clock of the pipeline call (CUDA synchronised on both sides when a GPU is present).
+    counters: per plug-in name, the work it counted (e.g. {"tgate": {...}}); "unet" holds the batch rows per
+        UNet call when the clock logged them. Empty for plug-ins that counted nothing.
+    signals: every probe's signals merged by signal name (e.g. "cross_attn_convergence").
+    timesteps: the scheduler's timesteps of this run, as floats.
+    """
+
+    images: np.ndarray
+    seconds: float
+    counters: dict[str, dict[str, Any]]
+    signals: dict[str, Any]
+    timesteps: list[float]
+
+
 class RunStopped(Exception):
     """A run ended early at a denoising step because its `stop` callable returned true (Stop pressed, the
     browser tab closed, or a newer request superseded it). Its hooks are already off when this propagates."""
 
 
 def run_once(pipe, config: RunConfig, plugins: tuple, steps: int,
-             stop: Callable[[], bool] | None = None) -> tuple[np.ndarray, float, dict, dict, list[float]]:
+             stop: Callable[[], bool] | None = None) -> RunOnceResult:
     """One generation with `plugins` attached; every hook is removed on the way out, whatever happens.
     `stop` is polled before the run and after every denoising step; when it returns true the run raises
-    RunStopped. Returns (images uint8, seconds, counters per plug-in, signals per plug-in, timesteps)."""
+    RunStopped. Returns a RunOnceResult (images uint8, seconds, counters and signals per plug-in, timesteps)."""
     if stop is not None and stop():
         raise RunStopped(getattr(stop, "reason", "stopped"))
     clock = StepClock()
@@ -180,7 +200,8 @@ def run_once(pipe, config: RunConfig, plugins: tuple, steps: int,
     timesteps = [float(t) for t in pipe.scheduler.timesteps]
     if clock.row_log:
         counters.setdefault("unet", {})["batch_rows"] = list(clock.row_log)
-    return _to_uint8(images), seconds, counters, signals, timesteps
+    return RunOnceResult(images=_to_uint8(images), seconds=seconds, counters=counters, signals=signals,
+                         timesteps=timesteps)
 
 
 def _stop_check(stop: Callable[[], bool]):
@@ -265,28 +286,29 @@ def generate(pipe, config: RunConfig, measure_latency: bool = True) -> RunResult
         if accelerated:
             run_once(pipe, config, techniques, accel_steps)
     for _ in range(config.repeats if measure_latency else 0):
-        baseline_image, t, _, _, timesteps = run_once(pipe, config, (), config.steps)
-        base_lat.append(t)
-        _cache_baseline(key, (baseline_image, timesteps))
+        base = run_once(pipe, config, (), config.steps)
+        base_lat.append(base.seconds)
+        _cache_baseline(key, (base.images, base.timesteps))
         if accelerated:
-            image, t, counters, _, acc_timesteps = run_once(pipe, config, techniques, accel_steps)
-            acc_lat.append(t)
+            acc = run_once(pipe, config, techniques, accel_steps)
+            image, counters, acc_timesteps = acc.images, acc.counters, acc.timesteps
+            acc_lat.append(acc.seconds)
     if key not in _BASELINE_CACHE:
-        img, _, _, _, ts = run_once(pipe, config, (), config.steps)
-        _cache_baseline(key, (img, ts))
+        base = run_once(pipe, config, (), config.steps)
+        _cache_baseline(key, (base.images, base.timesteps))
     baseline_image, timesteps = _BASELINE_CACHE[key]
     if accelerated and image is None and not config.probes:
-        image, _, counters, _, acc_timesteps = run_once(pipe, config, techniques, accel_steps)
+        acc = run_once(pipe, config, techniques, accel_steps)
+        image, counters, acc_timesteps = acc.images, acc.counters, acc.timesteps
 
     signals: dict = {}
     instrumented = None
     if config.probes:
         # Probes are read-only, so this run's image equals the uninstrumented one (tests check it).
-        image_i, instrumented, counters_i, signals, timesteps_i = run_once(
-            pipe, config, techniques + tuple(config.probes), accel_steps
-        )
+        probed = run_once(pipe, config, techniques + tuple(config.probes), accel_steps)
+        signals, instrumented = probed.signals, probed.seconds
         if image is None:
-            image, counters, acc_timesteps = image_i, counters_i, timesteps_i
+            image, counters, acc_timesteps = probed.images, probed.counters, probed.timesteps
     if image is None:
         image, counters, acc_timesteps = baseline_image, {}, timesteps
 

@@ -84,8 +84,9 @@ def main(argv=None) -> int:
         config = RunConfig(prompt=prompts, seed=args.seed, steps=steps, guidance=args.guidance,
                            scheduler=scheduler, size=args.size)
         ours_cfg = TGateConfig(gate_step=gate_step, sp_interval=sp, fi_interval=fi, warm_up=warm)
-        baseline = run_once(pipe, config, (), steps)[0]
-        ours, _, counters, _, _ = run_once(pipe, config, (ours_cfg,), steps)
+        baseline = run_once(pipe, config, (), steps).images
+        result = run_once(pipe, config, (ours_cfg,), steps)
+        ours, counters = result.images, result.counters
 
         loader = tgate.TgateSDXLLoader if args.model == "sdxl" else tgate.TgateSDLoader
         pipe = loader(pipe)

@@ -29,7 +29,8 @@ def _scheduler(pipe, name):
 
 def _run(pipe, plugins=(), scheduler="ddim", steps=STEPS):
     with _scheduler(pipe, scheduler):
-        img, _, counters, _, timesteps = run_once(pipe, RunConfig(PROMPT, steps=steps, seed=3), tuple(plugins), steps)
+        result = run_once(pipe, RunConfig(PROMPT, steps=steps, seed=3), tuple(plugins), steps)
+        img, counters, timesteps = result.images, result.counters, result.timesteps
     return img, counters, timesteps
 
 

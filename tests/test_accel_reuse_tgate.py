@@ -36,7 +36,7 @@ def _assert_clean(pipe, before):
 @pytest.fixture(scope="module")
 def toy(toy_pipe):
     set_scheduler(toy_pipe, "ddim")
-    base = run_once(toy_pipe, _cfg(), (), STEPS)[0]
+    base = run_once(toy_pipe, _cfg(), (), STEPS).images
     return toy_pipe, base
 
 
@@ -44,7 +44,8 @@ def toy(toy_pipe):
 
 def test_reuse_all_compute_is_bit_identical(toy):
     pipe, base = toy
-    img, _, counters, _, _ = run_once(pipe, _cfg(), (ReuseConfig(policy="C" * STEPS),), STEPS)
+    result = run_once(pipe, _cfg(), (ReuseConfig(policy="C" * STEPS),), STEPS)
+    img, counters = result.images, result.counters
     assert np.array_equal(img, base)
     c = counters["reuse"]
     n_self, n_cross = _modules(pipe)
@@ -55,7 +56,8 @@ def test_reuse_all_compute_is_bit_identical(toy):
 @pytest.mark.parametrize("config", [TGateConfig.off(STEPS), TGateConfig(gate_step=STEPS + 4, sp_interval=1, warm_up=7)])
 def test_tgate_off_is_bit_identical(toy, config):
     pipe, base = toy
-    img, _, counters, _, _ = run_once(pipe, _cfg(), (config,), STEPS)
+    result = run_once(pipe, _cfg(), (config,), STEPS)
+    img, counters = result.images, result.counters
     assert np.array_equal(img, base)
     c = counters["tgate"]
     assert c["cross_attn_reused"] == c["self_attn_reused"] == c["unet_rows_saved"] == 0
@@ -70,11 +72,12 @@ def test_reuse_counters_exact_and_deterministic(toy, scope):
     policy = "CCRCRR"  # r = 3; the maps of steps 1 and 3 are cached
     n_self, n_cross = _modules(pipe)
     layers = n_self + n_cross if scope == "both" else n_self
-    a, _, counters, _, _ = run_once(pipe, _cfg(), (ReuseConfig(policy=policy, scope=scope),), STEPS)
+    result = run_once(pipe, _cfg(), (ReuseConfig(policy=policy, scope=scope),), STEPS)
+    a, counters = result.images, result.counters
     _assert_clean(pipe, before)
     assert not np.array_equal(a, base)
     if scope == "both":
-        b = run_once(pipe, _cfg(), (ReuseConfig(policy=policy, scope=scope),), STEPS)[0]
+        b = run_once(pipe, _cfg(), (ReuseConfig(policy=policy, scope=scope),), STEPS).images
         assert np.array_equal(a, b)
     c = counters["reuse"]
     assert c["policy"] == policy and c["r_steps"] == 3 and c["modules"] == layers
@@ -88,9 +91,10 @@ def test_tgate_counters_exact_and_deterministic(toy):
     before = dict(pipe.unet.attn_processors)
     # steps 0..5, gate 3: SA cache, reuse, gate(cache), reuse, cache, reuse; CA computed at 0-2, reused at 3-5
     config = TGateConfig(gate_step=3, sp_interval=2, fi_interval=2, warm_up=0)
-    a, _, counters, _, _ = run_once(pipe, _cfg(), (config,), STEPS)
+    result = run_once(pipe, _cfg(), (config,), STEPS)
+    a, counters = result.images, result.counters
     _assert_clean(pipe, before)
-    b = run_once(pipe, _cfg(), (config,), STEPS)[0]
+    b = run_once(pipe, _cfg(), (config,), STEPS).images
     assert np.array_equal(a, b) and not np.array_equal(a, base)
     n_self, n_cross = _modules(pipe)
     c = counters["tgate"]
@@ -103,7 +107,7 @@ def test_tgate_counters_exact_and_deterministic(toy):
 def test_tgate_without_guidance_drops_nothing(toy):
     pipe, _ = toy
     cfg = _cfg(guidance=1.0, prompts=PROMPTS[:1])
-    counters = run_once(pipe, cfg, (TGateConfig(gate_step=2),), STEPS)[2]
+    counters = run_once(pipe, cfg, (TGateConfig(gate_step=2),), STEPS).counters
     c = counters["tgate"]
     assert c["unet_rows_saved"] == 0 and c["cross_attn_reused"] == 4 * _modules(pipe)[1]
 
@@ -120,17 +124,19 @@ def test_architectures_and_schedulers(request, kind, scheduler):
     steps = 4
     cfg = _cfg(steps=steps, size=64, scheduler=scheduler)
     try:
-        img, _, counters, _, _ = run_once(pipe, cfg, (ReuseConfig(policy="CRCR"),), steps)
+        result = run_once(pipe, cfg, (ReuseConfig(policy="CRCR"),), steps)
+        img, counters = result.images, result.counters
         assert counters["reuse"]["maps_reused"] == 2 * (n_self + n_cross) and img.shape == (2, 64, 64, 3)
         # SDXL: the CFG drop slices added_cond_kwargs (text_embeds, time_ids) too
-        tg, _, counters, _, _ = run_once(pipe, cfg, (TGateConfig(gate_step=2, sp_interval=1),), steps)
+        result = run_once(pipe, cfg, (TGateConfig(gate_step=2, sp_interval=1),), steps)
+        tg, counters = result.images, result.counters
         c = counters["tgate"]
         assert c["cross_attn_reused"] == 2 * n_cross and c["unet_rows_saved"] == 2 * len(PROMPTS)
         assert tg.shape == (2, 64, 64, 3)
         if (kind, scheduler) == ("sdxl", "dpm"):  # the off setting on the hardest case
-            base = run_once(pipe, cfg, (), steps)[0]
+            base = run_once(pipe, cfg, (), steps).images
             assert not np.array_equal(tg, base)
-            assert np.array_equal(run_once(pipe, cfg, (TGateConfig.off(steps),), steps)[0], base)
+            assert np.array_equal(run_once(pipe, cfg, (TGateConfig.off(steps),), steps).images, base)
     finally:
         set_scheduler(pipe, "ddim")
     _assert_clean(pipe, before)
@@ -169,12 +175,13 @@ def test_reuse_with_tgate_and_a_probe(toy):
     tg = TGateConfig(gate_step=3, sp_interval=1, fi_interval=1)
     ru = ReuseConfig(policy="CCCRRR", scope="self")  # steps 3-5 (after the gate) reuse the map of step 2 (before)
     cfg = RunConfig(prompt=PROMPTS, steps=STEPS, guidance=5.0, seed=3, size=32, accel=(ru, tg))  # passes the checks
-    alone = run_once(pipe, cfg, (tg,), STEPS)[0]
+    alone = run_once(pipe, cfg, (tg,), STEPS).images
     probe = _ObserverConfig()
-    with_probe = run_once(pipe, cfg, (tg, probe), STEPS)[0]
+    with_probe = run_once(pipe, cfg, (tg, probe), STEPS).images
     assert np.array_equal(alone, with_probe)  # a probe never changes the image
     assert probe.plugin.rows[0] == {4} and probe.plugin.rows[STEPS - 1] == {2}  # it sees the dropped batch
-    img, _, counters, _, _ = run_once(pipe, cfg, (ru, tg), STEPS)
+    result = run_once(pipe, cfg, (ru, tg), STEPS)
+    img, counters = result.images, result.counters
     n_self, n_cross = _modules(pipe)
     assert counters["reuse"]["maps_reused"] == 3 * n_self  # a pre-gate [uncond; cond] map, averaged
     assert counters["tgate"]["cross_attn_reused"] == 3 * n_cross

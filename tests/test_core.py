@@ -31,8 +31,8 @@ class _BoomConfig:
 
 def test_baseline_is_deterministic(toy_pipe):
     cfg = RunConfig("a red circle on the left", steps=3, seed=7)
-    a = run_once(toy_pipe, cfg, (), 3)[0]
-    b = run_once(toy_pipe, cfg, (), 3)[0]
+    a = run_once(toy_pipe, cfg, (), 3).images
+    b = run_once(toy_pipe, cfg, (), 3).images
     assert a.dtype == np.uint8 and a.shape == (1, 64, 64, 3)
     assert np.array_equal(a, b)
 
@@ -46,8 +46,8 @@ def test_hooks_removed_after_exception(toy_pipe):
     assert all(after[k] is before[k] for k in before)
     assert "forward" not in toy_pipe.unet.__dict__
     # and the next run is the baseline again
-    ref = run_once(toy_pipe, cfg, (), 3)[0]
-    again = run_once(toy_pipe, cfg, (), 3)[0]
+    ref = run_once(toy_pipe, cfg, (), 3).images
+    again = run_once(toy_pipe, cfg, (), 3).images
     assert np.array_equal(ref, again)
 
 
@@ -61,8 +61,9 @@ def test_dispatcher_without_plugins_is_bit_identical(toy_pipe):
             ctx.attention()
             return HandleBase()
 
-    ref = run_once(toy_pipe, cfg, (), 3)[0]
-    hooked, _, counters, _, _ = run_once(toy_pipe, cfg, (Attach(),), 3)
+    ref = run_once(toy_pipe, cfg, (), 3).images
+    result = run_once(toy_pipe, cfg, (Attach(),), 3)
+    hooked, counters = result.images, result.counters
     assert np.array_equal(ref, hooked)
     assert counters["unet"]["batch_rows"] == [2, 2, 2]
 

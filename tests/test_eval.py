@@ -151,7 +151,7 @@ def _counted(pipe, config, *techniques):
     from analysis.run import run_once
 
     cfg = dataclasses.replace(config, accel=tuple(techniques))
-    return cfg, run_once(pipe, cfg, cfg.hooked_accel(), cfg.accel_steps)[2]
+    return cfg, run_once(pipe, cfg, cfg.hooked_accel(), cfg.accel_steps).counters
 
 
 def _cost(name, technique, counters, profile, accel_steps=STEPS):
@@ -331,7 +331,7 @@ def test_convergence_probe_records_zero_for_cached_outputs(sd15_pipe):
 
     config = RunConfig(prompt=PROMPT, steps=STEPS, size=64)
     tech = TGateConfig(gate_step=2, sp_interval=1, fi_interval=1, warm_up=0)  # steps 2, 3 served from the cache
-    signals = run_once(sd15_pipe, config, (tech, ConvergenceConfig()), STEPS)[3]["cross_attn_convergence"]
+    signals = run_once(sd15_pipe, config, (tech, ConvergenceConfig()), STEPS).signals["cross_attn_convergence"]
     assert signals["steps"] == [1, 2, 3]
     out, probs = signals["output_l2"], signals["probs_l2"]
     assert np.all(out[:, 2] == 0)  # step 3: the same cached tensor as step 2

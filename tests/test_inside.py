@@ -22,7 +22,8 @@ STEPS = 4
 
 def _run(pipe, plugins, steps=STEPS, size=None):
     config = RunConfig(PROMPT, steps=steps, seed=3, size=size)
-    img, _, counters, signals, _ = run_once(pipe, config, tuple(plugins), steps)
+    result = run_once(pipe, config, tuple(plugins), steps)
+    img, counters, signals = result.images, result.counters, result.signals
     return img, counters, signals
 
 

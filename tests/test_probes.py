@@ -207,7 +207,7 @@ def test_conditional_half_is_kept(pipes):
     maps = {}
     for guidance in (5.0, 1.0):
         config = RunConfig(prompt=PROMPTS, steps=1, guidance=guidance, size=64)
-        _, _, _, signals, _ = run_once(pipe, config, probes, 1)
+        signals = run_once(pipe, config, probes, 1).signals
         maps[guidance] = signals["attention_maps"]["cross"]
     for layer, arr in maps[5.0].items():
         np.testing.assert_allclose(arr.astype(np.float32), maps[1.0][layer].astype(np.float32), atol=2e-3)
@@ -252,8 +252,8 @@ def test_hooks_removed_after_exception(pipes, where):
         run_once(pipe, config, default_probes() + (_RaiseAtStep1(where),), STEPS)
     assert_restored(pipe.unet, before)
     # and the pipeline still runs, uninstrumented and bit-identical to a fresh baseline
-    img_a, *_ = run_once(pipe, config, (), STEPS)
-    img_b, *_ = run_once(pipe, config, default_probes(), STEPS)
+    img_a = run_once(pipe, config, (), STEPS).images
+    img_b = run_once(pipe, config, default_probes(), STEPS).images
     assert np.array_equal(img_a, img_b)
     assert_restored(pipe.unet, before)
 
@@ -262,13 +262,11 @@ def test_memory_budget_reduces_resolution_then_steps(pipes):
     pipe = pipes("toy")
     steps = 4
     config = RunConfig(prompt=PROMPTS, steps=steps, guidance=5.0, size=64)
-    _, _, _, full, _ = run_once(pipe, config, (AttentionMapsConfig(),), steps)
-    full = full["attention_maps"]
+    full = run_once(pipe, config, (AttentionMapsConfig(),), steps).signals["attention_maps"]
     assert full["steps"] == list(range(steps)) and full["cross_heads"] and full["self_heads"] and not full["reductions"]
     head_bytes = sum(a.nbytes for a in full["self_heads"].values())
     budget_mb = (full["kept_bytes"] - head_bytes) / 2**20 / 6  # far below what all steps at native resolution need
-    _, _, _, small, _ = run_once(pipe, config, (AttentionMapsConfig(budget_mb=budget_mb),), steps)
-    small = small["attention_maps"]
+    small = run_once(pipe, config, (AttentionMapsConfig(budget_mb=budget_mb),), steps).signals["attention_maps"]
     assert small["kept_bytes"] <= small["budget_bytes"] == int(budget_mb * 2**20)
     assert not small["self_heads"] and not small["cross_heads"]  # per-head maps go first, self before cross
     assert small["reductions"][:2] == ["dropped per-head self-attention maps", "dropped per-head cross maps"]
@@ -280,8 +278,7 @@ def test_memory_budget_reduces_resolution_then_steps(pipes):
         assert arr.shape == (len(small["steps"]), len(PROMPTS), *res["kept"], *res["keys_kept"])
         np.testing.assert_allclose(arr.astype(np.float32).sum(axis=(-2, -1)), 1.0, atol=2e-2)
     # a budget too small for even one step keeps what fits (possibly nothing), never more
-    _, _, _, tiny, _ = run_once(pipe, config, (AttentionMapsConfig(budget_mb=0.001),), steps)
-    tiny = tiny["attention_maps"]
+    tiny = run_once(pipe, config, (AttentionMapsConfig(budget_mb=0.001),), steps).signals["attention_maps"]
     assert tiny["kept_bytes"] <= tiny["budget_bytes"] and len(tiny["steps"]) <= 1
 
 
@@ -325,7 +322,7 @@ class _FakeTechniqueConfig:
 def test_probes_see_reused_and_replaced_calls(pipes):
     pipe = pipes("toy")
     config = RunConfig(prompt=PROMPTS, steps=STEPS, guidance=5.0, size=64)
-    _, _, _, signals, _ = run_once(pipe, config, (_FakeTechniqueConfig(),) + default_probes(), STEPS)
+    signals = run_once(pipe, config, (_FakeTechniqueConfig(),) + default_probes(), STEPS).signals
     rank = signals["token_rank"]["scores"]
     for arr in rank.values():  # reused probabilities -> the same scores as at step 0
         assert np.array_equal(arr[1], arr[0]) and np.array_equal(arr[2], arr[0])

@@ -259,14 +259,14 @@ def test_peers_leave_the_pipeline_as_they_found_it(toy_pipe):
     from analysis.run import RunConfig, run_once
 
     config = RunConfig(prompt="a red circle", steps=4, warmup=False)
-    base = run_once(toy_pipe, config, (), 4)[0]
+    base = run_once(toy_pipe, config, (), 4).images
     for spec in ("peer:deepcache:cache_interval=2,cache_branch_id=0", "peer:tomesd:ratio=0.5"):
         image, seconds, counters = peers.run_peer(toy_pipe, config, (spec,))
         assert image.shape == base.shape and seconds > 0 and counters
         assert not any("forward" in m.__dict__ for m in toy_pipe.unet.modules())
     tg = RunConfig(prompt="a red circle", steps=4, warmup=False, accel=(parse_accel("tgate:gate_step=2"),))
     run_once(toy_pipe, tg, tg.hooked_accel(), 4)  # our seam attaches again
-    assert np.array_equal(run_once(toy_pipe, config, (), 4)[0], base)
+    assert np.array_equal(run_once(toy_pipe, config, (), 4).images, base)
     with pytest.raises(ValueError, match="peer spec"):
         peers.parse_peer("peer:nope")
 
@@ -283,7 +283,8 @@ def test_atedm_ranking_ablation_prunes_the_same_amount(pipe_name, request):
     for ranking in ("gwpr", "random", "cross"):
         config = RunConfig(prompt="a red circle", steps=3, warmup=False, guidance=5.0,
                            accel=(parse_accel(f"atedm:ratio=0.5,dsap=false,ranking={ranking}"),))
-        image, _, counters, _, _ = run_once(pipe, config, config.hooked_accel(), 3)
+        result = run_once(pipe, config, config.hooked_accel(), 3)
+        image, counters = result.images, result.counters
         out[ranking] = (image, counters["atedm"]["tokens_pruned"], counters["atedm"]["tokens_total"])
     assert out["gwpr"][1] > 0 and out["gwpr"][1:] == out["random"][1:] == out["cross"][1:]
     assert not np.array_equal(out["gwpr"][0], out["random"][0])

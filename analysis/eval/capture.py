@@ -89,10 +89,10 @@ def measure(pipe, steps: int, repeats: int, budget_mb: float) -> dict:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
         timer = _CpuTimer()
-        images, seconds, _, signals, _ = run_once(pipe, config, (timer,) + tuple(plugins), steps)
+        result = run_once(pipe, config, (timer,) + tuple(plugins), steps)
         cpu = timer.seconds
         peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else None
-        return images, seconds, cpu, peak, signals
+        return result.images, result.seconds, cpu, peak, result.signals
 
     import sklearn.decomposition  # noqa: F401  (imported by the drift probe; a one-off, not per-run memory)
 

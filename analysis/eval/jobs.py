@@ -59,16 +59,17 @@ def run_jobs(pipe, config, jobs: list[Job], repeats: int, tag: str = "") -> None
 
     for job in jobs:
         t = time.perf_counter()
-        job.images, _, job.counters, _, _ = run_once(pipe, config, job.plugins, job.steps)
+        warm = run_once(pipe, config, job.plugins, job.steps)
+        job.images, job.counters = warm.images, warm.counters
         log(f"{tag}warm-up {job.label}: {time.perf_counter() - t:.2f}s")
     for r in range(repeats):
         order = jobs[r % len(jobs):] + jobs[: r % len(jobs)]
         for job in order:
             cpu = time.process_time()
-            images, seconds, counters, _, _ = run_once(pipe, config, job.plugins, job.steps)
+            timed = run_once(pipe, config, job.plugins, job.steps)
             job.cpu.append(time.process_time() - cpu)
-            job.latencies.append(seconds)
-            job.counters = counters
+            job.latencies.append(timed.seconds)
+            job.counters = timed.counters
         log(f"{tag}round {r + 1}/{repeats}: " + ", ".join(f"{j.label} {j.latencies[-1]:.2f}s" for j in jobs))
 
 

@@ -127,7 +127,7 @@ def versus_steps(pipe, sweep: Path, prompt: str, guidance: float) -> list[dict]:
         config = RunConfig(prompt, steps=steps, guidance=meta.get("guidance", guidance), warmup=False, scheduler=scheduler,
                            size=meta.get("size"),
                            accel=tuple(parse_accel(s) for s in r["specs"].split(" & ") if s))
-        counters = run_once(pipe, config, config.hooked_accel(), config.accel_steps)[2] if config.accel else {}
+        counters = run_once(pipe, config, config.hooked_accel(), config.accel_steps).counters if config.accel else {}
         r["counted_speedup"] = ideal_speedup(pipe, config, counters)["ideal_speedup"]
     ladder = [r for r in summary if r["technique"] == step_reduction_name() and "counted_speedup" in r]
     measured_pts = [(r["speedup"], r["psnr_db"]) for r in ladder]

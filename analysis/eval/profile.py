@@ -131,7 +131,7 @@ def pipeline_breakdown(pipe, config, steps: int) -> tuple[dict, tuple]:
         undo.append(wrap(pipe.vae, "decode", "vae_decode"))
         undo.append(wrap(pipe.scheduler, "step", "scheduler"))
         thread_start = time.thread_time()
-        _, total, _, _, _ = run_once(pipe, config, (), steps)
+        total = run_once(pipe, config, (), steps).seconds
         thread_total = time.thread_time() - thread_start
     finally:
         for h in handles:

@@ -61,9 +61,8 @@ def run_latents(pipe, config, extra: tuple) -> tuple[np.ndarray, np.ndarray, dic
     """(image uint8 (H, W, 3), latents (steps, ...), counters) of one explicit-attention run."""
     from analysis.run import run_once
 
-    images, _, counters, signals, _ = run_once(pipe, config, (ExplicitConfig(),) + tuple(extra) +
-                                               (LatentRecorderConfig(),), config.steps)
-    return images[0], signals["latents"], counters
+    result = run_once(pipe, config, (ExplicitConfig(),) + tuple(extra) + (LatentRecorderConfig(),), config.steps)
+    return result.images[0], result.signals["latents"], result.counters
 
 
 def growth_rate(deviations: np.ndarray, t: int, drop_last: bool = False) -> tuple[float | None, float | None]:

@@ -138,7 +138,8 @@ class SweepRunner:
 
             image, seconds, counters = run_peer(self.pipe, config, setting.specs)
         else:
-            image, seconds, counters, _, _ = run_once(self.pipe, config, config.hooked_accel(), config.accel_steps)
+            result = run_once(self.pipe, config, config.hooked_accel(), config.accel_steps)
+            image, seconds, counters = result.images, result.seconds, result.counters
         self.pipeline_s += seconds
         self.n_runs += 1
         return image[0], seconds, counters
