@@ -132,7 +132,9 @@ class ModelPool:
     @classmethod
     def of(cls, pipe, capacity: int = 1) -> "ModelPool":
         """A pool offering only the given, already-loaded pipeline (tests, embedding)."""
-        label = getattr(pipe, "diffscope_name", "custom")
+        from analysis.models import model_name
+
+        label = model_name(pipe)
         return cls((ModelChoice(label, label),), capacity, preloaded={label: pipe})
 
     @property
@@ -202,8 +204,10 @@ class ModelPool:
                 LOG.warning("model %s (%s) failed to load: %s", choice.label, choice.source, err)
                 raise UnknownModel(f"model {choice.label!r} could not be loaded on this server "
                                    "(the reason is in the server's log)") from None
+            from analysis.models import set_model_name
+
             pipe.set_progress_bar_config(disable=True)
-            pipe.diffscope_name = choice.label  # what runs, exports and plots are labelled with
+            set_model_name(pipe, choice.label)  # what runs, exports and plots are labelled with
             self.loads += 1
             self._keep(choice.label, pipe)
             return pipe

@@ -109,6 +109,23 @@ def scheduler_name(scheduler) -> str | None:
     return None
 
 
+# The model's name travels on the pipeline object itself (runs, exports, plots, policy files and the
+# baseline cache are keyed or labelled by it). Read and write it only through these two functions.
+MODEL_NAME_ATTR = "diffscope_name"
+UNNAMED_MODEL = "custom"  # a pipeline built or loaded elsewhere (random_pipeline, a caller's own pipeline)
+
+
+def set_model_name(pipe, name: str) -> None:
+    """Label `pipe` with the model name it was loaded under (a catalog name, a Hub id, a folder or a pool label)."""
+    setattr(pipe, MODEL_NAME_ATTR, name)
+
+
+def model_name(pipe) -> str:
+    """The name `pipe` was labelled with by set_model_name (load_pipeline and the model pool do), or
+    UNNAMED_MODEL ("custom") for a pipeline nobody named."""
+    return getattr(pipe, MODEL_NAME_ATTR, UNNAMED_MODEL)
+
+
 def load_pipeline(name: str = "default", scheduler: str = "ddim", device: str | None = None):
     """A text-to-image pipeline ready to run, progress bar on (the app mirrors it)."""
     if scheduler not in SCHEDULERS:
@@ -144,7 +161,7 @@ def load_pipeline(name: str = "default", scheduler: str = "ddim", device: str | 
         raise ModelLoadError(f"{name!r} is not a UNet text-to-image pipeline (SD 1.x, SD 2.x or SDXL)")
     pipe = pipe.to(dev)
     set_scheduler(pipe, scheduler)
-    pipe.diffscope_name = name
+    set_model_name(pipe, name)
     return pipe
 
 

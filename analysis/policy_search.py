@@ -229,7 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return int(done.code or 0) if not isinstance(done.code, str) else 2
         if args.prompts < 1 or args.iterations < 0 or args.radius < 1 or args.max_run < 0:
             raise ValueError("search-policy: need --prompts >= 1, --iterations >= 0, --radius >= 1, --max-run >= 0")
-        from analysis.models import load_pipeline
+        from analysis.models import load_pipeline, model_name
         from analysis.run_folder import OutDirError, check_out_file
 
         try:  # the output policy of every writing command, before any work (a policy file: format + policies)
@@ -248,7 +248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    model = getattr(pipe, "diffscope_name", args.model)
+    model = model_name(pipe)  # load_pipeline named it args.model
     write_policy(out, result, model, args.scheduler, args.guidance, args.size, args.seed)
     summary = {k: v for k, v in asdict(result).items() if k not in ("history", "calibration_prompts", "held_out_prompts")}
     summary["out"] = str(out)

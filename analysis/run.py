@@ -244,7 +244,9 @@ def _cache_baseline(key: tuple, value: tuple[np.ndarray, list[float]]) -> None:
 
 
 def _baseline_key(pipe, config: RunConfig, steps: int) -> tuple:
-    return (id(pipe), getattr(pipe, "diffscope_name", "?"), type(pipe.scheduler).__name__, config.prompts,
+    from analysis.models import model_name
+
+    return (id(pipe), model_name(pipe), type(pipe.scheduler).__name__, config.prompts,
             config.negative_prompt, config.seed, steps, config.guidance, config.size)
 
 
@@ -269,10 +271,10 @@ def generate(pipe, config: RunConfig, measure_latency: bool = True) -> RunResult
 
     measure_latency=False skips the timed repeats (the app's capture-only mode): latencies are then None.
     """
-    from analysis.models import set_scheduler
+    from analysis.models import model_name, set_scheduler
 
     set_scheduler(pipe, config.scheduler)
-    model = getattr(pipe, "diffscope_name", "custom")
+    model = model_name(pipe)
     techniques = config.hooked_accel()
     accelerated = bool(config.accel)
     accel_steps = config.accel_steps

@@ -30,11 +30,11 @@ def run_args(prompt=PROMPT, seed="0", steps=4, y="psnr", model="default", **on) 
 def server(tmp_path_factory):
     os.environ["GRADIO_TEMP_DIR"] = str(tmp_path_factory.mktemp("gradio"))
     import app
-    from analysis.models import random_pipeline
+    from analysis.models import random_pipeline, set_model_name
 
     pipe = random_pipeline("toy")
     pipe.set_progress_bar_config(disable=True)
-    pipe.diffscope_name = "default"  # the toy architecture and tokenizer: unknown-word warnings and fidelity apply
+    set_model_name(pipe, "default")  # the toy architecture and tokenizer: unknown-word warnings and fidelity apply
     demo = app.build_demo(pipe)
     _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True)
     yield url, app

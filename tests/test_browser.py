@@ -18,11 +18,11 @@ pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian's c
 def app_url(tmp_path_factory):
     os.environ["GRADIO_TEMP_DIR"] = str(tmp_path_factory.mktemp("gradio"))
     import app
-    from analysis.models import random_pipeline
+    from analysis.models import random_pipeline, set_model_name
 
     pipe = random_pipeline("toy")
     pipe.set_progress_bar_config(disable=True)
-    pipe.diffscope_name = "default"
+    set_model_name(pipe, "default")
     demo = app.build_demo(pipe)
     _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True)
     yield url

@@ -160,7 +160,10 @@ def test_out_dir_not_writable(tmp_path, capsys):
 
 
 class _Pipe:
-    diffscope_name = "default"
+    def __init__(self):
+        from analysis.models import set_model_name
+
+        set_model_name(self, "default")
 
     def set_progress_bar_config(self, **kwargs):
         pass

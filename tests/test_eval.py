@@ -313,11 +313,12 @@ def test_load_phast_warns_when_searched_with_another_sampler(tmp_path):
 
 def test_phast_run_warns_about_scheduler_and_guidance(sd15_pipe, tmp_path, monkeypatch):
     from analysis.accel import reuse, reuse_policy
+    from analysis.models import MODEL_NAME_ATTR
     from analysis.run import RunConfig
 
     _policy_file(tmp_path, scheduler="ddim", guidance=7.5)
     monkeypatch.setattr(reuse_policy, "POLICY_DIR", tmp_path)
-    monkeypatch.setattr(sd15_pipe, "diffscope_name", "owner/m", raising=False)
+    monkeypatch.setattr(sd15_pipe, MODEL_NAME_ATTR, "owner/m", raising=False)  # set_model_name, undone after
     config = RunConfig(prompt=PROMPT, steps=STEPS, size=64, guidance=5.0)
     with pytest.warns(UserWarning, match=r"guidance 7.5 \(this run: 5.0\)"):
         _, counters = _counted(sd15_pipe, config, reuse.ReuseConfig(policy="phast", reuse_steps=1))

@@ -10,8 +10,9 @@ import pytest
 
 from analysis import live
 from analysis.accel import list_techniques
-from analysis.accel.steps import StepsConfig
 from analysis.accel.reuse_policy import strided_policy
+from analysis.accel.steps import StepsConfig
+from analysis.models import set_model_name
 from analysis.run import RunStopped
 
 T = list_techniques()
@@ -20,7 +21,7 @@ PROMPT = "a large red circle on the left"
 
 @pytest.fixture()
 def request_(toy_pipe):
-    toy_pipe.diffscope_name = "default"
+    set_model_name(toy_pipe, "default")
     return live.Request(model="default", prompt=PROMPT, steps=4)
 
 
@@ -152,7 +153,7 @@ def test_strided_policy_refuses_more_r_steps_than_odd_steps():
 
 
 def test_warm_up_runs_every_path_for_a_few_steps_only(toy_pipe, monkeypatch):
-    toy_pipe.diffscope_name = "default"
+    set_model_name(toy_pipe, "default")
     seen = []
     real = live.run_once
 

@@ -14,6 +14,7 @@ from analysis.model_pool import (
     capacity_from,
     parse_allowlist,
 )
+from analysis.models import model_name, set_model_name
 
 
 class FakePipe:
@@ -72,7 +73,7 @@ def test_least_recently_used_pipeline_is_evicted_and_freed():
     pool.get("c")  # evicts a
     gc.collect()
     assert a() is None and b_ref() is not None  # nothing but the pool held a: it is gone
-    assert pool.get("b").diffscope_name == "b"
+    assert model_name(pool.get("b")) == "b"
 
 
 def test_unknown_and_failing_models_name_no_server_path():
@@ -95,7 +96,7 @@ def test_unknown_and_failing_models_name_no_server_path():
 
 def test_a_pool_of_one_pipeline_offers_only_it():
     pipe = FakePipe("x")
-    pipe.diffscope_name = "default"
+    set_model_name(pipe, "default")
     pool = ModelPool.of(pipe)
     assert pool.labels == ["default"] and pool.get("default") is pipe
     with pytest.raises(UnknownModel):

@@ -150,13 +150,12 @@ class ReuseConfig:
                 )
 
     def attach(self, ctx) -> "ReuseHandle":
-        from analysis.models import scheduler_name
+        from analysis.models import model_name, scheduler_name
 
         # The guidance value is not known before the pipeline call starts; the scheduler is.
-        policy = self.resolve(ctx.clock.num_steps, getattr(ctx.pipe, "diffscope_name", "custom"),
-                              scheduler=scheduler_name(ctx.pipe.scheduler))
+        policy = self.resolve(ctx.clock.num_steps, model_name(ctx.pipe), scheduler=scheduler_name(ctx.pipe.scheduler))
         if self.policy == "phast":
-            recorded = phast_file(getattr(ctx.pipe, "diffscope_name", "custom"), ctx.clock.num_steps)
+            recorded = phast_file(model_name(ctx.pipe), ctx.clock.num_steps)
             ctx.on_step_end(_guidance_check(ctx.pipe, recorded))
         handle = ReuseHandle(self, policy)
         ctx.seam()  # the UNet seam advances the clock's step index, which the policy is indexed by

@@ -64,7 +64,7 @@ def register_scorer(applies_to: Callable[[str], bool]):
 
 
 def scorers_for(model_name: str) -> list[Scorer]:
-    """The scorers that apply to `model_name` (a pipeline's `diffscope_name`), in registration order."""
+    """The scorers that apply to `model_name` (`analysis.models.model_name` of a pipeline), in registration order."""
     return [factory() for applies, factory in _REGISTRY if applies(model_name)]
 
 

@@ -116,7 +116,9 @@ class SweepRunner:
                 f.seek(-1, os.SEEK_END)
                 if f.read(1) != b"\n":
                     f.write(b"\n")
-        self.model = getattr(pipe, "diffscope_name", "custom")
+        from analysis.models import model_name
+
+        self.model = model_name(pipe)
         self.scorers = reference_free_scorers(self.model)
         self.warmed: set[tuple] = set()
         self.pipeline_s = 0.0  # seconds inside the pipeline (timed runs and warm-ups)
