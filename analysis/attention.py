@@ -16,7 +16,7 @@ processor and the probabilities are computed beside it (read-only probes never c
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -27,7 +27,9 @@ from analysis.clock import StepClock
 
 @dataclass
 class AttnCall:
-    """What a plug-in sees of one attention call."""
+    """What a plug-in sees of one attention call. It lives for that call only; plug-ins share what they learn
+    about the call through the declared fields below (set by the dispatcher unless noted), never through
+    attributes of their own hung on it."""
 
     name: str  # module path, e.g. "down_blocks.1.attentions.0.transformer_blocks.0.attn2"
     attn: Attention
@@ -35,6 +37,15 @@ class AttnCall:
     hidden_states: torch.Tensor  # (B, N, C) or (B, C, H, W), the module's input
     encoder_hidden_states: torch.Tensor | None
     reused: bool = False  # the probabilities of this call came from a cache
+    # A plug-in's replace_output returned this call's output (e.g. T-GATE's cache): nothing was computed, and
+    # on_output sees that replacement, which no plug-in should cache or count as computed again.
+    output_replaced: bool = False
+    # softmax(QK^T) of the whole batch, (B * heads, N_q, N_k), when some plug-in wanted them (set before
+    # on_probs); None when none did or the output was replaced.
+    probs: torch.Tensor | None = field(default=None, repr=False)
+    # The conditional rows of `probs`, (n_cond, heads, N_q, N_k): computed once per call by the probes'
+    # `cond_probs` and shared by every probe.
+    cond_probs: torch.Tensor | None = field(default=None, repr=False)
 
     @property
     def is_cross(self) -> bool:
@@ -161,6 +172,7 @@ class DispatchProcessor:
         for plugin in plugins:
             out = plugin.replace_output(call)
             if out is not None:
+                call.output_replaced = True
                 for p in plugins:
                     p.on_output(call, out)
                 return out
@@ -179,6 +191,7 @@ class DispatchProcessor:
             if wanted:
                 probs = attention_probs(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
         if wanted:
+            call.probs = probs
             for plugin in plugins:
                 plugin.on_probs(call, probs)
         for plugin in plugins:

@@ -68,6 +68,43 @@ def test_dispatcher_without_plugins_is_bit_identical(toy_pipe):
     assert counters["unet"]["batch_rows"] == [2, 2, 2]
 
 
+def test_dispatcher_marks_replaced_outputs_and_shares_probs(toy_pipe):
+    """AttnCall's declared fields: output_replaced when a plug-in's replace_output answered, probs when some
+    plug-in wanted the probabilities (set before on_probs)."""
+    cfg = RunConfig("a small blue square at the top", steps=2)
+    seen, shared = [], []
+
+    class Replace(AttentionPlugin):
+        def __init__(self):
+            self.cache = {}
+
+        def replace_output(self, call):
+            return self.cache.get(call.name) if call.step == 1 and call.is_cross else None
+
+        def wants_probs(self, call):
+            return call.step == 0 and not call.is_cross
+
+        def on_probs(self, call, probs):
+            shared.append(call.probs is probs)
+
+        def on_output(self, call, output):
+            seen.append((call.step, call.is_cross, call.output_replaced))
+            if call.step == 0:
+                self.cache[call.name] = output
+
+    class Attach:
+        name = "replace"
+
+        def attach(self, ctx):
+            ctx.attention().add(Replace())
+            return HandleBase()
+
+    run_once(toy_pipe, cfg, (Attach(),), 2)
+    assert seen and all(replaced == (step == 1 and cross) for step, cross, replaced in seen)
+    assert any(step == 1 and cross for step, cross, _ in seen)
+    assert shared and all(shared)
+
+
 def test_run_result_pickles_and_reports(toy_pipe):
     result = generate(toy_pipe, RunConfig(("a red circle", "a blue square"), steps=2, repeats=1))
     assert result.image.shape == (2, 64, 64, 3)

@@ -213,11 +213,10 @@ class TGateHandle(AttentionPlugin, HandleBase):
             self.ca_reused += 1
         else:
             self.sa_reused += 1
-        call.tgate_reused = True
-        return cached
+        return cached  # the dispatcher marks the call output_replaced
 
     def on_output(self, call: AttnCall, output: torch.Tensor) -> None:
-        if getattr(call, "tgate_reused", False):
+        if call.output_replaced:  # our cache (or another plug-in's replacement): neither computed nor cached
             return
         if call.is_cross:
             self.ca_computed += 1

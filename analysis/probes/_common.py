@@ -104,18 +104,17 @@ def stack_steps(per_step: dict[int, Any], steps: list[int], like: torch.Tensor) 
 
 def cond_probs(call: AttnCall, clock: StepClock) -> torch.Tensor:
     """softmax(QK^T) of this call's conditional rows, (n_cond, heads, n_queries, n_keys), computed once per
-    call and shared by every probe (cached on the AttnCall object, which lives for one attention call).
+    call and shared by every probe (kept in AttnCall.cond_probs; the call lives for one attention call).
 
     When the dispatcher already has probabilities for the call (a technique asked for them, or reused
     cached ones) those are sliced; otherwise only the conditional rows are computed, beside the original
     processor's output (half the work of the whole CFG batch). UNet attention in SD 1.x/2.x/SDXL is
     called without an attention mask, which is what this assumes.
     """
-    cached = call.__dict__.get("_probe_cond_probs")
-    if cached is not None:
-        return cached
+    if call.cond_probs is not None:
+        return call.cond_probs
     heads = call.attn.heads
-    full = call.__dict__.get("_probe_probs")
+    full = call.probs
     if full is not None:
         batch = full.shape[0] // heads
         p = full.view(batch, heads, full.shape[1], full.shape[2])[cond_slice(clock, batch)]
@@ -124,7 +123,7 @@ def cond_probs(call: AttnCall, clock: StepClock) -> torch.Tensor:
         rows = cond_slice(clock, hs.shape[0])
         probs = attention_probs(call.attn, hs[rows], None if ehs is None else ehs[rows])
         p = probs.view(probs.shape[0] // heads, heads, probs.shape[1], probs.shape[2])
-    call.__dict__["_probe_cond_probs"] = p
+    call.cond_probs = p
     return p
 
 
@@ -183,9 +182,6 @@ class AttentionProbe(AttentionPlugin):
             return False
         self._pending = call
         return call.reused  # reused probabilities cost nothing and are the ones actually used
-
-    def on_probs(self, call: AttnCall, probs: torch.Tensor) -> None:
-        call.__dict__["_probe_probs"] = probs
 
     def on_output(self, call: AttnCall, output: torch.Tensor) -> None:
         self._note_tokens(call)  # a replaced call (T-GATE's cache) never reached wants_probs
