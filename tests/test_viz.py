@@ -16,14 +16,6 @@ from viz import export as E
 from viz import plotly_figs as P
 from viz import signal_figs as S
 
-ROWS = [
-    {"technique": "baseline", "latency_s": 1.0, "psnr_db": "inf", "ssim": 1.0, "speedup": 1.0},
-    {"technique": "steps:10", "latency_s": 0.5, "psnr_db": 24.0, "ssim": 0.8},
-    {"technique": "steps:15", "latency_s": 0.75, "psnr_db": 29.0, "ssim": 0.9},
-    {"technique": "tgate:gate_step=10", "latency_s": 0.6, "psnr_db": 31.0, "ssim": 0.92, "speedup": 1.66},
-    {"technique": "reuse:policy=hurry", "latency_s": 0.8, "psnr_db": math.inf, "ssim": 1.0},
-]
-
 
 @pytest.fixture(scope="module")
 def sig():
@@ -107,23 +99,13 @@ def test_token_rank(sig):
     assert np.nanmax(z) <= 1.0 + 1e-6
 
 
-def test_tradeoff_marks_baseline_and_step_curve():
-    fig = _check(P.tradeoff_figure(ROWS))
-    names = {t.name for t in fig.data}
-    assert {"baseline (full compute)", "step reduction", "tgate", "reuse"} <= names
-    steps = [t for t in fig.data if t.name == "step reduction"][0]
-    assert list(steps.x) == [0.5, 0.75]  # sorted by latency
-    assert D.tradeoff_rows(ROWS)[1]["speedup"] == pytest.approx(2.0)  # filled from the baseline
-
-
 def test_counters_and_empty_inputs():
     fig = _check(P.counters_figure({"tgate": {"attn_reused": 6, "attn_computed": 10},
                                     "unet": {"batch_rows": [2, 2, 1]}, "atedm": {"dsap": True}}))
     table = [t for t in fig.data if isinstance(t, go.Table)][0]
     assert "batch_rows" in table.cells.values[1]
     for fig in (P.counters_figure({}), A.cross_attention_figure({}, TOKENS), S.convergence_figure({}),
-                S.drift_figure(None), S.token_rank_figure({}), S.token_rank_summary_figure({}),
-                P.tradeoff_figure([])):
+                S.drift_figure(None), S.token_rank_figure({}), S.token_rank_summary_figure({})):
         _check(fig)
 
 
@@ -141,7 +123,6 @@ def test_export_png_and_pdf(tmp_path, sig):
         "drift": E.drift_figure(sig["feature_drift"]),
         "rank": E.token_rank_figure(sig["token_rank"], step=1),
         "rank_summary": E.token_rank_summary_figure(sig["token_rank"]),
-        "tradeoff": E.tradeoff_figure(ROWS),
         "counters": E.counters_figure(r.counters),
         "empty": E.counters_figure({}),
     }

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -95,49 +95,6 @@ def grid_shape(n: int, cols: int) -> tuple[int, int]:
 def with_prefix(title: str, prefix: str | None) -> str:
     """'Full compute · <title>' when a prefix is given (the app shows full compute and accelerated side by side)."""
     return f"{prefix} · {title}" if prefix else title
-
-
-# --- quality vs latency rows --------------------------------------------------------------------------
-
-def _num(x: Any) -> float:
-    if x is None:
-        return math.nan
-    if isinstance(x, str):
-        return math.inf if x.strip().lower() in ("inf", "+inf", "infinity") else float(x)
-    return float(x)
-
-
-def tradeoff_rows(rows: Sequence[dict]) -> list[dict]:
-    """Normalised rows: label, kind ('baseline' | 'steps' | 'technique'), latency_s, psnr_db (inf allowed),
-    ssim, speedup (computed from the baseline row when missing)."""
-    out = []
-    for r in rows:
-        label = str(r.get("technique", r.get("label", "?")))
-        kind = r.get("kind")
-        if kind is None:
-            low = label.lower()
-            kind = "baseline" if low in ("baseline", "full compute", "none") else (
-                "steps" if low.startswith("steps") else "technique")
-        out.append({"label": label, "kind": kind, "latency_s": _num(r.get("latency_s")),
-                    "psnr_db": _num(r.get("psnr_db")), "ssim": _num(r.get("ssim")),
-                    "speedup": _num(r.get("speedup")), "steps": r.get("steps")})
-    base = [r for r in out if r["kind"] == "baseline" and math.isfinite(r["latency_s"])]
-    if base:
-        b = base[0]["latency_s"]
-        for r in out:
-            if math.isnan(r["speedup"]) and math.isfinite(r["latency_s"]) and r["latency_s"] > 0:
-                r["speedup"] = b / r["latency_s"]
-    return out
-
-
-def psnr_cap(rows: Sequence[dict]) -> float:
-    """Where to draw PSNR = inf: a little above the best finite PSNR."""
-    finite = [r["psnr_db"] for r in rows if math.isfinite(r["psnr_db"])]
-    return (max(finite) + 5.0) if finite else 60.0
-
-
-def technique_family(label: str) -> str:
-    return re.split(r"[:\s(]", label, maxsplit=1)[0]
 
 
 # --- counters --------------------------------------------------------------------------------------------

@@ -13,7 +13,6 @@ sans-serif style.
 from __future__ import annotations
 
 import functools
-import math
 from pathlib import Path
 from typing import Sequence
 
@@ -242,46 +241,6 @@ def token_rank_summary_figure(token_rank: dict, prompt: int | None = None) -> Fi
     ax.set_xlabel("denoising step")
     fig.colorbar(im, ax=ax).set_label("normalised entropy")
     ax.set_title("Token-importance concentration (1 = uniform)")
-    return fig
-
-
-@styled
-def tradeoff_figure(rows: Sequence[dict], title: str = "Quality vs latency") -> Figure:
-    data = D.tradeoff_rows(rows)
-    if not data:
-        return _message("No runs to compare.")
-    cap = D.psnr_cap(data)
-    fig = Figure(figsize=(8, 3.2), layout="constrained")
-    axes = fig.subplots(1, 2)
-    steps_rows = sorted([r for r in data if r["kind"] == "steps"], key=lambda r: r["latency_s"])
-    tech = [r for r in data if r["kind"] == "technique"]
-    base = [r for r in data if r["kind"] == "baseline"]
-    families = sorted({D.technique_family(r["label"]) for r in tech})
-    fam_colour = {f: D.PALETTE[(i + 1) % len(D.PALETTE)] for i, f in enumerate(families)}
-    for ax, metric in zip(axes, ("psnr_db", "ssim")):
-        def y(r):
-            v = r[metric]
-            return cap if (metric == "psnr_db" and math.isinf(v)) else v
-
-        if steps_rows:
-            ax.plot([r["latency_s"] for r in steps_rows], [y(r) for r in steps_rows], "--o", color="#888", mfc="none",
-                    ms=5, lw=1.4, label="step reduction")
-        for fam in families:
-            rs = [r for r in tech if D.technique_family(r["label"]) == fam]
-            ax.scatter([r["latency_s"] for r in rs], [y(r) for r in rs], s=40, color=fam_colour[fam], label=fam,
-                       edgecolor="white", zorder=3)
-        for r in base:
-            ax.scatter([r["latency_s"]], [y(r)], marker="*", s=160, color="black", label="baseline (full compute)",
-                       zorder=4)
-        ax.set_xlabel("latency (s, median)")
-        if metric == "psnr_db" and any(math.isinf(r["psnr_db"]) for r in data):
-            ax.axhline(cap, color="#bbb", lw=0.8, ls=":")
-            ax.annotate("∞ (identical)", (0.01, cap), xycoords=("axes fraction", "data"), fontsize=7, color="#888",
-                        va="bottom")
-    axes[0].set_ylabel("PSNR vs full compute (dB)")
-    axes[1].set_ylabel("SSIM vs full compute")
-    axes[1].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    fig.suptitle(title, fontsize=10)
     return fig
 
 

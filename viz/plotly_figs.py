@@ -5,15 +5,11 @@ height out. No torch.
 - `counters_figure`: work skipped, per technique, as bars and a table.
 - `step_strip_figure`: one row per technique, one cell per denoising step (marks from
   `analysis.accel.technique_marks`).
-- `tradeoff_figure`: quality (PSNR, SSIM) against latency; baseline and the step-reduction curve marked.
 
 The attention maps are drawn by `viz.attention_figs`, the per-step probe signals (convergence, drift, token
 rank) by `viz.signal_figs`; `viz.plotly_base` holds the shared style and `empty_figure`.
 """
 from __future__ import annotations
-
-import math
-from typing import Sequence
 
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
@@ -21,69 +17,6 @@ from plotly.subplots import make_subplots
 from viz import _data as D
 from viz.plotly_base import LAYOUT as _LAYOUT
 from viz.plotly_base import empty_figure, int_ticks
-
-
-# --- quality vs latency ----------------------------------------------------------------------------------
-
-def tradeoff_figure(rows: Sequence[dict], title: str = "Quality vs latency") -> go.Figure:
-    """rows: dicts with technique (label), latency_s, psnr_db (number or "inf"), ssim, speedup, and
-    optionally kind ('baseline' | 'steps' | 'technique'; guessed from the label when absent) and steps.
-    The baseline is a black star, plain step reduction a dashed grey curve, techniques coloured markers."""
-    data = D.tradeoff_rows(rows)
-    if not data:
-        return empty_figure("No runs to compare yet.")
-    cap = D.psnr_cap(data)
-    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.1,
-                        subplot_titles=("PSNR vs full compute (dB, higher is better)", "SSIM vs full compute"))
-
-    def psnr_y(r):
-        return cap if math.isinf(r["psnr_db"]) else r["psnr_db"]
-
-    def hover(r):
-        p = "∞ (identical)" if math.isinf(r["psnr_db"]) else f"{r['psnr_db']:.2f} dB"
-        sp = f"{r['speedup']:.2f}×" if math.isfinite(r["speedup"]) else "n/a"
-        return (f"<b>{r['label']}</b><br>latency {r['latency_s']:.3f} s · speed-up {sp}<br>PSNR {p}"
-                f" · SSIM {r['ssim']:.4f}")
-
-    steps_rows = sorted([r for r in data if r["kind"] == "steps"], key=lambda r: r["latency_s"])
-    tech = [r for r in data if r["kind"] == "technique"]
-    base = [r for r in data if r["kind"] == "baseline"]
-    families = sorted({D.technique_family(r["label"]) for r in tech})
-    fam_colour = {f: D.PALETTE[(i + 1) % len(D.PALETTE)] for i, f in enumerate(families)}
-    for col, metric in ((1, "psnr"), (2, "ssim")):
-        y = (lambda r: psnr_y(r)) if metric == "psnr" else (lambda r: r["ssim"])
-        if steps_rows:
-            fig.add_trace(go.Scatter(
-                x=[r["latency_s"] for r in steps_rows], y=[y(r) for r in steps_rows], mode="lines+markers",
-                name="step reduction", legendgroup="steps", showlegend=(col == 1),
-                line=dict(color="#888", dash="dash", width=2), marker=dict(size=7, symbol="circle-open"),
-                text=[hover(r) for r in steps_rows], hovertemplate="%{text}<extra></extra>",
-            ), row=1, col=col)
-        for fam in families:
-            rs = [r for r in tech if D.technique_family(r["label"]) == fam]
-            fig.add_trace(go.Scatter(
-                x=[r["latency_s"] for r in rs], y=[y(r) for r in rs], mode="markers", name=fam,
-                legendgroup=fam, showlegend=(col == 1), marker=dict(size=11, color=fam_colour[fam],
-                                                                    line=dict(width=1, color="white")),
-                text=[hover(r) for r in rs], hovertemplate="%{text}<extra></extra>",
-            ), row=1, col=col)
-        if base:
-            fig.add_trace(go.Scatter(
-                x=[r["latency_s"] for r in base], y=[y(r) for r in base], mode="markers+text",
-                name="baseline (full compute)", legendgroup="baseline", showlegend=(col == 1),
-                marker=dict(size=16, symbol="star", color="black"), text=["baseline"] * len(base),
-                textposition="bottom center", hovertext=[hover(r) for r in base],
-                hovertemplate="%{hovertext}<extra></extra>",
-            ), row=1, col=col)
-    if any(math.isinf(r["psnr_db"]) for r in data):
-        fig.add_hline(y=cap, line=dict(color="#bbb", width=1, dash="dot"), row=1, col=1,
-                      annotation_text="∞ (identical to full compute)", annotation_position="top left",
-                      annotation_font=dict(size=10, color="#888"))
-    fig.update_xaxes(title_text="latency (s, median)")
-    fig.update_yaxes(title_text="PSNR (dB)", row=1, col=1)
-    fig.update_yaxes(title_text="SSIM", row=1, col=2)
-    fig.update_layout(**_LAYOUT, height=460, title=dict(text=title, x=0.01), hovermode="closest")
-    return fig
 
 
 # --- counters --------------------------------------------------------------------------------------------
