@@ -207,10 +207,6 @@ class AttentionDispatcher:
         self.plugins: list[AttentionPlugin] = []
         self._originals: dict[str, Any] | None = None
 
-    @property
-    def module_names(self) -> list[str]:
-        return [k[: -len(".processor")] for k in self.unet.attn_processors]
-
     def attach(self) -> "AttentionDispatcher":
         self._originals = dict(self.unet.attn_processors)
         wrapped = {key: DispatchProcessor(key[: -len(".processor")], proc, self) for key, proc in self._originals.items()}

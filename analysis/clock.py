@@ -37,10 +37,6 @@ class StepClock:
         """True when the current UNet batch holds [uncond; cond] halves."""
         return self.guidance and self.rows == 2 * self.n_prompts
 
-    def cond_rows(self, rows: int) -> slice:
-        """Rows of a batch of `rows` (UNet batch, or heads x batch) that belong to the conditional branch."""
-        return slice(rows // 2, rows) if self.cfg_batch else slice(0, rows)
-
     def advance(self, timestep: Any, rows: int) -> None:
         self.step_index += 1
         self.timestep = float(timestep.flatten()[0]) if torch.is_tensor(timestep) else float(timestep)

@@ -365,16 +365,6 @@ def measure_baseline(pipe, request: Request, stop: StopToken | None = None,
                     prompt_tokens(pipe, config.prompts))
 
 
-def get_baseline(pipe, session: Session, request: Request, stop: StopToken | None = None) -> tuple[Baseline, bool]:
-    """The session's cached baseline of `request`, or a new one kept in the session. Returns (baseline, cached)."""
-    cached = session.baseline(request)
-    if cached is not None:
-        return cached, True
-    b = measure_baseline(pipe, request, stop)
-    session.keep_baseline(b)
-    return b, False
-
-
 def run_accelerated(pipe, baseline: Baseline, accel: tuple, stop: StopToken | None = None) -> LiveRun:
     """One timed accelerated run against the cached baseline. Pure (the caller adds it to its session with
     `Session.add_run`, which numbers it). Caller holds the pipeline lock."""
@@ -504,5 +494,5 @@ def instrumented(pipe, request: Request, accel: tuple, probes: tuple, stop: Stop
 
 
 __all__ = ["Request", "Baseline", "LiveRun", "Session", "SessionStore", "StopToken", "RunStopped",
-           "pipeline_lock", "validate_accel", "measure_baseline", "get_baseline", "run_accelerated", "compute_frontier", "equal_latency_steps",
+           "pipeline_lock", "validate_accel", "measure_baseline", "run_accelerated", "compute_frontier", "equal_latency_steps",
            "measure_carefully", "instrumented", "describe", "run_label", "skipped_summary", "frontier_steps"]

@@ -213,12 +213,6 @@ def check_out_file(path: str, keys: tuple[str, ...], flag: str = "--out") -> Pat
     return target
 
 
-def resolve_target(path: str) -> Path:
-    """The folder `path` names (absolute, symlinks and `..` resolved), or OutDirError if it cannot be
-    replaced by a run. Nothing is created."""
-    return check_out_dir(path)
-
-
 def _remove_stale(target: Path) -> None:
     """Remove `.NAME.tmp-*` folders beside target that no running process holds."""
     parent, prefix = target.parent, f".{target.name}.tmp-"

@@ -27,10 +27,10 @@ def request_(toy_pipe):
 
 def test_baseline_is_cached_per_request_and_bounded(toy_pipe, request_):
     session = live.Session()
-    b, cached = live.get_baseline(toy_pipe, session, request_)
-    assert not cached and len(b.latencies) == live.BASELINE_TIMED_RUNS
-    again, cached = live.get_baseline(toy_pipe, session, request_)
-    assert cached and again is b
+    assert session.baseline(request_) is None
+    b = session.keep_baseline(live.measure_baseline(toy_pipe, request_))
+    assert len(b.latencies) == live.BASELINE_TIMED_RUNS
+    assert session.baseline(request_) is b
     for seed in range(1, live.MAX_BASELINES + 2):
         session.keep_baseline(live.Baseline(live.Request("default", PROMPT, seed=seed), b.image, [], [1.0], {}, []))
     assert len(session.baselines) == live.MAX_BASELINES and session.baseline(request_) is None
@@ -56,7 +56,7 @@ def test_store_drops_least_recent_session_and_stops_its_runs():
 
 def test_accelerated_run_against_the_cached_baseline(toy_pipe, request_):
     session = live.Session()
-    b, _ = live.get_baseline(toy_pipe, session, request_)
+    b = session.keep_baseline(live.measure_baseline(toy_pipe, request_))
     run = session.add_run(live.run_accelerated(toy_pipe, b, (T["tgate"](gate_step=2),)))
     assert run.id == 1 and run.label == "tgate(gate_step=2)" and run.steps_run == 4
     assert run.speedup == pytest.approx(b.latency_s / run.latency_s)
@@ -69,7 +69,7 @@ def test_accelerated_run_against_the_cached_baseline(toy_pipe, request_):
 
 def test_stop_ends_the_run_at_the_next_step_and_the_next_run_is_the_baseline(toy_pipe, request_):
     session = live.Session()
-    b, _ = live.get_baseline(toy_pipe, session, request_)
+    b = session.keep_baseline(live.measure_baseline(toy_pipe, request_))
     token = live.StopToken()
     calls = []
 
@@ -109,7 +109,7 @@ def test_pipeline_lock_serialises_threads(toy_pipe):
 
 def test_frontier_and_equal_latency(toy_pipe, request_):
     session = live.Session()
-    b, _ = live.get_baseline(toy_pipe, session, request_)
+    b = session.keep_baseline(live.measure_baseline(toy_pipe, request_))
     b.frontier = live.compute_frontier(toy_pipe, b)
     assert [r["steps"] for r in b.frontier] == live.frontier_steps(4) + [4]
     assert math.isinf(b.frontier[-1]["psnr_db"])

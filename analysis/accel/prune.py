@@ -24,10 +24,6 @@ class Pruning:
     source: torch.Tensor  # (batch, N) for every position, the index (into the kept list) it is restored from
     n_tokens: int
 
-    @property
-    def n_kept(self) -> int:
-        return self.keep.shape[1]
-
 
 def plan(hidden_states: torch.Tensor, scores: torch.Tensor, n_prune: int) -> Pruning:
     """Keep the N - n_prune highest-scoring tokens of each row; pair each pruned token with its most similar
