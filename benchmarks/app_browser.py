@@ -7,13 +7,14 @@ and off `--toggles` times. For every switch-on it times the click to the new poi
 (wall clock in this process) and reads the accelerated run's own latency from the numbers table: the
 difference is what the app adds around the run (request, scoring, figures, transfer, drawing).
 With --screenshot it saves the page after the first toggle (1500 x 1450 viewport, top of the page).
-Drives Debian's Chromium (`/usr/bin/chromium`). Prints one JSON object on its last line.
+Drives Chromium (the `chromium` on PATH, else Debian's `/usr/bin/chromium`). Prints one JSON object on its last line.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import shutil
 import socket
 import statistics
 import subprocess
@@ -22,7 +23,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-CHROMIUM = "/usr/bin/chromium"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 PROMPT = "a large red circle on the left and a small blue square at the top"
 POINTS_OF = """(name) => {
   const plot = document.querySelector('#diffscope-tradeoff .js-plotly-plot');
