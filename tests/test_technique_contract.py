@@ -36,7 +36,7 @@ def _hooks(pipe) -> tuple:
 @pytest.fixture(scope="module")
 def toy(toy_pipe):
     set_scheduler(toy_pipe, "ddim")
-    return toy_pipe, run_once(toy_pipe, _config(), (), STEPS)[0]
+    return toy_pipe, run_once(toy_pipe, _config(), (), STEPS).images
 
 
 def test_the_registry_finds_every_technique_module():
@@ -53,7 +53,7 @@ def test_off_is_the_baseline_bit_for_bit(toy, name):
     pipe, base = toy
     off = registry()[name].config.off(STEPS)
     config = _config(accel=(off,))
-    image = run_once(pipe, config, config.hooked_accel(), config.accel_steps)[0]
+    image = run_once(pipe, config, config.hooked_accel(), config.accel_steps).images
     assert np.array_equal(image, base)
 
 
@@ -81,7 +81,8 @@ def test_a_run_at_the_defaults_has_counters_a_cost_and_a_summary(toy, name):
     technique = registry()[name]
     assert cost_function(name) is technique.cost
     config = _config(accel=(_defaults(name),))
-    image, _, counters, _, _ = run_once(pipe, config, config.hooked_accel(), config.accel_steps)
+    result = run_once(pipe, config, config.hooked_accel(), config.accel_steps)
+    image, counters = result.images, result.counters
     assert image.shape == base.shape
     if not technique.is_step_reduction:
         assert name in counters, "a technique counts the work it really skipped"
@@ -127,4 +128,4 @@ def test_hooks_come_off_after_a_run_and_after_an_exception(toy, name):
     with pytest.raises(RunStopped):
         run_once(pipe, config, config.hooked_accel(), config.accel_steps, stop=stop_at_step_two)
     assert _hooks(pipe) == before
-    assert np.array_equal(run_once(pipe, _config(), (), STEPS)[0], base)
+    assert np.array_equal(run_once(pipe, _config(), (), STEPS).images, base)
