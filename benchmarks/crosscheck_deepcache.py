@@ -92,11 +92,11 @@ def main(argv=None) -> int:
         """(uint8 images, seconds of the pipeline call, our counters)."""
         if kind == "ours":
             ours = DeepCacheConfig(cache_interval=setting[0], cache_branch_id=setting[1])
-            images, seconds, counters, _, _ = run_once(pipe, config, (ours,), config.steps)
-            return images, seconds, counters.get("deepcache", {})
+            result = run_once(pipe, config, (ours,), config.steps)
+            return result.images, result.seconds, result.counters.get("deepcache", {})
         if kind == "baseline":
-            images, seconds, _, _, _ = run_once(pipe, config, (), config.steps)
-            return images, seconds, {}
+            result = run_once(pipe, config, (), config.steps)
+            return result.images, result.seconds, {}
         kwargs = {"cache_interval": setting[0], "cache_branch_id": setting[1]}
         with peers.attached(pipe, "deepcache", kwargs):
             sync()

@@ -25,7 +25,8 @@ _BASELINES: dict = {}
 
 def _run(pipe, plugins=(), steps=STEPS, prompt=PROMPT, stop=None):
     config = RunConfig(prompt, steps=steps, seed=3)
-    img, _, counters, signals, _ = run_once(pipe, config, tuple(plugins), steps, stop=stop)
+    result = run_once(pipe, config, tuple(plugins), steps, stop=stop)
+    img, counters, signals = result.images, result.counters, result.signals
     return img, counters, signals
 
 
@@ -259,7 +260,8 @@ def test_with_tgate_in_either_order(toy_pipe):
                       ("tgate:gate_step=5", "deepcache:cache_interval=1"), ("tgate:gate_step=5",)):
             rows.clear()
             accel = tuple(parse_accel(s) for s in specs)
-            img, _, counters, _, _ = run_once(pipe, RunConfig(prompts, steps=steps, seed=3, accel=accel), accel, steps)
+            result = run_once(pipe, RunConfig(prompts, steps=steps, seed=3, accel=accel), accel, steps)
+            img, counters = result.images, result.counters
             results.append((img, counters, list(rows)))
     finally:
         handle.remove()
@@ -280,7 +282,8 @@ def test_with_reuse_atedm_steps(toy_pipe, other):
     dc = DeepCacheConfig(cache_interval=2)
     accel = (parse_accel(other), dc)
     config = RunConfig(PROMPT, steps=STEPS, seed=3, accel=accel)
-    img, _, counters, _, _ = run_once(toy_pipe, config, config.hooked_accel(), config.accel_steps)
+    result = run_once(toy_pipe, config, config.hooked_accel(), config.accel_steps)
+    img, counters = result.images, result.counters
     n = config.accel_steps
     assert counters["deepcache"]["full_steps"] == list(range(0, n, 2))
     assert counters["deepcache"]["cached_steps"] == list(range(1, n, 2))
