@@ -14,6 +14,7 @@ from gradio_client import Client  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from analysis.accel import registry  # noqa: E402
 from ui.techniques import client_inputs, order  # noqa: E402
 
 PROMPT = "a large red circle on the left"
@@ -95,7 +96,7 @@ def test_equal_latency_and_measure_carefully(client):
     client.predict(*run_args(tgate={}), api_name="/run")
     updates = client.predict(api_name="/equal_latency")
     *toggles, count = updates
-    assert [t["value"] for t in toggles] == [False, False, False, False, True]
+    assert [t["value"] for t in toggles] == [registry()[name].is_step_reduction for name in order()]
     assert 1 <= count["value"] <= 4
     numbers, _ = client.predict("psnr", api_name="/measure")
     assert "careful" in numbers and "interleaved pairs" in numbers
