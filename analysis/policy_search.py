@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -261,7 +260,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _fmt(x: float | None) -> str:
-    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.2f} dB"
+    from viz.numbers import number
+
+    return number(x, ".2f", "dB")
 
 
 if __name__ == "__main__":

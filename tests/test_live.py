@@ -8,7 +8,7 @@ import threading
 import numpy as np
 import pytest
 
-from analysis import live
+from analysis import live, live_session
 from analysis.accel import list_techniques
 from analysis.accel.reuse_policy import strided_policy
 from analysis.accel.steps import StepsConfig
@@ -134,7 +134,7 @@ def test_validate_accel_gives_the_engine_reasons():
 def test_labels_and_skipped_words():
     assert live.describe(T["atedm"](ratio=0.5, dsap=False)) == "atedm(ratio=0.5, dsap=False)"
     assert live.run_label((T["tgate"](), StepsConfig(steps=10))) == "tgate + steps(steps=10)"
-    assert live.technique_family((T["tgate"](),)) == "tgate"
+    assert live_session.technique_family((T["tgate"](),)) == "tgate"
     words = live.skipped_summary({"reuse": {"maps_reused": 3, "maps_computed": 9, "r_steps": 1, "scope": "both",
                                             "policy": "CCR"}})
     assert words == ["reuse: 3 of 12 attention maps reused (1 R steps, scope both, policy CCR)"]

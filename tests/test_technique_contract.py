@@ -75,8 +75,6 @@ def test_knob_defaults_make_a_valid_config_for_any_step_count(name, steps):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_a_run_at_the_defaults_has_counters_a_cost_and_a_summary(toy, name):
-    from analysis.eval.profile import _bounds  # noqa: F401  (the profile reads every technique's bound)
-
     pipe, base = toy
     technique = registry()[name]
     assert cost_function(name) is technique.cost

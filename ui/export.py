@@ -12,6 +12,7 @@ from analysis.report import save_png, write_run
 from analysis.run import RunConfig, RunResult, config_dict
 from viz import export as X
 from viz.images import difference_image, first_image
+from viz.numbers import percent, psnr
 from viz.slide import summary_slide, tradeoff_figure
 
 
@@ -44,10 +45,10 @@ def slide_numbers(baseline: live.Baseline, run: live.LiveRun | None) -> list[tup
                  ("speed-up measured / ideal", f"{run.speedup:.2f}x / " + (f"{ideal:.2f}x" if ideal else "n/a"))]
         if run.careful:
             rows.append(("speed-up, paired", f"{run.careful['paired_speedup']:.2f}x ({run.careful['rounds']} pairs)"))
-        rows += [("PSNR / SSIM", ("∞" if math.isinf(run.psnr_db) else f"{run.psnr_db:.1f} dB") + f" / {run.ssim:.3f}")]
+        rows += [("PSNR / SSIM", psnr(run.psnr_db, identical="∞") + f" / {run.ssim:.3f}")]
         fid = live.fidelity_of(run.quality)
         if fid is not None:
-            rows.append(("prompt fidelity", f"{fid:.0%}"))
+            rows.append(("prompt fidelity", percent(fid)))
         clip = live.clip_score_of(run.quality)
         if clip is not None:
             rows.append(("CLIP score, full / accelerated", f"{run.quality['clip_score']['baseline']:.1f} / {clip:.1f}"))

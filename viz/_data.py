@@ -15,6 +15,8 @@ from typing import Sequence
 
 import numpy as np
 
+from viz.numbers import count
+
 _ROLE_SHADES = {"encoder": ["#08306b", "#2171b5", "#4292c6", "#6baed6", "#9ecae1"],
                 "bottleneck": ["#238b45", "#41ab5d", "#74c476"],
                 "decoder": ["#67000d", "#cb181d", "#ef3b2c", "#fb6a4a", "#fc9272"]}
@@ -124,9 +126,7 @@ def counter_rows(counters: dict) -> list[tuple[str, str, float | None, str]]:
 
 
 def _fmt(x: float) -> str:
-    if math.isfinite(x) and x == int(x):
-        return f"{int(x):,}"
-    return f"{x:.4g}"
+    return count(x)
 
 
 # --- inside the accelerated run (technique marks, analysis.accel.marks) ----------------------------------

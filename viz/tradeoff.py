@@ -20,6 +20,7 @@ from typing import Sequence
 
 import numpy as np
 
+from viz import numbers
 from viz.colours import STEP_REDUCTION, family_colour
 
 Y_AXES = {"psnr": ("psnr_db", "PSNR vs full compute (dB)"), "fidelity": ("fidelity", "prompt fidelity (%)"),
@@ -85,7 +86,7 @@ def prepare(runs: Sequence[dict], frontier: Sequence[dict] | None, shipped: Sequ
 
 def _hover(r: dict) -> str:
     p = _finite(r.get("psnr_db"))
-    psnr = "∞ (identical)" if math.isinf(p) else ("n/a" if math.isnan(p) else f"{p:.1f} dB")
+    psnr = numbers.psnr(p)
     fid = r.get("fidelity")
     ideal = r.get("ideal_speedup")
     return (f"<b>#{r.get('id', '')} {r.get('label', '')}</b><br>latency {_finite(r['latency_s']):.3f} s · "

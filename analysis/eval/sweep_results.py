@@ -240,11 +240,9 @@ def fast_and_faithful(summary: list[dict], speedup: float = 1.5, points: float =
 
 
 def _fmt(x, spec=".2f") -> str:
-    if x is None:
-        return "n/a"
-    if isinstance(x, float) and math.isinf(x):
-        return "inf"
-    return format(x, spec)
+    from viz.numbers import number
+
+    return number(x, spec)
 
 
 def _ci(r: dict, key: str, spec: str, scale: float = 1.0) -> str:

@@ -7,6 +7,7 @@ A scene is plain data (`Scene`), rendered deterministically by `render`, caption
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
