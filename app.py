@@ -135,7 +135,7 @@ def _wire_runs(demo: gr.Blocks, h: Handlers, ui: SimpleNamespace) -> None:
     steps_event = ui.steps.release(h.steps_changed, [ui.steps, ui.knob_steps] + h.panel.inputs(),
                                    [ui.knob_steps] + h.panel.step_knobs(), trigger_mode="always_last", **QUIET)
     steps_event.then(h.availability, [ui.model_box, ui.steps] + h.panel.inputs(), h.panel.availability_outputs(),
-                     queue=False, **QUIET)
+                     api_name="availability_after_steps", queue=False, **QUIET)
     steps_run = steps_event.success(h.run_live, live_inputs, live_outputs, api_visibility="private", **LIVE)
     # (no Inside refresh on this chain: typing a step count and clicking Generate fires both chains, and a
     # second refresh would send the Inside step slider's stale value against its new maximum)

@@ -29,21 +29,21 @@ def test_baseline_is_cached_per_request_and_bounded(toy_pipe, request_):
     session = live.Session()
     assert session.baseline(request_) is None
     b = session.keep_baseline(live.measure_baseline(toy_pipe, request_))
-    assert len(b.latencies) == live.BASELINE_TIMED_RUNS
+    assert len(b.latencies) == live_session.BASELINE_TIMED_RUNS
     assert session.baseline(request_) is b
-    for seed in range(1, live.MAX_BASELINES + 2):
+    for seed in range(1, live_session.MAX_BASELINES + 2):
         session.keep_baseline(live.Baseline(live.Request("default", PROMPT, seed=seed), b.image, [], [1.0], {}, []))
-    assert len(session.baselines) == live.MAX_BASELINES and session.baseline(request_) is None
+    assert len(session.baselines) == live_session.MAX_BASELINES and session.baseline(request_) is None
 
 
 def test_runs_are_numbered_and_only_the_newest_keep_signals():
     session = live.Session()
-    for _ in range(live.MAX_RUNS + 3):
+    for _ in range(live_session.MAX_RUNS + 3):
         run = live.LiveRun(0, None, (), "x", np.zeros((1, 2, 2, 3), np.uint8), 1, 1.0, {}, [], math.inf, 1.0, {},
                            1.0, (1.0, 1.0), None, signals={"big": 1})
         session.add_run(run)
-    assert len(session.runs) == live.MAX_RUNS and session.runs[-1].id == live.MAX_RUNS + 3
-    assert [r.signals is not None for r in session.runs].count(True) == live.SIGNAL_SLOTS
+    assert len(session.runs) == live_session.MAX_RUNS and session.runs[-1].id == live_session.MAX_RUNS + 3
+    assert [r.signals is not None for r in session.runs].count(True) == live_session.SIGNAL_SLOTS
 
 
 def test_store_drops_least_recent_session_and_stops_its_runs():

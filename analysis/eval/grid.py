@@ -24,6 +24,7 @@ import numpy as np
 
 from analysis.accel.atedm import PRUNING_RATIOS
 from analysis.accel.reuse_policy import phast_policy
+from analysis.accel.tgate import default_gate_step
 
 NAMED = ("default", "ablations", "pruning", "peers", "smoke")
 
@@ -60,14 +61,14 @@ def _family_builders() -> dict:
 
 
 def _combo(steps: int) -> list[Setting]:
-    g = max(2, round(0.4 * steps))
+    g = max(2, default_gate_step(steps))
     r = max(1, steps // 5)
     short = max(2, round(0.7 * steps))
     return [
         Setting(f"combo-tgate-g{g}+reuse-self-r{r}", "combo",
                 (f"tgate:gate_step={g},sp_interval=1,fi_interval=1", f"reuse:policy=hurry,reuse_steps={r},scope=self")),
-        Setting(f"combo-steps-{short}+tgate-g{round(0.4 * short)}", "combo",
-                (f"steps:steps={short}", f"tgate:gate_step={max(2, round(0.4 * short))}")),
+        Setting(f"combo-steps-{short}+tgate-g{default_gate_step(short)}", "combo",
+                (f"steps:steps={short}", f"tgate:gate_step={max(2, default_gate_step(short))}")),
         Setting("combo-fastdiff+atedm-50", "combo", ("fastdiff:noise=true", "atedm:ratio=0.5")),
         Setting(f"combo-steps-{short}+reuse-r{max(1, short // 5)}", "combo",
                 (f"steps:steps={short}", f"reuse:policy=hurry,reuse_steps={max(1, short // 5)}")),
@@ -122,7 +123,7 @@ def _peers(steps: int) -> list[Setting]:
 
 def _smoke(steps: int) -> list[Setting]:
     return [Setting(f"steps-{steps // 2}", "steps", (f"steps:steps={steps // 2}",)),
-            Setting(f"tgate-g{round(0.4 * steps)}", "tgate", (f"tgate:gate_step={round(0.4 * steps)}",)),
+            Setting(f"tgate-g{default_gate_step(steps)}", "tgate", (f"tgate:gate_step={default_gate_step(steps)}",)),
             Setting(f"reuse-hurry-r{steps // 4}", "reuse", (f"reuse:policy=hurry,reuse_steps={steps // 4}",)),
             Setting("atedm-50", "atedm", ("atedm:ratio=0.5",))]
 
