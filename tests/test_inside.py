@@ -65,7 +65,10 @@ def test_gate_step_follows_the_run_unless_set():
     assert gate(TGateConfig(), 20) == 8 and gate(TGateConfig(), 25) == 10  # round(0.4 x steps), the paper's
     assert gate(TGateConfig(gate_step=5), 20) == 5
     m = technique_marks([TGateConfig(), parse_accel("fastdiff:parallel=false")], 20)
-    assert m["lines"] == {"convergence": [8], "drift": [0, 1, 2, 3, 5, 10, 15]}
+    assert m["lines"] == {"convergence": {"label": "T-GATE gate", "steps": [8]},
+                          "drift": {"label": "key steps (encoder runs)", "steps": [0, 1, 2, 3, 5, 10, 15]}}
+    m = technique_marks([parse_accel("deepcache:cache_interval=5"), parse_accel("tgate")], 20)
+    assert m["lines"]["drift"] == {"label": "full steps (the deep UNet runs)", "steps": [0, 5, 10, 15]}
 
 
 # --- AT-EDM's pruned tokens and the probes under techniques ---------------------------------------------

@@ -175,8 +175,8 @@ class InsideTabs:
                  pixel) -> tuple:
         req = baseline.request
         marks = technique_marks(run.accel if run is not None else (), req.steps, req.model)
-        gate = next(iter(marks["lines"].get("convergence", [])), None)
-        key_steps = marks["lines"].get("drift")
+        gate = marks["lines"].get("convergence") or {}
+        drift_lines = marks["lines"].get("drift") or {}
         sources = {"0-full": (baseline.signals, baseline.image, baseline.timesteps, ()),
                    "1-accel": (None if run is None else run.signals, None if run is None else run.image,
                                None if run is None else run.timesteps, "accel")}
@@ -212,9 +212,11 @@ class InsideTabs:
                                                   title_prefix=who)
                 elif kind == "conv":
                     fig = S.convergence_figure(signals.get("cross_attn_convergence"), log_y=bool(conv_log),
-                                               gate_step=gate, title_prefix=who)
+                                               gate_step=next(iter(gate.get("steps", [])), None),
+                                               gate_label=gate.get("label"), title_prefix=who)
                 elif kind == "drift":
-                    fig = S.drift_figure(signals.get("feature_drift"), log_y=bool(drift_log), key_steps=key_steps,
+                    fig = S.drift_figure(signals.get("feature_drift"), log_y=bool(drift_log),
+                                         key_steps=drift_lines.get("steps"), key_label=drift_lines.get("label"),
                                          title_prefix=who)
                 else:
                     fig = S.token_rank_figure(signals.get("token_rank"), step=s, timesteps=timesteps,

@@ -26,7 +26,7 @@ from viz.plotly_base import LAYOUT, empty_figure, int_ticks, step_title
 
 
 def convergence_figure(conv: dict, log_y: bool = False, gate_step: int | None = None,
-                       title_prefix: str | None = None) -> go.Figure:
+                       title_prefix: str | None = None, gate_label: str | None = None) -> go.Figure:
     """output_l2 and probs_l2 per attn2 layer over steps (thin), and their mean over layers (thick).
     gate_step: T-GATE's gate (marks["tgate"]["gate_step"]), drawn as a vertical line on both panels; from
     that step on cross-attention is cached, so the accelerated run has no distances there."""
@@ -58,7 +58,7 @@ def convergence_figure(conv: dict, log_y: bool = False, gate_step: int | None = 
     if gate_step is not None:
         for col in (1, 2):
             # an annotation on the first panel only: plotly labels an empty annotation "new text"
-            label = dict(annotation_text=f"T-GATE gate (step {gate_step})", annotation_position="top right",
+            label = dict(annotation_text=f"{gate_label or 'T-GATE gate'} (step {gate_step})", annotation_position="top right",
                          annotation_font=dict(size=11, color="#e6550d")) if col == 1 else {}
             fig.add_vline(x=gate_step, line=dict(color="#e6550d", width=2, dash="dash"), row=1, col=col, **label)
     fig.update_layout(**LAYOUT, height=430,
@@ -68,7 +68,7 @@ def convergence_figure(conv: dict, log_y: bool = False, gate_step: int | None = 
 
 
 def drift_figure(drift: dict, log_y: bool = False, key_steps: Sequence[int] | None = None,
-                 title_prefix: str | None = None, measure: str = "relative") -> go.Figure:
+                 title_prefix: str | None = None, measure: str = "relative", key_label: str | None = None) -> go.Figure:
     """Left: change between consecutive steps' block outputs, coloured by encoder / bottleneck / decoder:
     relative to the block's feature norm (default, so blocks of different scale compare) or the raw MSE of
     Faster-Diffusion's Fig. 3a (`measure="mse"`). Right: per-block box plot of the Frobenius norm over steps
@@ -110,7 +110,7 @@ def drift_figure(drift: dict, log_y: bool = False, key_steps: Sequence[int] | No
         for k in key_steps:
             if 1 <= k <= n:  # the MSE axis runs over steps 1..n (distance to the previous step)
                 fig.add_vline(x=k, line=dict(color="#31a354", width=1.5, dash="dot"), row=1, col=1)
-        fig.add_annotation(text="key steps (encoder runs): " + ", ".join(map(str, key_steps)), showarrow=False,
+        fig.add_annotation(text=f"{key_label or 'key steps (encoder runs)'}: " + ", ".join(map(str, key_steps)), showarrow=False,
                            xref="x domain", yref="y domain", x=0.01, y=1.0, xanchor="left", yanchor="bottom",
                            font=dict(size=10, color="#31a354"), name="key-steps")
     fig.update_layout(**LAYOUT, height=460, legend=dict(font=dict(size=10)),

@@ -395,5 +395,5 @@ TECHNIQUE = Technique(
     grid=lambda steps: [(f"deepcache-i{k}", (f"deepcache:cache_interval={k}",)) for k in (2, 3, 5)]
     + [("deepcache-nonuniform-i5", ("deepcache:cache_interval=5,schedule=nonuniform",))],
     validate=lambda config, steps, model: config.full_steps(steps),
-    lines=lambda marks: {"drift": list(marks["full_steps"])},
+    lines=lambda marks: {"drift": ("full steps (the deep UNet runs)", list(marks["full_steps"]))},
 )

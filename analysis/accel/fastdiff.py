@@ -327,5 +327,5 @@ TECHNIQUE = Technique(
     bound=lambda profile, steps: profile["pipeline"]["shares"]["unet"] * profile["encoder_decoder"]["encoder"],
     grid=_grid, colour="#D55E00", marker="^", order=40,
     validate=lambda config, steps, model: config.resolve_key_steps(steps),
-    lines=lambda marks: {"drift": list(marks["key_steps"])},
+    lines=lambda marks: {"drift": ("key steps (encoder runs)", list(marks["key_steps"]))},
 )

@@ -12,7 +12,7 @@ Schema:
                                          #   reuse: policy, reused_steps, scope; fastdiff: key_steps, ...;
                                          #   atedm: ratio, dsap, early_steps; steps: {"steps": n}
      "strip": [(label, [state] * steps, [letter] * steps)],  # the step strip's rows (states: viz STRIP_CODES)
-     "lines": {"convergence": [int], "drift": [int]},       # steps a probe's figure marks with a line
+     "lines": {"convergence" | "drift": {"label": str, "steps": [int]}},  # marked on a probe's figure
      "reused": {"cross": [int], "self": [int]}}              # steps whose maps a probe shows were not computed
 """
 from __future__ import annotations
@@ -35,8 +35,10 @@ def technique_marks(accel_configs: Sequence[Any], steps: int, model: str = "defa
         marks = technique.marks(config, steps, model)
         out["techniques"][technique.name] = marks
         out["strip"] += technique.strip(marks, steps)
-        for kind, lines in technique.lines(marks).items():
-            out["lines"][kind] = sorted(set(out["lines"].get(kind, [])) | set(lines))
+        for kind, (label, steps_marked) in technique.lines(marks).items():
+            line = out["lines"].setdefault(kind, {"label": "", "steps": []})
+            line["label"] = "; ".join(filter(None, (line["label"], label)))
+            line["steps"] = sorted(set(line["steps"]) | set(steps_marked))
         for kind in ("cross", "self"):
             out["reused"][kind] = sorted(set(out["reused"][kind]) | set(technique.reused(marks, kind)))
     return out

@@ -101,8 +101,8 @@ class Technique:
     validate: Callable[[Any, int, str], None] = nothing_to_validate  # run-time resolution that would fail late
     run_steps: Callable[[Any, int], int] = same_steps  # the accelerated run's step count (step reduction)
     is_step_reduction: bool = False              # the baseline every technique is judged against
-    lines: Callable[[Marks], dict[str, list[int]]] = field(default=lambda marks: {})
-    # steps to draw as vertical lines on a probe's figure: {"convergence": [...], "drift": [...]}
+    lines: Callable[[Marks], dict[str, tuple[str, list[int]]]] = field(default=lambda marks: {})
+    # steps a probe's figure marks with lines, and what they are: {"convergence": ("T-GATE gate", [8]), ...}
 
     def default_values(self, steps: int) -> dict[str, Any]:
         return {k.key: k.default_for(steps) for k in self.knobs}

@@ -345,5 +345,5 @@ TECHNIQUE = Technique(
     bound=_bound, grid=_grid, colour="#0072B2", marker="s", order=20,
     reused=lambda marks, kind: [i for i, a in enumerate(marks[kind]) if a == REUSE],
     validate=lambda config, steps, model: config.plan(steps),
-    lines=lambda marks: {"convergence": [marks["gate_step"]]},
+    lines=lambda marks: {"convergence": ("T-GATE gate", [marks["gate_step"]])},
 )
