@@ -41,6 +41,8 @@ CSS = """
 .diffscope-unavailable {color: #b45309; font-size: 0.9em}
 """
 THEME = gr.themes.Soft(primary_hue="indigo")
+ATTENTION_CHOICES = [("fused (SDPA, today's baseline)", "fused"),
+                     ("explicit (probabilities materialised, as in the papers' time)", "explicit")]
 TOKEN_COLOURS = {"special": "#d0d0d0", "unknown word": "#f59e0b", "cut off": "#ef4444"}
 # Events that run the pipeline share one queue slot per kind: live runs, and the follow-ups after them.
 LIVE = dict(concurrency_limit=1, concurrency_id="live")
@@ -96,10 +98,13 @@ def _controls(h: Handlers, pool: ModelPool) -> SimpleNamespace:
         ui.measure_btn = gr.Button("Measure carefully", size="sm", interactive=False)
         ui.export_btn = gr.Button("Export figures + slide", size="sm")
     ui.export_files = gr.File(label="Export", file_count="multiple", interactive=False, height=90)
-    with gr.Accordion("Model", open=len(pool.labels) > 1):
+    with gr.Accordion("Model and attention backend", open=len(pool.labels) > 1):
         ui.model_box = gr.Dropdown(label="Model", choices=pool.labels, value=pool.default,
                                    info="the models this server offers (set by its operator)")
         ui.model_status = gr.Markdown(f"Model: **{pool.default}**")
+        ui.attention = gr.Radio(ATTENTION_CHOICES, value="fused", label="Attention backend",
+                                info="of the baseline and every technique: the papers measured against explicit "
+                                     "attention; today's pipelines run a fused kernel")
     return ui
 
 
@@ -120,13 +125,14 @@ def _results() -> dict:
 
 def _wire_runs(demo: gr.Blocks, h: Handlers, ui: SimpleNamespace) -> None:
     """Generate (and every technique change), its follow-ups, a new step count, equal latency, Stop."""
-    request_inputs = [ui.prompt, ui.negative, ui.seed, ui.steps, ui.guidance, ui.scheduler, ui.model_box]
+    request_inputs = [ui.prompt, ui.negative, ui.seed, ui.steps, ui.guidance, ui.scheduler, ui.model_box,
+                      ui.attention]
     live_inputs = request_inputs + [ui.y_axis] + h.panel.inputs()
     live_outputs = [ui.full_img, ui.acc_img, ui.diff_img, ui.numbers, ui.tradeoff_plot, ui.runs, ui.status,
                     ui.measure_btn]
     run_event = gr.on(
         triggers=[ui.run_btn.click, ui.prompt.submit, ui.seed.submit, ui.guidance.release, ui.scheduler.input,
-                  ui.negative.submit] + h.panel.triggers(),
+                  ui.negative.submit, ui.attention.input] + h.panel.triggers(),
         fn=h.run_live, inputs=live_inputs, outputs=live_outputs, api_name="run", trigger_mode="always_last", **LIVE)
     frontier_event = run_event.success(h.run_frontier, ui.y_axis, ui.tradeoff_plot, api_name="frontier", **FOLLOW_UP)
     inside_event = frontier_event.then(ui.inside.refresh, ui.inside.inputs, ui.inside.outputs, api_name="inside",

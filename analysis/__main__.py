@@ -16,7 +16,7 @@ import signal
 import sys
 import warnings
 
-from analysis.catalog import SCHEDULERS
+from analysis.catalog import ATTENTION_BACKENDS, SCHEDULERS
 
 
 class UsageError(Exception):
@@ -94,6 +94,9 @@ def _add_generate(sub):
     p.add_argument("--capture-budget-mb", type=float, default=None, metavar="F",
                    help="memory budget for captured attention maps (default: the probes' default)")
     p.add_argument("--repeats", type=int, default=1, metavar="N", help="timed repeats (median reported)")
+    p.add_argument("--attention", choices=ATTENTION_BACKENDS, default="fused",
+                   help="attention backend of every run: fused (the pipeline's SDPA, default) or explicit "
+                        "(softmax(QK^T)V materialised, as before fused kernels: the papers' baselines)")
     p.add_argument("--out", required=True, metavar="DIR")
 
 
@@ -178,7 +181,7 @@ def _generate(args) -> int:
         config = RunConfig(prompt=prompts[0] if len(prompts) == 1 else tuple(prompts),
                            negative_prompt=args.negative_prompt, seed=args.seed, guidance=args.guidance,
                            scheduler=args.scheduler, size=args.size, accel=accel, probes=probes,
-                           repeats=args.repeats, **optional)
+                           repeats=args.repeats, attention=args.attention, **optional)
     except (ValueError, TypeError) as err:
         raise UsageError(err) from None
 

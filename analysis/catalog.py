@@ -24,3 +24,7 @@ def is_hub_id(name: str) -> bool:
     """'owner/name' (exactly one slash, both parts non-empty)."""
     owner, slash, rest = name.partition("/")
     return bool(slash and owner and rest and "/" not in rest)
+
+# Attention backends of a run (RunConfig.attention): the pipeline's fused kernel (today's baseline) or the
+# probabilities materialised in every call (the baseline of the papers' time).
+ATTENTION_BACKENDS = ("fused", "explicit")

@@ -96,7 +96,7 @@ def measure_baseline(pipe, request: Request, stop: StopToken | None = None,
     set_scheduler(pipe, request.scheduler)
     # The first run of a new tensor shape pays one-off kernel set-up (seconds on a CPU): untimed. Prompts,
     # seeds and step counts do not change the shapes, so a process pays it once per shape.
-    shape = (id(pipe), request.size, request.guidance > 1.0, request.scheduler)
+    shape = (id(pipe), request.size, request.guidance > 1.0, request.scheduler, request.attention)
     image = timesteps = None
     if shape not in _WARM_SHAPES:
         first = run_once(pipe, config, (), request.steps, stop=stop)
@@ -164,7 +164,7 @@ def warm_up(pipe, request: Request) -> float:
             except ValueError:  # e.g. no PHAST policy for this model: nothing to warm
                 continue
             run_once(pipe, config, config.hooked_accel(), config.accel_steps)
-    _WARM_SHAPES.add((id(pipe), request.size, request.guidance > 1.0, request.scheduler))
+    _WARM_SHAPES.add((id(pipe), request.size, request.guidance > 1.0, request.scheduler, request.attention))
     return time.perf_counter() - start
 
 

@@ -93,12 +93,13 @@ class Request:
     guidance: float = 5.0
     scheduler: str = "ddim"
     size: int | None = None
+    attention: str = "fused"  # the attention backend (analysis.catalog.ATTENTION_BACKENDS)
 
     def run_config(self, accel: tuple = (), probes: tuple = ()) -> RunConfig:
         """Validated by RunConfig (ValueError with a readable message), combination rules included."""
         return RunConfig(prompt=self.prompt, negative_prompt=self.negative_prompt, seed=self.seed,
                          steps=self.steps, guidance=self.guidance, scheduler=self.scheduler, size=self.size,
-                         accel=tuple(accel), probes=tuple(probes), warmup=False)
+                         accel=tuple(accel), probes=tuple(probes), warmup=False, attention=self.attention)
 
 
 @dataclass

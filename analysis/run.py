@@ -20,9 +20,22 @@ import numpy as np
 import torch
 
 from analysis import metrics
-from analysis.catalog import SCHEDULERS
+from analysis.catalog import ATTENTION_BACKENDS, SCHEDULERS
 from analysis.clock import StepClock
 from analysis.plugins import RunContext
+
+
+def use_attention_backend(pipe, backend: str, stack: contextlib.ExitStack) -> None:
+    """For one run: "explicit" replaces every attention processor with diffusers' `AttnProcessor` (the
+    probabilities materialised, as attention ran before fused kernels), the originals put back by `stack`;
+    "fused" leaves the pipeline's own. Plug-ins attach after this, so the dispatcher wraps the chosen path."""
+    if backend == "fused":
+        return
+    from diffusers.models.attention_processor import AttnProcessor
+
+    originals = dict(pipe.unet.attn_processors)
+    pipe.unet.set_attn_processor(AttnProcessor())
+    stack.callback(pipe.unet.set_attn_processor, originals)
 
 
 @dataclass(frozen=True)
@@ -38,6 +51,9 @@ class RunConfig:
     probes: tuple = ()  # probe configs (analysis.probes)
     repeats: int = 1  # timed repeats of baseline and accelerated, after one warm-up each
     warmup: bool = True
+    # "fused": the pipeline's own attention processors (SDPA, today's baseline); "explicit": softmax(QK^T) V
+    # materialised in every attention call (diffusers' AttnProcessor), the baseline of the papers' time
+    attention: str = "fused"
 
     def __post_init__(self):
         prompts = (self.prompt,) if isinstance(self.prompt, str) else tuple(self.prompt)
@@ -54,6 +70,8 @@ class RunConfig:
             raise ValueError(f"size must be a multiple of 8 between 32 and 2048, got {self.size}")
         if self.repeats < 1:
             raise ValueError(f"repeats must be at least 1, got {self.repeats}")
+        if self.attention not in ATTENTION_BACKENDS:
+            raise ValueError(f"attention must be one of {', '.join(ATTENTION_BACKENDS)}, got {self.attention!r}")
         if not 0 <= self.seed <= 2**63 - 1:  # torch's manual_seed overflows past a signed 64-bit int
             raise ValueError(f"seed must be between 0 and 2^63-1, got {self.seed}")
         names = [type(c).name for c in self.accel]
@@ -172,6 +190,7 @@ def run_once(pipe, config: RunConfig, plugins: tuple, steps: int,
     counters: dict[str, Any] = {}
     signals: dict[str, Any] = {}
     with contextlib.ExitStack() as stack:
+        use_attention_backend(pipe, config.attention, stack)
         ctx = RunContext(pipe, clock, stack)
         handles = []
         for plugin in plugins:
@@ -247,7 +266,7 @@ def _baseline_key(pipe, config: RunConfig, steps: int) -> tuple:
     from analysis.models import model_name
 
     return (id(pipe), model_name(pipe), type(pipe.scheduler).__name__, config.prompts,
-            config.negative_prompt, config.seed, steps, config.guidance, config.size)
+            config.negative_prompt, config.seed, steps, config.guidance, config.size, config.attention)
 
 
 def config_dict(config: RunConfig, model: str) -> dict[str, Any]:
@@ -263,6 +282,7 @@ def config_dict(config: RunConfig, model: str) -> dict[str, Any]:
         "accel": {type(c).name: dataclasses.asdict(c) for c in config.accel},
         "probes": [type(p).name for p in config.probes],
         "repeats": config.repeats,
+        "attention": config.attention,
     }
 
 

@@ -104,14 +104,14 @@ def test_equal_latency_and_measure_carefully(client):
 
 def test_availability_shows_the_engine_reason_before_anyone_clicks(client):
     # T-GATE on: Faster-Diffusion and AT-EDM cannot join it, reuse can only with scope=self
-    values = run_args(tgate={})[8:]
+    values = run_args(tgate={})[9:]
     out = client.predict("default", 4, *values, api_name="/availability")
     by_name = dict(zip(order(), zip(out[0::2], out[1::2])))
     assert by_name["fastdiff"][0]["interactive"] is False and "fastdiff cannot be combined with tgate" in by_name["fastdiff"][1]
     assert by_name["atedm"][0]["interactive"] is False
     assert "scope=self" in by_name["reuse"][1]
     assert by_name["steps"][1] == ""
-    values = run_args(tgate={}, reuse={3: "self"})[8:]
+    values = run_args(tgate={}, reuse={3: "self"})[9:]
     values[0] = False  # reuse toggle off, scope self: now reuse is available next to T-GATE
     out = client.predict("default", 4, *values, api_name="/availability")
     assert out[1] == ""

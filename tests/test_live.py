@@ -165,3 +165,17 @@ def test_warm_up_runs_every_path_for_a_few_steps_only(toy_pipe, monkeypatch):
     live.warm_up(toy_pipe, live.Request(model="default", prompt=PROMPT, steps=20))
     assert {steps for _, steps in seen} == {live.WARM_STEPS} and live.WARM_STEPS < 20
     assert {names for names, _ in seen} >= {(), ("tgate",), ("reuse",), ("atedm",), ("fastdiff",)}
+
+
+def test_a_slower_run_says_why_from_its_counted_work():
+    from types import SimpleNamespace
+
+    from ui.results import slowdown_reason
+
+    run = SimpleNamespace(speedup=0.72, request=live.Request(model="sd15-random", prompt="x"),
+                          ideal={"per_technique": {"reuse": 0.06}, "expected_per_technique": {"reuse": -0.04},
+                                 "notes": {}, "expected_speedup": 0.96})
+    text = slowdown_reason(run)
+    assert "Slower than full compute here** (0.72x" in text
+    assert "reuse: its skipped work is 6.0% of the pipeline, its own overheads take back 10.0% (net -4.0%)" in text
+    assert "counted work expects 0.96x against this baseline (fused attention)" in text

@@ -20,7 +20,7 @@ def as_run_result(model: str, baseline: live.Baseline, run: live.LiveRun | None)
     """The live pair as the CLI's RunResult, so run.json keeps its contract."""
     req = baseline.request
     config = RunConfig(prompt=req.prompt, negative_prompt=req.negative_prompt, seed=req.seed, steps=req.steps,
-                       guidance=req.guidance, scheduler=req.scheduler, size=req.size,
+                       guidance=req.guidance, scheduler=req.scheduler, size=req.size, attention=req.attention,
                        accel=() if run is None else run.accel)
     cfg = config_dict(config, model)
     cfg["repeats"] = 1

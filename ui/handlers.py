@@ -10,7 +10,7 @@ import os
 import gradio as gr
 
 from analysis import live
-from analysis.catalog import SCHEDULERS
+from analysis.catalog import ATTENTION_BACKENDS, SCHEDULERS
 from analysis.model_pool import ModelPool, UnknownModel
 from analysis.run import RunStopped
 from ui import inputs
@@ -80,7 +80,8 @@ STORE = live.SessionStore()
 
 # --- input parsing: every value checked by the handler itself (ui/inputs.py) ------------------------------
 
-def make_request(models: Models, model, prompt, negative, seed, steps, guidance, scheduler) -> live.Request:
+def make_request(models: Models, model, prompt, negative, seed, steps, guidance, scheduler,
+                 attention="fused") -> live.Request:
     prompt = inputs.text(prompt, "The prompt")
     if not prompt.strip():
         raise gr.Error("Please enter a prompt.", title="No prompt")
@@ -89,7 +90,8 @@ def make_request(models: Models, model, prompt, negative, seed, steps, guidance,
                         seed=inputs.whole_number(seed, "The seed", 0, SEED_MAX),
                         steps=inputs.whole_number(steps, "Steps", 1, MAX_STEPS),
                         guidance=inputs.real_number(guidance, "Guidance", 0.0, MAX_GUIDANCE),
-                        scheduler=inputs.one_of(scheduler or "ddim", "The scheduler", SCHEDULERS))
+                        scheduler=inputs.one_of(scheduler or "ddim", "The scheduler", SCHEDULERS),
+                        attention=inputs.one_of(attention or "fused", "The attention backend", ATTENTION_BACKENDS))
 
 
 def readable_errors(n_outputs: int):
@@ -132,8 +134,9 @@ class Handlers:
         return token_spans(self.models.pipe(model), model, inputs.text(prompt, "The prompt"))
 
     @readable_errors(8)
-    def run_live(self, request: gr.Request, prompt, negative, seed, steps, guidance, scheduler, model, y, *knobs):
-        req = make_request(self.models, model, prompt, negative, seed, steps, guidance, scheduler)
+    def run_live(self, request: gr.Request, prompt, negative, seed, steps, guidance, scheduler, model, attention, y,
+                 *knobs):
+        req = make_request(self.models, model, prompt, negative, seed, steps, guidance, scheduler, attention)
         y = inputs.one_of(y or "psnr", "The quality axis", [v for _, v in Y_CHOICES])
         accel = self.panel.configs(knobs, req.steps)
         session = self.session_of(request)

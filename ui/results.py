@@ -8,7 +8,7 @@ from pathlib import Path
 
 from analysis import live
 from viz.images import difference_image, first_image, upscale
-from viz.numbers import percent, psnr
+from viz.numbers import number, percent, psnr
 from viz.plotly_base import empty_figure
 from viz.tradeoff import tradeoff_figure
 
@@ -56,7 +56,33 @@ def numbers_markdown(baseline: live.Baseline, run: live.LiveRun | None) -> str:
         if run.speedup_band[0] <= 1.0 <= run.speedup_band[1]:
             text += ("\n\n*The measured speed-up is inside this machine's timing noise: press **Measure carefully** "
                      "for a paired number.*")
+        elif run.speedup_band[1] < 1.0:
+            text += "\n\n" + slowdown_reason(run)
     return text
+
+
+def share(x) -> str:
+    return number(x, ".1%")
+
+
+def slowdown_reason(run: live.LiveRun) -> str:
+    """Why an accelerated run is slower than full compute on this model, from its counted work: each
+    technique's saving as a share of the pipeline, what its own overheads (explicit attention where maps are
+    cached or ranked, the ranking itself) take back, and the cost model's note."""
+    ideal = run.ideal or {}
+    lines = [f"**Slower than full compute here** ({run.speedup:.2f}x, below the timing noise band)."]
+    for name, saved in (ideal.get("per_technique") or {}).items():
+        net = (ideal.get("expected_per_technique") or {}).get(name)
+        line = f"{name}: its skipped work is {share(saved)} of the pipeline"
+        if net is not None and net < saved:
+            line += f", its own overheads take back {share(saved - net)} (net {share(net)})"
+        note = (ideal.get("notes") or {}).get(name)
+        lines.append("- " + line + (f"; {note}" if note else ""))
+    expected = ideal.get("expected_speedup")
+    if expected is not None:
+        lines.append(f"- counted work expects {expected:.2f}x against this baseline ({run.request.attention} attention); "
+                     "the rest is time the cost model does not count (hooks, gathers, memory traffic)")
+    return "\n".join(lines)
 
 
 def runs_table(session: live.Session) -> list[list]:

@@ -58,12 +58,13 @@ def follow_steps(steps: int, shown_for: int, values: list) -> tuple[list, list[s
 
 def client_inputs(prompt: str, seed="0", steps: int = 20, y: str = "psnr", negative: str = "",
                   guidance: float = 5.0, scheduler: str = "ddim", on: dict | None = None,
-                  model: str = "default") -> list:
+                  model: str = "default", attention: str = "fused") -> list:
     """The /run endpoint's inputs in order, for gradio_client: the request (its model last), the quality axis,
-    then every block's toggle and knobs in panel order. on={"tgate": {}, "atedm": {1: 0.5}} switches techniques on, a
+    then every block's toggle and knobs in panel order (the request: prompt, negative, seed, steps, guidance,
+    scheduler, model, attention backend). on={"tgate": {}, "atedm": {1: 0.5}} switches techniques on, a
     knob overridden by its position in the block (1 = the first knob)."""
     on = on or {}
-    args = [prompt, negative, seed, steps, guidance, scheduler, model, y]
+    args = [prompt, negative, seed, steps, guidance, scheduler, model, attention, y]
     for name, values in panel_defaults(steps).items():
         if name in on:
             values[0] = True

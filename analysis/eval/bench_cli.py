@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from analysis.catalog import MODEL_ALIASES
+from analysis.catalog import ATTENTION_BACKENDS, MODEL_ALIASES
 from analysis.eval.equal_latency import quality, shapes_prompts
 from analysis.eval.jobs import default_specs, log, make_jobs, speed
 from analysis.eval.profile import breakdown
@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--breakdown-calls", type=int, default=None, metavar="N",
                    help="timed UNet calls per breakdown pass (default: max(2, repeats))")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--attention", choices=ATTENTION_BACKENDS, default="fused",
+                   help="attention backend of the baseline and every technique: fused (SDPA, today's) or explicit "
+                        "(probabilities materialised, the papers' baselines); the breakdown always times both")
     p.add_argument("--threads", type=int, default=None, metavar="N",
                    help="torch CPU threads (default: torch's, or 1 when the CPU is oversubscribed: with more runnable "
                         "processes than cores, multi-threaded kernels stall on descheduled threads and timings blow up)")
@@ -111,7 +114,7 @@ def main(argv=None) -> int:
         prompt = shapes_prompts(1, seed=args.seed)[0]
         if args.prompts is not None and args.prompts < 0:
             raise ValueError("--prompts must be >= 0")
-        config = RunConfig(prompt=prompt, steps=args.steps, size=args.size, seed=args.seed)
+        config = RunConfig(prompt=prompt, steps=args.steps, size=args.size, seed=args.seed, attention=args.attention)
         make_jobs(specs, args.steps, config)  # validate the technique specs before loading anything
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -148,7 +151,7 @@ def _run(args, specs, prompts_n, prompt, config, threads, reason, wall) -> int:
         "bench": "diffscope-bench/1", "model": args.model, "steps": args.steps, "repeats": args.repeats,
         "size": args.size or pipe.unet.config.sample_size * pipe.vae_scale_factor, "prompt": prompt,
         "device": str(pipe.device), "dtype": str(pipe.unet.dtype), "torch_threads": torch.get_num_threads(),
-        "threads_reason": reason,
+        "threads_reason": reason, "attention": args.attention,
         "torch": torch.__version__, "machine": platform.machine(), "cpu_count": os.cpu_count(),
     }
     calls = args.breakdown_calls or max(2, args.repeats)

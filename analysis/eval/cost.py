@@ -103,6 +103,7 @@ def ideal_speedup(pipe, config, counters: dict) -> dict[str, Any]:
 
     Returns {"ideal_speedup": float, "saved_fraction": float, "per_technique": {name: saved_fraction},
     "expected_speedup": float (also charging the overheads this implementation knowingly pays),
+    "expected_per_technique": {name: saved_fraction net of those overheads}, "notes": {name: the cost note},
     "capped": bool, "profile_steps": int}. No technique: exactly 1.0 without profiling. The first call per
     pipeline and request shape profiles it (see `profile_for`); later calls take milliseconds."""
     names = [type(c).name for c in config.accel]
@@ -110,11 +111,13 @@ def ideal_speedup(pipe, config, counters: dict) -> dict[str, Any]:
         return {"ideal_speedup": 1.0, "expected_speedup": 1.0, "saved_fraction": 0.0, "per_technique": {},
                 "capped": False, "profile_steps": None}
     profile = profile_for(pipe, config)
-    per, expected = {}, {}
+    per, expected, notes = {}, {}, {}
     for c in config.accel:
         name = type(c).name
         m = cost_model(name, c, counters or {}, profile, config.steps, config.accel_steps)
         per[name], expected[name] = m["saved_fraction"], m["expected_saved_fraction"]
+        if m["note"]:
+            notes[name] = m["note"]
     total, _, loop_step = _pipeline_model(profile, config.steps)
     cap = config.steps * loop_step / total  # the whole loop; the text encoder and VAE decode always run
     saved = sum(per.values())
@@ -122,4 +125,5 @@ def ideal_speedup(pipe, config, counters: dict) -> dict[str, Any]:
     return {"ideal_speedup": 1.0 / (1.0 - min(saved, cap)) if min(saved, cap) < 1 else float("inf"),
             "expected_speedup": 1.0 / (1.0 - saved_expected) if saved_expected < 1 else float("inf"),
             "saved_fraction": min(saved, cap), "per_technique": per, "capped": saved > cap,
+            "expected_per_technique": expected, "notes": notes,
             "profile_steps": profile["pipeline"]["steps"]}

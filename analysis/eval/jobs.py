@@ -48,7 +48,7 @@ def make_jobs(specs: list[str], steps: int, base_config) -> list[Job]:
     for spec in specs:
         cfg = parse_accel(spec)
         rc = RunConfig(prompt=base_config.prompt, steps=steps, size=base_config.size, seed=base_config.seed,
-                       guidance=base_config.guidance, accel=(cfg,))
+                       guidance=base_config.guidance, accel=(cfg,), attention=base_config.attention)
         jobs.append(Job(spec, type(cfg).name, cfg, rc.hooked_accel(), rc.accel_steps))
     return jobs
 
