@@ -313,7 +313,7 @@ def test_technique_object():
     assert marks["full_steps"] == [0, 3, 6] and marks["cached_steps"] == [1, 2, 4, 5, 7]
     assert t.strip(marks, 8) == [("DeepCache deep UNet", ["compute", "reuse", "reuse"] * 2 + ["compute", "reuse"],
                                   list("FccFccFc"))]
-    assert t.lines(marks) == {"drift": [0, 3, 6]}
+    assert t.lines(marks) == {"drift": ("full steps (the deep UNet runs)", [0, 3, 6])}
     from viz._data import STRIP_CODES
 
     assert all(state in STRIP_CODES for _, states, _ in t.strip(marks, 8) for state in states)
