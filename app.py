@@ -134,7 +134,8 @@ def _wire_runs(demo: gr.Blocks, h: Handlers, ui: SimpleNamespace) -> None:
         triggers=[ui.run_btn.click, ui.prompt.submit, ui.seed.submit, ui.guidance.release, ui.scheduler.input,
                   ui.negative.submit, ui.attention.input] + h.panel.triggers(),
         fn=h.run_live, inputs=live_inputs, outputs=live_outputs, api_name="run", trigger_mode="always_last", **LIVE)
-    frontier_event = run_event.success(h.run_frontier, ui.y_axis, ui.tradeoff_plot, api_name="frontier", **FOLLOW_UP)
+    follow_up_outputs = [ui.tradeoff_plot, ui.numbers, ui.runs]
+    frontier_event = run_event.success(h.run_frontier, ui.y_axis, follow_up_outputs, api_name="frontier", **FOLLOW_UP)
     inside_event = frontier_event.then(ui.inside.refresh, ui.inside.inputs, ui.inside.outputs, api_name="inside",
                                        **FOLLOW_UP)
     # A new step count: knobs at their defaults follow it, set ones are clamped (with a note); then the run.
@@ -145,7 +146,7 @@ def _wire_runs(demo: gr.Blocks, h: Handlers, ui: SimpleNamespace) -> None:
     steps_run = steps_event.success(h.run_live, live_inputs, live_outputs, api_visibility="private", **LIVE)
     # (no Inside refresh on this chain: typing a step count and clicking Generate fires both chains, and a
     # second refresh would send the Inside step slider's stale value against its new maximum)
-    steps_frontier = steps_run.success(h.run_frontier, ui.y_axis, ui.tradeoff_plot, api_visibility="private",
+    steps_frontier = steps_run.success(h.run_frontier, ui.y_axis, follow_up_outputs, api_visibility="private",
                                        **FOLLOW_UP)
     eq = h.panel.equal_latency_button.click(h.equal_latency, None, h.panel.steps_outputs(), api_name="equal_latency",
                                             **LIVE)
@@ -192,7 +193,8 @@ def _startup(pool: ModelPool) -> ModelPool:
     """Load the first offered model before the first visitor, and warm its code paths."""
     pipe = pool.get(pool.default)
     if os.environ.get("DIFFSCOPE_WARMUP", "1") != "0":
-        live.warm_up(pipe, live.Request(model=pool.default, prompt=EXAMPLES[0][0]))
+        live.warm_up(pipe, live.Request(model=pool.default, prompt=EXAMPLES[0][0]), steps=live.STARTUP_WARM_STEPS,
+                     techniques=False)
     return pool
 
 

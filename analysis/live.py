@@ -86,8 +86,13 @@ def _ideal(pipe, config: RunConfig, counters: dict) -> dict:
 _WARM_SHAPES: set[tuple] = set()
 
 
+def _shape(pipe, request: Request) -> tuple:
+    """What one-off kernel set-up depends on: prompts, seeds and step counts do not change the shapes."""
+    return (id(pipe), request.size, request.guidance > 1.0, request.scheduler, request.attention)
+
+
 def measure_baseline(pipe, request: Request, stop: StopToken | None = None,
-                     timed_runs: int = BASELINE_TIMED_RUNS) -> Baseline:
+                     timed_runs: int = BASELINE_TIMED_RUNS, score: bool = True) -> Baseline:
     """A new full-compute baseline: one untimed run, then `timed_runs` timed ones (all must give the same
     image). Pure: returns plain data (it may run in a ZeroGPU worker process). Caller holds the lock."""
     from analysis.models import set_scheduler
@@ -96,7 +101,7 @@ def measure_baseline(pipe, request: Request, stop: StopToken | None = None,
     set_scheduler(pipe, request.scheduler)
     # The first run of a new tensor shape pays one-off kernel set-up (seconds on a CPU): untimed. Prompts,
     # seeds and step counts do not change the shapes, so a process pays it once per shape.
-    shape = (id(pipe), request.size, request.guidance > 1.0, request.scheduler, request.attention)
+    shape = _shape(pipe, request)
     image = timesteps = None
     if shape not in _WARM_SHAPES:
         first = run_once(pipe, config, (), request.steps, stop=stop)
@@ -111,8 +116,38 @@ def measure_baseline(pipe, request: Request, stop: StopToken | None = None,
             raise RuntimeError("the full-compute image changed between identical runs: the pipeline is not "
                                "deterministic, so no comparison against it would mean anything")
         latencies.append(timed.seconds)
-    return Baseline(request, image, timesteps, latencies, quality_of(pipe, request, image, image),
+    return Baseline(request, image, timesteps, latencies, quality_of(pipe, request, image, image) if score else None,
                     prompt_tokens(pipe, config.prompts))
+
+
+def first_baseline(pipe, request: Request, stop: StopToken | None = None) -> Baseline:
+    """A baseline after one timed run, not yet scored (the app shows its image at once; `time_baseline` and
+    `baseline_quality` add the other timed runs and the reference-free scores in the background, and the numbers
+    follow: a scorer's first use may load weights, e.g. the Hub CLIP). Caller holds the lock."""
+    return measure_baseline(pipe, request, stop=stop, timed_runs=1, score=False)
+
+
+def baseline_quality(pipe, baseline: Baseline, stop: StopToken | None = None) -> dict:
+    """The reference-free scores of the full-compute image (prompt fidelity, CLIP score where available)."""
+    return quality_of(pipe, baseline.request, baseline.image, baseline.image)
+
+
+def time_baseline(pipe, baseline: Baseline, runs: int, stop: StopToken | None = None) -> list[float]:
+    """`runs` more timed full-compute runs of `baseline`'s request (each must give its image): their seconds,
+    for the caller to add to `baseline.latencies`. Caller holds the lock."""
+    from analysis.models import set_scheduler
+
+    request = baseline.request
+    config = _validate(pipe, request, ())
+    set_scheduler(pipe, request.scheduler)
+    out = []
+    for _ in range(runs):
+        timed = run_once(pipe, config, (), request.steps, stop=stop)
+        if not np.array_equal(timed.images, baseline.image):
+            raise RuntimeError("the full-compute image changed between identical runs: the pipeline is not "
+                               "deterministic, so no comparison against it would mean anything")
+        out.append(timed.seconds)
+    return out
 
 
 def run_accelerated(pipe, baseline: Baseline, accel: tuple, stop: StopToken | None = None) -> LiveRun:
@@ -122,6 +157,7 @@ def run_accelerated(pipe, baseline: Baseline, accel: tuple, stop: StopToken | No
 
     request = baseline.request
     config = _validate(pipe, request, accel)
+    _warm_paths_of(pipe, request, tuple(accel))
     set_scheduler(pipe, request.scheduler)
     result = run_once(pipe, config, config.hooked_accel(), config.accel_steps, stop=stop)
     image, seconds, counters, timesteps = result.images, result.seconds, result.counters, result.timesteps
@@ -142,30 +178,55 @@ def run_accelerated(pipe, baseline: Baseline, accel: tuple, stop: StopToken | No
 WARM_STEPS = 6
 
 
-def warm_up(pipe, request: Request) -> float:
-    """Run the full-compute pipeline and every technique at its defaults once, untimed, for WARM_STEPS steps:
-    the first call of each code path pays one-off kernel set-up (seconds on a CPU) that must not land in a
-    user's first measurement, and that set-up does not depend on the step count (a full-length warm-up of an
-    SD-class model took 150 s on a 2-core Space, issue 20). Returns the seconds spent."""
-    import dataclasses
+STARTUP_WARM_STEPS = 1  # start-up warms full compute only, for one step: the shapes, not every path
+
+
+def warm_up(pipe, request: Request, steps: int = WARM_STEPS, techniques: bool = True) -> float:
+    """Run the full-compute pipeline (and, with `techniques`, every technique at its defaults) once, untimed, for
+    `steps` steps: the first call of each code path pays one-off kernel set-up (seconds on a CPU) that must not
+    land in a user's first measurement, and that set-up does not depend on the step count. The app's start-up
+    warms full compute for STARTUP_WARM_STEPS (a full-length warm-up of an SD-class model took 150 s on a 2-core
+    Space, issue 20); a technique's own path is warmed on its first use (`run_accelerated`). Returns seconds."""
     import time
 
+    start = time.perf_counter()
+    request = dataclasses.replace(request, steps=min(request.steps, steps))
+    with pipeline_lock(pipe):
+        _warm(pipe, request, [()] + (_at_defaults(request.steps) if techniques else []))
+    _WARM_SHAPES.add(_shape(pipe, request))
+    return time.perf_counter() - start
+
+
+def _at_defaults(steps: int, names=None) -> list[tuple]:
     from analysis.accel import registry
+
+    return [(t.build(t.default_values(steps), steps),) for name, t in registry().items()
+            if names is None or name in names]
+
+
+def _warm(pipe, request: Request, accels: list[tuple]) -> None:
     from analysis.models import set_scheduler
 
-    start = time.perf_counter()
-    request = dataclasses.replace(request, steps=min(request.steps, WARM_STEPS))
     set_scheduler(pipe, request.scheduler)
-    with pipeline_lock(pipe):
-        at_defaults = [(t.build(t.default_values(request.steps), request.steps),) for t in registry().values()]
-        for accel in [()] + at_defaults:
-            try:
-                config = _validate(pipe, request, accel)
-            except ValueError:  # e.g. no PHAST policy for this model: nothing to warm
-                continue
-            run_once(pipe, config, config.hooked_accel(), config.accel_steps)
-    _WARM_SHAPES.add((id(pipe), request.size, request.guidance > 1.0, request.scheduler, request.attention))
-    return time.perf_counter() - start
+    for accel in accels:
+        try:
+            config = _validate(pipe, request, accel)
+        except ValueError:  # e.g. no PHAST policy for this model: nothing to warm
+            continue
+        run_once(pipe, config, config.hooked_accel(), config.accel_steps)
+        _WARM_PATHS.update((_shape(pipe, request), type(c).name) for c in accel)
+
+
+_WARM_PATHS: set[tuple] = set()
+
+
+def _warm_paths_of(pipe, request: Request, accel: tuple) -> None:
+    """Warm, untimed and at WARM_STEPS, the code path of each technique in `accel` not yet run for this shape."""
+    names = {type(c).name for c in accel} - {name for shape, name in _WARM_PATHS if shape == _shape(pipe, request)}
+    if names:
+        short = dataclasses.replace(request, steps=min(request.steps, WARM_STEPS))
+        _warm(pipe, short, _at_defaults(short.steps, names))
+        _WARM_PATHS.update((_shape(pipe, request), name) for name in names)
 
 
 def instrumented(pipe, request: Request, accel: tuple, probes: tuple, stop: StopToken | None = None) -> dict:
@@ -179,9 +240,10 @@ def instrumented(pipe, request: Request, accel: tuple, probes: tuple, stop: Stop
 
 
 from analysis.live_frontier import (CAREFUL_ROUNDS, compute_frontier, equal_latency_steps,  # noqa: E402
-                                    frontier_steps, measure_carefully)
+                                    frontier_point, frontier_steps, full_compute_point, measure_carefully)
 
 __all__ = ["Request", "Baseline", "LiveRun", "Session", "SessionStore", "StopToken", "RunStopped", "pipeline_lock",
            "validate_accel", "measure_baseline", "run_accelerated", "compute_frontier", "equal_latency_steps",
            "measure_carefully", "instrumented", "describe", "run_label", "skipped_summary", "frontier_steps",
-           "fidelity_of", "clip_score_of", "CAREFUL_ROUNDS", "warm_up", "WARM_STEPS"]
+           "fidelity_of", "clip_score_of", "CAREFUL_ROUNDS", "warm_up", "WARM_STEPS", "first_baseline", "time_baseline", "baseline_quality",
+           "frontier_point", "full_compute_point"]

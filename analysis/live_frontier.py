@@ -20,23 +20,30 @@ def frontier_steps(steps: int) -> list[int]:
 def compute_frontier(pipe, baseline: Baseline, stop: StopToken | None = None) -> list[dict]:
     """Plain step reduction for this prompt and seed: one timed run per step count (and the baseline itself),
     each scored like any run. Pure (the caller stores it as `baseline.frontier`). Caller holds the lock."""
+    rows = [frontier_point(pipe, baseline, n, stop=stop) for n in frontier_steps(baseline.request.steps)]
+    return sorted(rows + [full_compute_point(baseline)], key=lambda r: r["steps"])
+
+
+def frontier_point(pipe, baseline: Baseline, steps: int, stop: StopToken | None = None) -> dict:
+    """One point of the frontier: the request at `steps` steps, timed once and scored against the baseline (the
+    app measures them one by one and draws each as it lands). Caller holds the lock."""
     from analysis.accel.steps import StepsConfig
     from analysis.models import set_scheduler
 
     request = baseline.request
     set_scheduler(pipe, request.scheduler)
-    rows = []
-    for n in frontier_steps(request.steps):
-        config = _validate(pipe, request, (StepsConfig(steps=n),))
-        result = run_once(pipe, config, (), n, stop=stop)
-        image, seconds = result.images, result.seconds
-        q = quality_of(pipe, request, image, baseline.image)
-        rows.append({"steps": n, "latency_s": seconds, "psnr_db": metrics.psnr(baseline.image, image),
-                     "ssim": metrics.ssim(baseline.image, image),
-                     "fidelity": fidelity_of(q), "clip_score": clip_score_of(q)})
-    rows.append({"steps": request.steps, "latency_s": baseline.latency_s, "psnr_db": math.inf, "ssim": 1.0,
-                 "fidelity": fidelity_of(baseline.quality), "clip_score": clip_score_of(baseline.quality)})
-    return sorted(rows, key=lambda r: r["steps"])
+    config = _validate(pipe, request, (StepsConfig(steps=steps),))
+    result = run_once(pipe, config, (), steps, stop=stop)
+    image, seconds = result.images, result.seconds
+    q = quality_of(pipe, request, image, baseline.image)
+    return {"steps": steps, "latency_s": seconds, "psnr_db": metrics.psnr(baseline.image, image),
+            "ssim": metrics.ssim(baseline.image, image), "fidelity": fidelity_of(q), "clip_score": clip_score_of(q)}
+
+
+def full_compute_point(baseline: Baseline) -> dict:
+    """The frontier's last point, full compute itself (drawn as soon as the baseline exists)."""
+    return {"steps": baseline.request.steps, "latency_s": baseline.latency_s, "psnr_db": math.inf, "ssim": 1.0,
+            "fidelity": fidelity_of(baseline.quality), "clip_score": clip_score_of(baseline.quality)}
 
 
 def equal_latency_steps(baseline: Baseline, latency_s: float) -> int:

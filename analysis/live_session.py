@@ -108,7 +108,7 @@ class Baseline:
     image: np.ndarray  # (B, H, W, 3) uint8
     timesteps: list[float]
     latencies: list[float]  # wall clock of each timed full-compute run
-    quality: dict[str, Any]  # reference-free measures of the full-compute image (prompt fidelity)
+    quality: dict[str, Any] | None  # reference-free measures of the full-compute image (None: not scored yet)
     tokens: list[list[str]]
     signals: dict | None = None  # probes on the full-compute run (filled lazily)
     frontier: list[dict] | None = None  # step-reduction ladder (filled lazily)
@@ -227,6 +227,14 @@ class Session:
             return None, None
         request, run_id = self.current
         return self.baseline(request), (self.run(run_id) if run_id else None)
+
+    def retime(self, baseline: Baseline) -> None:
+        """After more timed runs of `baseline`: every run against it gets its speed-up and noise band anew."""
+        lo, hi = baseline.noise
+        for run in self.runs:
+            if run.request == baseline.request:
+                run.speedup = baseline.latency_s / run.latency_s
+                run.speedup_band = (run.speedup * lo, run.speedup * hi)
 
     def stop(self, reason: str = "stopped") -> int:
         with self._guard:

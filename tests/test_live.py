@@ -167,6 +167,39 @@ def test_warm_up_runs_every_path_for_a_few_steps_only(toy_pipe, monkeypatch):
     assert {names for names, _ in seen} >= {(), ("tgate",), ("reuse",), ("atedm",), ("fastdiff",)}
 
 
+def test_first_image_after_one_run_then_timing_and_frontier_follow(toy_pipe, monkeypatch):
+    """Issue 20: the app shows the baseline after one timed run; the other timed runs and each frontier point
+    follow; a technique's own code path is warmed (untimed, short) on its first use only."""
+    set_model_name(toy_pipe, "default")
+    request = live.Request(model="default", prompt=PROMPT, steps=8, seed=11)
+    monkeypatch.setattr(live, "_WARM_PATHS", set())  # as in a fresh process: no technique path run yet
+    live.warm_up(toy_pipe, request, steps=live.STARTUP_WARM_STEPS, techniques=False)
+    seen = []
+    real = live.run_once
+
+    def counting(pipe, config, plugins, steps, *args, **kwargs):
+        seen.append((tuple(type(p).name for p in plugins), steps))
+        return real(pipe, config, plugins, steps, *args, **kwargs)
+
+    monkeypatch.setattr(live, "run_once", counting)
+    session = live.Session()
+    b = session.keep_baseline(live.first_baseline(toy_pipe, request))
+    assert len(b.latencies) == 1 and seen == [((), 8)] and b.quality is None  # warm shape: one timed run
+    assert "fidelity" in live.baseline_quality(toy_pipe, b)  # scored in the follow-up
+    run = session.add_run(live.run_accelerated(toy_pipe, b, (T["tgate"](),)))
+    assert seen[1:] == [(("tgate",), live.WARM_STEPS), (("tgate",), 8)]  # its path warmed once, then timed
+    live.run_accelerated(toy_pipe, b, (T["tgate"](gate_step=3),))
+    assert seen[3:] == [(("tgate",), 8)]
+    before = run.speedup
+    b.latencies += live.time_baseline(toy_pipe, b, live_session.BASELINE_TIMED_RUNS - 1)
+    session.retime(b)
+    assert len(b.latencies) == live_session.BASELINE_TIMED_RUNS
+    assert run.speedup == pytest.approx(b.latency_s / run.latency_s) and (run.speedup == before) == (
+        b.latency_s == b.latencies[0])
+    point = live.frontier_point(toy_pipe, b, 3)
+    assert point["steps"] == 3 and point["latency_s"] > 0 and live.full_compute_point(b)["psnr_db"] == math.inf
+
+
 def test_a_slower_run_says_why_from_its_counted_work():
     from types import SimpleNamespace
 

@@ -30,7 +30,7 @@ def as_run_result(model: str, baseline: live.Baseline, run: live.LiveRun | None)
         baseline_latency_s=baseline.latency_s, latency_s=baseline.latency_s if run is None else run.latency_s,
         instrumented_latency_s=None, psnr_db=math.inf if run is None else run.psnr_db,
         ssim=1.0 if run is None else run.ssim,
-        fidelity=(baseline.quality if run is None else run.quality).get("fidelity"),
+        fidelity=((baseline.quality if run is None else run.quality) or {}).get("fidelity"),
         counters={} if run is None else run.counters, signals=signals,
         timesteps=baseline.timesteps if run is None else run.timesteps, tokens=baseline.tokens,
         latencies={"baseline": list(baseline.latencies), "accelerated": [] if run is None else [run.latency_s]},

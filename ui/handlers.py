@@ -5,6 +5,7 @@ event handlers app.py wires to its components. Every value a handler gets is che
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 
 import gradio as gr
@@ -96,8 +97,33 @@ def make_request(models: Models, model, prompt, negative, seed, steps, guidance,
 
 def readable_errors(n_outputs: int):
     """Every failure reaches the user as a readable gr.Error; a stopped or superseded run leaves the outputs as
-    they are (n_outputs skips) and says so only when the user pressed Stop."""
+    they are (n_outputs skips) and says so only when the user pressed Stop. Works on generator handlers too
+    (their errors surface while they are iterated)."""
+    def stopped(err: RunStopped):
+        if "superseded" not in str(err):
+            gr.Info(f"Run {err}; every hook is off, the next run starts clean.")
+        skips = tuple(gr.skip() for _ in range(n_outputs))
+        return skips if n_outputs != 1 else skips[0]
+
+    def readable(err: Exception) -> gr.Error:
+        if isinstance(err, ValueError):
+            return gr.Error(str(err), title="Invalid setting")
+        return gr.Error(f"{type(err).__name__}: {err}", title="Run failed")
+
     def wrap(fn):
+        if inspect.isgeneratorfunction(fn):
+            @functools.wraps(fn)
+            def streaming(*args, **kwargs):
+                try:
+                    yield from fn(*args, **kwargs)
+                except gr.Error:
+                    raise
+                except RunStopped as err:
+                    yield stopped(err)
+                except Exception as err:  # noqa: BLE001 - anything else still deserves a message a person can read
+                    raise readable(err) from None
+            return streaming
+
         @functools.wraps(fn)
         def handler(*args, **kwargs):
             try:
@@ -105,14 +131,9 @@ def readable_errors(n_outputs: int):
             except gr.Error:
                 raise
             except RunStopped as err:
-                if "superseded" not in str(err):
-                    gr.Info(f"Run {err}; every hook is off, the next run starts clean.")
-                skips = tuple(gr.skip() for _ in range(n_outputs))
-                return skips if n_outputs != 1 else skips[0]
-            except ValueError as err:
-                raise gr.Error(str(err), title="Invalid setting") from None
+                return stopped(err)
             except Exception as err:  # noqa: BLE001 - anything else still deserves a message a person can read
-                raise gr.Error(f"{type(err).__name__}: {err}", title="Run failed") from None
+                raise readable(err) from None
         return handler
     return wrap
 
@@ -145,7 +166,7 @@ class Handlers:
             baseline = session.baseline(req)
             cached = baseline is not None
             if not cached:
-                baseline = session.keep_baseline(self.models.call(req.model, "measure_baseline", req, stop=token))
+                baseline = session.keep_baseline(self.models.call(req.model, "first_baseline", req, stop=token))
             run = (session.add_run(self.models.call(req.model, "run_accelerated", baseline, accel, stop=token))
                    if accel else None)
         session.current = (baseline.request, None if run is None else run.id)
@@ -160,16 +181,40 @@ class Handlers:
                 tradeoff(session, baseline, None if run is None else run.id, y), runs_table(session), status,
                 gr.update(interactive=run is not None))
 
-    @readable_errors(1)
+    @readable_errors(3)
     def run_frontier(self, y, request: gr.Request = None):
+        """The follow-up of every run, drawn as it lands: the baseline's remaining timed runs (the numbers and
+        speed-ups are redrawn with the full noise band), then the step-reduction frontier one point at a time
+        (the full-compute point is on the plot from the start)."""
         session = self.session_of(request)
         session.quality_axis = inputs.one_of(y or "psnr", "The quality axis", [v for _, v in Y_CHOICES])
         baseline, run = session.on_screen()
         if baseline is None:
-            return gr.skip()
-        self.ensure_frontier(session, baseline)
+            yield gr.skip(), gr.skip(), gr.skip()
+            return
+        model = baseline.request.model
+        missing = live.BASELINE_TIMED_RUNS - len(baseline.latencies)
+        if missing > 0:
+            with session.running() as token:
+                baseline.latencies += self.models.call(model, "time_baseline", baseline, missing, stop=token)
+            session.retime(baseline)
+        if baseline.quality is None:
+            baseline.quality = self.models.call(model, "baseline_quality", baseline)
+        yield self._follow_up_view(session, baseline, run, [live.full_compute_point(baseline)])
+        if baseline.frontier is None:
+            points = [live.full_compute_point(baseline)]
+            for n in live.frontier_steps(baseline.request.steps):
+                with session.running() as token:
+                    points.append(self.models.call(model, "frontier_point", baseline, n, stop=token))
+                yield self._follow_up_view(session, baseline, run, points)
+            baseline.frontier = sorted(points, key=lambda r: r["steps"])
         # the axis may have been switched while the frontier ran (redraw_tradeoff records it): draw that one
-        return tradeoff(session, baseline, None if run is None else run.id, session.quality_axis)
+        yield self._follow_up_view(session, baseline, run, baseline.frontier)
+
+    def _follow_up_view(self, session, baseline, run, frontier) -> tuple:
+        plot = tradeoff(session, baseline, None if run is None else run.id, session.quality_axis,
+                        frontier=sorted(frontier, key=lambda r: r["steps"]))
+        return plot, numbers_markdown(baseline, run), runs_table(session)
 
     def ensure_frontier(self, session, baseline) -> None:
         if baseline.frontier is None:

@@ -133,10 +133,14 @@ def export_folder(cache_dir: str) -> Path:
     return Path(tempfile.mkdtemp(prefix="export-", dir=root))
 
 
-def tradeoff(session, baseline, current_id, y) -> "object":
+def tradeoff(session, baseline, current_id, y, frontier: list | None = None) -> "object":
+    """The live trade-off plot; `frontier` (default: the baseline's, else its full-compute point alone) is the
+    step-reduction line, drawn as far as it has been measured."""
     if baseline is None:
         return empty_figure("Generate an image to start the trade-off plot.")
-    return tradeoff_figure(plot_rows(session, baseline, current_id), baseline.frontier,
+    if frontier is None:
+        frontier = baseline.frontier or [live.full_compute_point(baseline)]
+    return tradeoff_figure(plot_rows(session, baseline, current_id), frontier,
                            shipped_rows(baseline.request.model, baseline.request.steps), baseline.latency_s,
                            y=y or "psnr")
 

@@ -113,12 +113,13 @@ def tradeoff_figure(runs: Sequence[dict], frontier: Sequence[dict] | None = None
                 arrayminus=d["shipped_err"][0].tolist(), color="rgba(120,120,120,0.35)", thickness=1, width=0),
             text=[f"{r.get('setting', '')}<br>sweep median: speed-up {_finite(r['speedup']):.2f}×" for r in d["shipped"]],
             hovertemplate="%{text}<extra>shipped sweep</extra>"))
-    if d["frontier"]:
+    if len(d["frontier"]) > 1:  # measured so far: the full-compute point alone until the first step count lands
         fig.add_trace(go.Scatter(
             x=d["frontier_x"].tolist(), y=d["frontier_y"].tolist(), mode="lines+markers+text", name="step reduction (this prompt, seed)",
             line=dict(color=family_colour(STEP_REDUCTION), dash="dash", width=2), marker=dict(size=6, symbol="circle-open"),
             text=[str(r["steps"]) for r in d["frontier"]], textposition="top center", textfont=dict(size=10),
             hovertemplate="%{text} steps<br>latency %{x:.3f} s<br>%{y:.1f}<extra>step reduction</extra>"))
+    if d["frontier"]:
         base_x, base_y = d["frontier_x"][-1], d["frontier_y"][-1]
         fig.add_trace(go.Scatter(x=[float(base_x)], y=[float(base_y)], mode="markers", name="full compute",
                                  marker=dict(size=16, symbol="star", color="black"),
