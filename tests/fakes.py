@@ -84,3 +84,19 @@ def fake_result(steps: int = 4, n_prompts: int = 1, accelerated: bool = True, si
         tokens=[list(TOKENS) for _ in range(n_prompts)],
         latencies={"baseline": [1.0], "accelerated": [0.5]},
     )
+
+
+def unet_inputs(unet, seed: int = 0) -> tuple:
+    """(sample, timestep, encoder_hidden_states, kwargs): random inputs of one UNet call with CFG rows (SDXL's
+    added conditions where the UNet takes them), for tests that call a UNet or its parts directly."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    size = unet.config.sample_size
+    x = torch.randn(2, 4, size, size, generator=g)
+    ehs = torch.randn(2, 5, unet.config.cross_attention_dim, generator=g)
+    kwargs = {}
+    if unet.config.addition_embed_type == "text_time":
+        kwargs["added_cond_kwargs"] = {"text_embeds": torch.randn(2, 32, generator=g),
+                                       "time_ids": torch.randn(2, 6, generator=g)}
+    return x, torch.tensor(500), ehs, kwargs

@@ -11,6 +11,7 @@ from analysis.accel.atedm import ATEDMConfig
 from analysis.accel.fastdiff import PAPER_KEY_STEPS_50, FastDiffConfig
 from analysis.models import set_scheduler
 from analysis.run import RunConfig, run_once
+from fakes import unet_inputs
 
 STEPS = 4
 PROMPT = "a red circle on the left"
@@ -124,15 +125,9 @@ def test_unsupported_unet_extras_raise(sd15_pipe):
 @torch.inference_mode()
 def test_split_forward_is_the_unet_forward(pipe):
     unet = pipe.unet
-    g = torch.Generator().manual_seed(0)
-    size = unet.config.sample_size
-    x = torch.randn(2, 4, size, size, generator=g)
-    ehs = torch.randn(2, 5, unet.config.cross_attention_dim, generator=g)
-    kwargs = {}
-    if unet.config.addition_embed_type == "text_time":
-        kwargs["added_cond_kwargs"] = {"text_embeds": torch.randn(2, 32, generator=g), "time_ids": torch.randn(2, 6, generator=g)}
-    ref = unet(x, torch.tensor(500), ehs, **kwargs).sample
-    args = unet_split.bind_forward_args(unet, x, torch.tensor(500), ehs, **kwargs)
+    x, t, ehs, kwargs = unet_inputs(unet)
+    ref = unet(x, t, ehs, **kwargs).sample
+    args = unet_split.bind_forward_args(unet, x, t, ehs, **kwargs)
     cond = unet_split.conditioning(unet, **args)
     res, mid = unet_split.encode(unet, x, cond)
     assert torch.equal(unet_split.decode(unet, mid, res, cond), ref)

@@ -17,6 +17,7 @@ from analysis.accel import unet_split
 from analysis.accel.deepcache import (TECHNIQUE, DeepCacheConfig, cached_forward, full_forward, quad_center_steps,
                                       resolve_branch)
 from analysis.run import RunConfig, RunStopped, run_once
+from fakes import unet_inputs
 
 PROMPT = "a red circle on the left"
 STEPS = 6
@@ -139,15 +140,9 @@ def test_full_and_cached_forward(pipe):
     """The full step's split forward is the UNet's forward bit for bit; a cached step fed with the feature of the
     same input gives that same output (it recomputes exactly what it does not take from the cache)."""
     unet = pipe.unet
-    g = torch.Generator().manual_seed(0)
-    size = unet.config.sample_size
-    x = torch.randn(2, 4, size, size, generator=g)
-    ehs = torch.randn(2, 5, unet.config.cross_attention_dim, generator=g)
-    kwargs = {}
-    if unet.config.addition_embed_type == "text_time":
-        kwargs["added_cond_kwargs"] = {"text_embeds": torch.randn(2, 32, generator=g), "time_ids": torch.randn(2, 6, generator=g)}
-    ref = unet(x, torch.tensor(500), ehs, **kwargs).sample
-    c = unet_split.conditioning(unet, **unet_split.bind_forward_args(unet, x, torch.tensor(500), ehs, **kwargs))
+    x, t, ehs, kwargs = unet_inputs(unet)
+    ref = unet(x, t, ehs, **kwargs).sample
+    c = unet_split.conditioning(unet, **unet_split.bind_forward_args(unet, x, t, ehs, **kwargs))
     for branch_id in range(3 * len(unet.down_blocks)):
         branch = resolve_branch(unet, branch_id)
         out, feature = full_forward(unet, x, c, branch)
