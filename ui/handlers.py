@@ -188,7 +188,7 @@ class Handlers:
         (the full-compute point is on the plot from the start)."""
         session = self.session_of(request)
         session.quality_axis = inputs.one_of(y or "psnr", "The quality axis", [v for _, v in Y_CHOICES])
-        baseline, run = session.on_screen()
+        baseline, _ = session.on_screen()
         if baseline is None:
             yield gr.skip(), gr.skip(), gr.skip()
             return
@@ -200,18 +200,23 @@ class Handlers:
             session.retime(baseline)
         if baseline.quality is None:
             baseline.quality = self.models.call(model, "baseline_quality", baseline)
-        yield self._follow_up_view(session, baseline, run, [live.full_compute_point(baseline)])
+        yield self._follow_up_view(session, baseline, [live.full_compute_point(baseline)])
         if baseline.frontier is None:
             points = [live.full_compute_point(baseline)]
             for n in live.frontier_steps(baseline.request.steps):
                 with session.running() as token:
                     points.append(self.models.call(model, "frontier_point", baseline, n, stop=token))
-                yield self._follow_up_view(session, baseline, run, points)
+                yield self._follow_up_view(session, baseline, points)
             baseline.frontier = sorted(points, key=lambda r: r["steps"])
         # the axis may have been switched while the frontier ran (redraw_tradeoff records it): draw that one
-        yield self._follow_up_view(session, baseline, run, baseline.frontier)
+        yield self._follow_up_view(session, baseline, baseline.frontier)
 
-    def _follow_up_view(self, session, baseline, run, frontier) -> tuple:
+    def _follow_up_view(self, session, baseline, frontier) -> tuple:
+        """What is on screen now (a run may have landed since the follow-up started), with the frontier so far;
+        nothing is redrawn once the screen shows another request."""
+        on_screen, run = session.on_screen()
+        if on_screen is not baseline:
+            return gr.skip(), gr.skip(), gr.skip()
         plot = tradeoff(session, baseline, None if run is None else run.id, session.quality_axis,
                         frontier=sorted(frontier, key=lambda r: r["steps"]))
         return plot, numbers_markdown(baseline, run), runs_table(session)
