@@ -72,6 +72,9 @@ def _guidance_check(pipe, recorded: dict):
     return check
 
 
+MAP_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
 @dataclass(frozen=True)
 class ReuseConfig:
     """Attention-map reuse. policy: "hurry" | "phast" | a C/R string (one letter per step, step 0 = C)."""
@@ -81,6 +84,7 @@ class ReuseConfig:
     reuse_steps: int | None = None  # number of R steps; None = (steps + 1) // 3
     scope: str = "both"  # "self" | "cross" | "both"
     max_run: int = 2  # HURRY: no map reused more than max_run steps in a row
+    map_dtype: str = "float32"  # how a cached map is kept: "float16" / "bfloat16" halve its memory (issue 20)
 
     def __post_init__(self):
         if not isinstance(self.policy, str) or not self.policy.strip():
@@ -109,6 +113,8 @@ class ReuseConfig:
             raise ValueError(f"reuse: scope must be one of {', '.join(SCOPES)}, got {self.scope!r}")
         if isinstance(self.max_run, bool) or not isinstance(self.max_run, int) or self.max_run < 1:
             raise ValueError(f"reuse: max_run must be an integer >= 1, got {self.max_run!r}")
+        if self.map_dtype not in MAP_DTYPES:
+            raise ValueError(f"reuse: map_dtype must be one of {', '.join(MAP_DTYPES)}, got {self.map_dtype!r}")
 
     def resolve(self, steps: int, model: str = "default", policy_dir: Path | None = None,
                 scheduler: str | None = None, guidance: float | None = None) -> str:
@@ -225,7 +231,8 @@ class ReuseHandle(AttentionPlugin, HandleBase):
 
     def on_probs(self, call: AttnCall, probs: torch.Tensor) -> None:
         if self._in_scope(call) and not call.reused and self._needed_later(call):
-            self.maps[call.name] = probs
+            # kept in map_dtype; the R step's P @ V runs in the values' dtype (analysis.attention)
+            self.maps[call.name] = probs.to(MAP_DTYPES[self.config.map_dtype])
             self.cached += 1
 
     # --- handle -------------------------------------------------------------------------------------------
