@@ -225,8 +225,7 @@ def _warm_paths_of(pipe, request: Request, accel: tuple) -> None:
     names = {type(c).name for c in accel} - {name for shape, name in _WARM_PATHS if shape == _shape(pipe, request)}
     if names:
         short = dataclasses.replace(request, steps=min(request.steps, WARM_STEPS))
-        _warm(pipe, short, _at_defaults(short.steps, names))
-        _WARM_PATHS.update((_shape(pipe, request), name) for name in names)
+        _warm(pipe, short, _at_defaults(short.steps, names))  # records the paths it ran
 
 
 def instrumented(pipe, request: Request, accel: tuple, probes: tuple, stop: StopToken | None = None) -> dict:

@@ -14,7 +14,6 @@ Run it on an idle machine (the server process uses both cores). Prints progress 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import subprocess
@@ -48,6 +47,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     from gradio_client import Client
 
+    from analysis.jsonsafe import emit
     from ui.techniques import client_inputs
 
     env = {**os.environ, "DIFFSCOPE_MODEL": args.model, "GRADIO_SERVER_PORT": str(args.port),
@@ -82,10 +82,7 @@ def main(argv=None) -> int:
               "follow_up_s": follow_up_s, "baseline_median_of_3_s": baseline_s,
               "first_tgate_run_s": first_technique_s,
               "targets": {"startup_s_max": 30, "first_image_over_one_run_max": 1.3}}
-    text = json.dumps(result)
-    if args.json:
-        args.json.write_text(text + "\n")
-    print(text)
+    emit(result, args.json)
     return 0
 
 

@@ -11,8 +11,6 @@ Prints one line per model and dtype and a JSON object last.
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import statistics
 import sys
 from pathlib import Path
@@ -30,6 +28,7 @@ def main(argv=None) -> int:
     from analysis import metrics
     from analysis.accel import parse_accel
     from analysis.eval.equal_latency import shapes_prompts
+    from analysis.jsonsafe import emit
     from analysis.models import load_pipeline
     from analysis.run import RunConfig, run_once
 
@@ -59,11 +58,7 @@ def main(argv=None) -> int:
             print(f"reuse_map_dtype: {model} {dtype}: min PSNR to the float32-map image {summary['min_psnr_vs_float32_maps']:.1f} dB "
                   f"(median {summary['median_psnr_vs_float32_maps']:.1f}); to full compute {summary['median_psnr_vs_full']:.1f} "
                   f"vs {summary['median_float32_psnr_vs_full']:.1f} dB with float32 maps", flush=True)
-    text = json.dumps(out, default=lambda v: "inf" if isinstance(v, float) and math.isinf(v) else v)
-    text = text.replace("Infinity", '"inf"')
-    if args.json:
-        args.json.write_text(text + "\n")
-    print(text)
+    emit(out, args.json)
     return 0
 
 

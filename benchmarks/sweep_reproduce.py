@@ -17,7 +17,6 @@ import csv
 import gzip
 import io
 import json
-import math
 import random
 import sys
 from pathlib import Path
@@ -63,6 +62,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="also write the summary here")
     args = parser.parse_args(argv)
+    from analysis.jsonsafe import emit
     from analysis.models import load_pipeline
 
     meta = json.loads((args.sweep / "meta.json").read_text())
@@ -86,10 +86,7 @@ def main(argv=None) -> int:
     summary = {"sweep": str(args.sweep.relative_to(ROOT)) if args.sweep.is_absolute() else str(args.sweep),
                "rows": len(results), "identical": sum(r["identical"] for r in results),
                "settings": sorted({r["setting"] for r in results}), "results": results}
-    text = json.dumps(summary, default=lambda v: None if isinstance(v, float) and not math.isfinite(v) else v)
-    if args.json:
-        args.json.write_text(text + "\n")
-    print(text)
+    emit(summary, args.json)
     return 0 if summary["identical"] == summary["rows"] else 1
 
 

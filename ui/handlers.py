@@ -110,30 +110,30 @@ def readable_errors(n_outputs: int):
             return gr.Error(str(err), title="Invalid setting")
         return gr.Error(f"{type(err).__name__}: {err}", title="Run failed")
 
+    def outcome(err: Exception):
+        """The outputs for a stopped run; any other failure raised again as a readable gr.Error."""
+        if isinstance(err, gr.Error):
+            raise err
+        if isinstance(err, RunStopped):
+            return stopped(err)
+        raise readable(err) from None
+
     def wrap(fn):
         if inspect.isgeneratorfunction(fn):
             @functools.wraps(fn)
             def streaming(*args, **kwargs):
                 try:
                     yield from fn(*args, **kwargs)
-                except gr.Error:
-                    raise
-                except RunStopped as err:
-                    yield stopped(err)
-                except Exception as err:  # noqa: BLE001 - anything else still deserves a message a person can read
-                    raise readable(err) from None
+                except Exception as err:  # noqa: BLE001 - every failure deserves a message a person can read
+                    yield outcome(err)
             return streaming
 
         @functools.wraps(fn)
         def handler(*args, **kwargs):
             try:
                 return fn(*args, **kwargs)
-            except gr.Error:
-                raise
-            except RunStopped as err:
-                return stopped(err)
-            except Exception as err:  # noqa: BLE001 - anything else still deserves a message a person can read
-                raise readable(err) from None
+            except Exception as err:  # noqa: BLE001 - every failure deserves a message a person can read
+                return outcome(err)
         return handler
     return wrap
 

@@ -26,7 +26,8 @@ def technique_marks(accel_configs: Sequence[Any], steps: int, model: str = "defa
     """Per-technique, per-step marks for a run of `steps` denoising steps (the accelerated run's own count:
     a step reduction in `accel_configs` overrides it). Raises ValueError as the techniques do (e.g. a custom
     reuse policy of the wrong length, a missing PHAST policy)."""
-    pairs = sorted(((technique_of(c), c) for c in accel_configs), key=lambda pair: list(registry()).index(pair[0].name))
+    order = {name: i for i, name in enumerate(registry())}  # panel order, so the strip's rows read alike
+    pairs = sorted(((technique_of(c), c) for c in accel_configs), key=lambda pair: order[pair[0].name])
     for technique, config in pairs:
         steps = technique.run_steps(config, steps)
     out: dict[str, Any] = {"steps": int(steps), "techniques": {}, "strip": [], "lines": {},

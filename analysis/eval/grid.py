@@ -47,7 +47,8 @@ class Setting:
         return tuple(parse_accel(s) for s in self.specs if not s.startswith("peer:"))
 
 
-def _family(technique) -> list[Setting]:
+def _family(technique):
+    """The builder of a technique's family: steps -> its settings (`Technique.grid`)."""
     return lambda steps: [Setting(name, technique.name, specs) for name, specs in technique.grid(steps)]
 
 
