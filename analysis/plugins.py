@@ -32,8 +32,10 @@ class RunContext:
     """Everything a plug-in may attach to during one generation. Shared hooks are installed lazily, once,
     and removed by the run's ExitStack."""
 
-    def __init__(self, pipe, clock: StepClock, stack: contextlib.ExitStack):
+    def __init__(self, pipe, clock: StepClock, stack: contextlib.ExitStack, layer_profile: dict | None = None):
         self.pipe, self.clock, self.stack = pipe, clock, stack
+        # analysis/accel/layer_profile.py: per-layer costs at this run's size, when a config asked for layers=auto
+        self.layer_profile = layer_profile
         self._attention: AttentionDispatcher | None = None
         self._seam: UNetSeam | None = None
         self.step_end_fns: list[StepEndFn] = []

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from analysis import metrics
+from analysis.accel.layer_profile import for_run as profile_for_run, wants_profile
 from analysis.catalog import ATTENTION_BACKENDS, SCHEDULERS
 from analysis.clock import StepClock
 from analysis.plugins import RunContext
@@ -189,9 +190,12 @@ def run_once(pipe, config: RunConfig, plugins: tuple, steps: int,
     clock.reset(steps, len(config.prompts), config.guidance > 1.0)
     counters: dict[str, Any] = {}
     signals: dict[str, Any] = {}
+    layer_profile = None
+    if any(wants_profile(plugin) for plugin in plugins):  # measured once per model and size, then cached
+        layer_profile = profile_for_run(pipe, config)
     with contextlib.ExitStack() as stack:
         use_attention_backend(pipe, config.attention, stack)
-        ctx = RunContext(pipe, clock, stack)
+        ctx = RunContext(pipe, clock, stack, layer_profile)
         handles = []
         for plugin in plugins:
             handle = plugin.attach(ctx)

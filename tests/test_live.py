@@ -206,8 +206,8 @@ def test_a_slower_run_says_why_from_its_counted_work():
     from ui.results import slowdown_reason
 
     run = SimpleNamespace(speedup=0.72, request=live.Request(model="sd15-random", prompt="x"),
-                          ideal={"per_technique": {"reuse": 0.06}, "expected_per_technique": {"reuse": -0.04},
-                                 "notes": {}, "expected_speedup": 0.96})
+                          ideal={"paper_per_technique": {"reuse": 0.06}, "per_technique": {"reuse": -0.04},
+                                 "notes": {}, "ideal_speedup": 0.96})
     text = slowdown_reason(run)
     assert "Slower than full compute here** (0.72x" in text
     assert "reuse: its skipped work is 6.0% of the pipeline, its own overheads take back 10.0% (net -4.0%)" in text

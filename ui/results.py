@@ -71,14 +71,14 @@ def slowdown_reason(run: live.LiveRun) -> str:
     cached or ranked, the ranking itself) take back, and the cost model's note."""
     ideal = run.ideal or {}
     lines = [f"**Slower than full compute here** ({run.speedup:.2f}x, below the timing noise band)."]
-    for name, saved in (ideal.get("per_technique") or {}).items():
-        net = (ideal.get("expected_per_technique") or {}).get(name)
+    for name, saved in (ideal.get("paper_per_technique") or {}).items():
+        net = (ideal.get("per_technique") or {}).get(name)
         line = f"{name}: its skipped work is {share(saved)} of the pipeline"
         if net is not None and net < saved:
             line += f", its own overheads take back {share(saved - net)} (net {share(net)})"
         note = (ideal.get("notes") or {}).get(name)
         lines.append("- " + line + (f"; {note}" if note else ""))
-    expected = ideal.get("expected_speedup")
+    expected = ideal.get("ideal_speedup")
     if expected is not None:
         lines.append(f"- counted work expects {expected:.2f}x against this baseline ({run.request.attention} attention); "
                      "the rest is time the cost model does not count (hooks, gathers, memory traffic)")

@@ -10,8 +10,14 @@ Placement, per `Transformer2DModel` (attention block) of the UNet:
   the kept tokens; restore after the last block.
 The ranking uses the attn1 probabilities of the first block (the shared `analysis.token_rank.gwpr`, one
 function for the token-rank probe and this pruning), taken through the attention dispatcher. Because fused
-attention never exposes the map, the pruning layers' attn1 runs as explicit softmax(QK^T) (the paper's
-"desired implementation" needs the same map).
+attention never exposes the map, with `rank_map="exact"` (default; the paper's "desired implementation"
+needs the same map) the pruning layers' attn1 runs as explicit softmax(QK^T). `rank_map="pooled"` or
+`"streamed"` (issue 20) leaves attn1 on the fused kernel and ranks from its Q and K without the N x N map
+(`token_rank.gwpr_pooled`, an approximation on a `rank_pool`-pooled grid; `gwpr_streamed`, exact, chunked).
+
+`layers`: "all" (the paper), "auto" (only the transformer layers where pruning saves time net of its own
+ranking, plan and copy-back, from the cached layer profile, analysis/accel/layer_profile.py; a layer left out
+runs untouched) or layer names joined by '+'.
 
 Defaults:
 - `ratio = 0.63`: the paper's target pruning ratio (63% per secondary summaries of the paper; the paper
@@ -64,16 +70,27 @@ from diffusers.models.attention import BasicTransformerBlock, _chunked_feed_forw
 
 from analysis.accel import prune
 from analysis.accel.pruning_layers import PruningLayer, find_layers
-from analysis.accel.pruning_log import PruningLog, atedm_cost
+from analysis.accel.layer_profile import check_layers, chosen
+from analysis.accel.pruning_log import PruningLog, atedm_cost, pruning_saving_s
 from analysis.accel.technique import Knob, Technique
 from analysis.attention import AttentionPlugin, AttnCall, attention_probs
 from analysis.plugins import HandleBase
-from analysis.token_rank import HEAD_REDUCTIONS, gwpr
+from analysis.token_rank import HEAD_REDUCTIONS, gwpr, gwpr_pooled, gwpr_streamed
 
 
 RANKINGS = ("gwpr", "random", "cross")
 RANDOM_DRAWS = ("call", "layer")
 CFG_MASKS = ("branch", "shared")
+RANK_MAPS = ("exact", "pooled", "streamed")
+
+
+def auto_layers(profile: dict | None, config: "ATEDMConfig") -> set[str]:
+    """layers=auto: the transformer layers whose pruning saves time net of its own overhead
+    (`pruning_log.pruning_saving_s` > 0) in the layer profile."""
+    if profile is None:
+        return set()
+    return {name for name, layer in profile["transformer_layers"].items()
+            if layer.get("attn1_queries") and pruning_saving_s(layer, config, profile) > 0}
 
 
 @dataclass(frozen=True)
@@ -89,6 +106,9 @@ class ATEDMConfig:
     ranking: str = "gwpr"  # "gwpr" | "random" | "cross": the token ranking (ablation; see the module doc)
     random_draw: str = "call"  # ranking=random: a new draw every call, or one per layer for the whole run
     cfg_mask: str = "branch"  # one mask per CFG branch, or one "shared" by both (mean of their scores)
+    rank_map: str = "exact"  # G-WPR from the explicit attn1 map, or "pooled" / "streamed" from Q and K (fused attn1)
+    rank_pool: int = 2  # rank_map=pooled: the pooling cell, in tokens per side
+    layers: str = "all"  # "all" | "auto" (where pruning pays, from the layer profile) | layer names joined by '+'
 
     def __post_init__(self):
         if not 0.0 <= self.ratio < 1.0:
@@ -107,6 +127,11 @@ class ATEDMConfig:
             raise ValueError(f"atedm: ranking must be one of {', '.join(RANKINGS)}, got {self.ranking!r}")
         if self.random_draw not in RANDOM_DRAWS:
             raise ValueError(f"atedm: random_draw must be one of {', '.join(RANDOM_DRAWS)}, got {self.random_draw!r}")
+        if self.rank_map not in RANK_MAPS:
+            raise ValueError(f"atedm: rank_map must be one of {', '.join(RANK_MAPS)}, got {self.rank_map!r}")
+        if isinstance(self.rank_pool, bool) or not isinstance(self.rank_pool, int) or not 1 <= self.rank_pool <= 16:
+            raise ValueError(f"atedm: rank_pool must be an integer from 1 to 16, got {self.rank_pool!r}")
+        check_layers(self.layers, "atedm")
         if self.cfg_mask not in CFG_MASKS:
             raise ValueError(f"atedm: cfg_mask must be one of {', '.join(CFG_MASKS)}, got {self.cfg_mask!r}")
 
@@ -153,18 +178,23 @@ class ATEDMHandle:
         self.layers = find_layers(ctx.unet)
         if not self.layers:
             raise ValueError("atedm: the UNet has no attention blocks (Transformer2DModel) to prune")
+        auto = auto_layers(ctx.layer_profile, config) if config.layers == "auto" else None
+        selected = chosen(config.layers, [layer.name for layer in self.layers], "atedm", auto)
+        if selected is not None:
+            self.layers = [layer for layer in self.layers if layer.name in selected]
         self.by_attn1 = {layer.attn1: layer for layer in self.layers}
         # The attention call whose probabilities rank the tokens: attn1 (G-WPR), attn2 (cross; in one-layer
         # blocks attn2 runs after the pruning point, so `_one_layer_forward` computes its map itself), none (random).
         self.by_rank_call = {}
         for layer in self.layers:
-            if config.ranking == "gwpr":
+            if config.ranking == "gwpr" and config.rank_map == "exact":
                 self.by_rank_call[layer.attn1] = layer
             elif config.ranking == "cross" and len(layer.model.transformer_blocks) > 1:
                 self.by_rank_call[layer.attn2] = layer
         self.generator = torch.Generator().manual_seed(0)
         self.fixed_scores: dict[str, torch.Tensor] = {}  # random_draw="layer": layer -> its one draw
         self.probs: dict[str, tuple[torch.Tensor, int]] = {}  # layer -> (attn1 probs, heads), this call only
+        self.rank_inputs: dict[str, torch.Tensor] = {}  # layer -> attn1's normed input (rank_map pooled/streamed)
         self.pending: dict[str, prune.Pruning] = {}  # layer -> pruning to undo after the last block
         self.events_per_step: list[int] = [0] * max(ctx.clock.num_steps, 0)
         self._patched: list[torch.nn.Module] = []
@@ -182,7 +212,7 @@ class ATEDMHandle:
                 if len(blocks) == 1:
                     self._patch(blocks[0], self._one_layer_forward(layer, blocks[0]))
                 else:
-                    self._patch(blocks[0], self._first_block_forward(layer, blocks[0].forward))
+                    self._patch(blocks[0], self._first_block_forward(layer, blocks[0]))
                     self._patch(blocks[-1], self._last_block_forward(layer, blocks[-1].forward))
         except Exception:
             self.detach()
@@ -203,9 +233,13 @@ class ATEDMHandle:
         rows, n_tokens = hidden_states.shape[:2]
         layer.tokens_total += rows * n_tokens
         ranking = self.config.ranking
-        if n == 0 or (probs is None and ranking != "random"):  # another plug-in replaced the ranking call's output
+        normed = self.rank_inputs.pop(layer.name, None)
+        from_qk = ranking == "gwpr" and self.config.rank_map != "exact"
+        if n == 0 or (probs is None and ranking != "random" and not from_qk):  # the ranking call was replaced
             return None
-        if ranking == "gwpr":
+        if from_qk:
+            scores = self._scores_from_qk(layer, normed)
+        elif ranking == "gwpr":
             scores = gwpr(probs[0], probs[1], iterations=self.config.iterations, damping=self.config.damping,
                           head_reduce=self.config.head_reduce)
         elif ranking == "cross":
@@ -235,6 +269,21 @@ class ATEDMHandle:
             self.log.record(layer.attn1, layer.name, pruning.keep, n_tokens)
         return pruning
 
+    def _scores_from_qk(self, layer: PruningLayer, normed: torch.Tensor) -> torch.Tensor:
+        """G-WPR from attn1's Q and K (rank_map pooled / streamed); attn1's own output came from the fused kernel."""
+        from analysis.probes._common import token_grid
+
+        attn, c = layer.model.transformer_blocks[0].attn1, self.config
+        query, key = attn.head_to_batch_dim(attn.to_q(normed)), attn.head_to_batch_dim(attn.to_k(normed))
+        if c.rank_map == "streamed":
+            return gwpr_streamed(query, key, attn.heads, attn.scale, c.iterations, c.damping, c.head_reduce)
+        grid = token_grid(normed.shape[1], self.log.latent_hw)
+        return gwpr_pooled(query, key, attn.heads, attn.scale, grid, c.rank_pool, c.iterations, c.damping,
+                           c.head_reduce)
+
+    def _ranks_from_qk(self) -> bool:
+        return self.config.ranking == "gwpr" and self.config.rank_map != "exact"
+
     # --- block wrappers (instance attribute `forward`, deleted on detach) -----------------------------
 
     def _patch(self, block: torch.nn.Module, forward) -> None:
@@ -259,8 +308,10 @@ class ATEDMHandle:
             kwargs = dict(cross_attention_kwargs or {})
             if kwargs.pop("gligen", None) is not None:
                 raise ValueError("atedm: GLIGEN conditioning is not supported")
-            h = block.attn1(block.norm1(hidden_states), encoder_hidden_states=None, attention_mask=attention_mask,
-                            **kwargs) + hidden_states
+            normed = block.norm1(hidden_states)
+            if self._ranks_from_qk():
+                self.rank_inputs[layer.name] = normed
+            h = block.attn1(normed, encoder_hidden_states=None, attention_mask=attention_mask, **kwargs) + hidden_states
             if self.config.ranking == "cross":  # attn2's map on every token, for the ranking only
                 self.probs[layer.name] = (attention_probs(block.attn2, block.norm2(h), encoder_hidden_states,
                                                           encoder_attention_mask), block.attn2.heads)
@@ -280,9 +331,13 @@ class ATEDMHandle:
 
         return forward
 
-    def _first_block_forward(self, layer: PruningLayer, original):
+    def _first_block_forward(self, layer: PruningLayer, block: BasicTransformerBlock):
+        original = block.forward
+
         def forward(hidden_states, *args, **kwargs):
             n = self.n_prune(layer, hidden_states.shape[1])  # decided before attn1 runs (wants_probs agrees)
+            if n and self._ranks_from_qk():
+                self.rank_inputs[layer.name] = block.norm1(hidden_states)
             out = original(hidden_states, *args, **kwargs)
             self.pending.pop(layer.name, None)
             pruning = self._plan(layer, out, n)
@@ -310,6 +365,7 @@ class ATEDMHandle:
         if self._plugin in self._dispatcher.plugins:
             self._dispatcher.plugins.remove(self._plugin)
         self.probs.clear()
+        self.rank_inputs.clear()
         self.pending.clear()
         if self.log in self._seam.interceptors:
             self._seam.interceptors.remove(self.log)
@@ -325,6 +381,7 @@ class ATEDMHandle:
             "events_per_step": list(self.events_per_step),
             "layers": {layer.name: {"tokens_total": layer.tokens_total, "tokens_pruned": layer.tokens_pruned}
                        for layer in self.layers},
+            "layer_choice": self.config.layers,
         }
 
     def signals(self) -> dict[str, Any]:

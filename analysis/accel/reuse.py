@@ -48,8 +48,10 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
+from diffusers.models.attention_processor import Attention
 
 from analysis.accel import mean_at, row_fractions, saving
+from analysis.accel.layer_profile import LAYER_CHOICES, check_layers, chosen
 from analysis.accel.reuse_policy import (SCOPES, default_reuse_steps, hurry_policy, load_phast, phast_file,
                                          phast_policy, searched_elsewhere, strided_policy)
 from analysis.accel.technique import Knob, Technique
@@ -85,6 +87,7 @@ class ReuseConfig:
     scope: str = "both"  # "self" | "cross" | "both"
     max_run: int = 2  # HURRY: no map reused more than max_run steps in a row
     map_dtype: str = "float32"  # how a cached map is kept: "float16" / "bfloat16" halve its memory (issue 20)
+    layers: str = "all"  # "all" | "auto" (only modules where reuse saves time, from the layer profile) | names
 
     def __post_init__(self):
         if not isinstance(self.policy, str) or not self.policy.strip():
@@ -113,6 +116,7 @@ class ReuseConfig:
             raise ValueError(f"reuse: scope must be one of {', '.join(SCOPES)}, got {self.scope!r}")
         if isinstance(self.max_run, bool) or not isinstance(self.max_run, int) or self.max_run < 1:
             raise ValueError(f"reuse: max_run must be an integer >= 1, got {self.max_run!r}")
+        check_layers(self.layers, "reuse")
         if self.map_dtype not in MAP_DTYPES:
             raise ValueError(f"reuse: map_dtype must be one of {', '.join(MAP_DTYPES)}, got {self.map_dtype!r}")
 
@@ -163,7 +167,9 @@ class ReuseConfig:
         if self.policy == "phast":
             recorded = phast_file(model_name(ctx.pipe), ctx.clock.num_steps)
             ctx.on_step_end(_guidance_check(ctx.pipe, recorded))
-        handle = ReuseHandle(self, policy)
+        names = [n for n, m in ctx.unet.named_modules() if isinstance(m, Attention)]
+        auto = auto_modules(ctx.layer_profile, policy, self.scope) if self.layers == "auto" else None
+        handle = ReuseHandle(self, policy, chosen(self.layers, names, "reuse", auto))
         ctx.seam()  # the UNet seam advances the clock's step index, which the policy is indexed by
         handle.dispatcher = ctx.attention()
         handle.dispatcher.add(handle)
@@ -175,8 +181,9 @@ class ReuseHandle(AttentionPlugin, HandleBase):
 
     observer = False  # the cached map must come from the call that produces the image
 
-    def __init__(self, config: ReuseConfig, policy: str):
+    def __init__(self, config: ReuseConfig, policy: str, selected: set[str] | None = None):
         self.config, self.policy = config, policy
+        self.selected = selected  # None: every in-scope module
         self.maps: dict[str, torch.Tensor] = {}
         self.dispatcher = None
         self.modules: set[str] = set()
@@ -188,6 +195,8 @@ class ReuseHandle(AttentionPlugin, HandleBase):
 
     def _in_scope(self, call: AttnCall) -> bool:
         scope = self.config.scope
+        if self.selected is not None and call.name not in self.selected:
+            return False
         return scope == "both" or (scope == "cross") == call.is_cross
 
     def _needed_later(self, call: AttnCall) -> bool:
@@ -251,7 +260,30 @@ class ReuseHandle(AttentionPlugin, HandleBase):
             "maps_computed": self.computed,
             "maps_reused": self.reused,
             "maps_cached": self.cached,
+            "layers": self.config.layers,
+            **({"selected": sorted(self.selected)} if self.selected is not None else {}),
         }
+
+
+def cache_steps(policy: str) -> int:
+    """C steps whose maps an R step reuses next: each materialises its maps explicitly."""
+    return sum(1 for s in range(len(policy) - 1) if policy[s] == "C" and policy[s + 1] == "R")
+
+
+def module_saving_s(module: dict, policy: str) -> float:
+    """Seconds one attention module saves over a run of `policy`, its own overhead included: every R step
+    saves (fused - explicit without Q/K/softmax), every caching C step pays (explicit - fused)."""
+    return (policy.count("R") * (module["fused_s"] - module["reuse_step_explicit_s"])
+            - cache_steps(policy) * (module["explicit_s"] - module["fused_s"]))
+
+
+def auto_modules(profile: dict | None, policy: str, scope: str) -> set[str]:
+    """layers=auto: the in-scope attention modules whose `module_saving_s` is positive in the layer profile."""
+    if profile is None:
+        return set()
+    kinds = ("self", "cross") if scope == "both" else (scope,)
+    return {name for name, m in profile["attention_modules"].items()
+            if m["kind"] in kinds and module_saving_s(m, policy) > 0}
 
 
 def reuse_cost(config: ReuseConfig, counters: dict, profile: dict, steps: int, accel_steps: int) -> dict[str, Any]:
@@ -262,7 +294,9 @@ def reuse_cost(config: ReuseConfig, counters: dict, profile: dict, steps: int, a
     may have halved them)."""
     c = counters.get("reuse", {})
     kinds = {"self": ("self",), "cross": ("cross",), "both": ("self", "cross")}[c.get("scope", config.scope)]
-    scope = [m for m in profile["attention_modules"].values() if m["kind"] in kinds]
+    selected = c.get("selected")
+    scope = [m for name, m in profile["attention_modules"].items()
+             if m["kind"] in kinds and (selected is None or name in selected)]
     n = max(1, len(scope))
     map_call = sum(m["map_s"] for m in scope) / n
     saved_r = sum(m["fused_s"] - m["reuse_step_explicit_s"] for m in scope) / n

@@ -7,8 +7,8 @@ Four parts, each in its own module of analysis/eval/:
 1. `breakdown` (profile.py): the pipeline's and one UNet call's time per component (shares sum to 1).
 2. `baseline`, `noise_floor`, `techniques[*].measured_speedup` and the paired speed-ups (jobs.py): after one
    warm-up of every configuration, `--repeats` rounds of baseline + every technique + a second baseline.
-3. `techniques[*].ideal_speedup`, `expected_speedup`, `efficiency` (cost.py and each technique's registered
-   cost function): counted work x the breakdown's per-component costs; `cost_model` in the JSON says how.
+3. `techniques[*].ideal_speedup` (overheads charged), `paper_ideal_speedup`, `efficiency` (cost.py, each
+   technique's registered cost function): counted work x the breakdown's per-component costs; `cost_model` in the JSON says how.
 4. `quality` (equal_latency.py; default 4 prompts on the default model, `--prompts N` on any): PSNR and
    prompt fidelity against step reduction at equal latency.
 
@@ -44,9 +44,10 @@ def cost_model_description() -> dict[str, str]:
     return {
         "units": "saved work in baseline UNet calls u (timed in `breakdown`), converted to pipeline time with "
                  "the UNet's share of the pipeline: saved_fraction = saved_units * shares.unet / unet_calls",
-        "ideal_speedup": "1 / (1 - saved_fraction)",
+        "ideal_speedup": "1 / (1 - saved_fraction), the saving net of the technique's own overheads (explicit "
+                         "attention where maps are cached or ranked, the ranking, gathers; see each technique)",
         "efficiency": "measured_speedup / ideal_speedup",
-        "expected_speedup": "ideal minus the overheads this implementation knowingly pays (see each technique)",
+        "paper_ideal_speedup": "the counted work alone, overheads not charged (the papers' FLOPs view)",
         **{name: " ".join((t.cost.__doc__ or "").split()) for name, t in registry().items()},
     }
 

@@ -125,7 +125,7 @@ def speed(pipe, config, specs, steps, repeats, b: dict | None) -> dict:
             entry.update(cm)
             entry["saved_s"] = cm["saved_fraction"] * base_med
             entry["efficiency"] = measured / cm["ideal_speedup"]
-            entry["efficiency_vs_expected"] = measured / cm["expected_speedup"]
+            entry["efficiency_vs_paper_ideal"] = measured / cm["paper_ideal_speedup"]
             if entry["measured_speedup_cpu"]:
                 entry["efficiency_cpu"] = entry["measured_speedup_cpu"] / cm["ideal_speedup"]
         out["techniques"][job.label] = entry

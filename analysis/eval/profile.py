@@ -21,6 +21,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from functools import partial
@@ -311,7 +312,17 @@ def breakdown(pipe, config, steps: int, calls: int, log: Callable[[str], None] =
         raise RuntimeError("bench: the pipeline never called the UNet")
     log(f"breakdown: pipeline {pipeline['total_s']:.3f}s, UNet share {pipeline['shares']['unet']:.3f}; "
          f"UNet passes (fused / explicit attention, {calls} calls each)")
-    unet = unet_breakdown(pipe.unet, inputs, calls)
+    from analysis.accel.layer_profile import ranking_costs
+    from analysis.run import use_attention_backend
+
+    with contextlib.ExitStack() as stack:
+        # "fused" below is the run's own backend: under attention=explicit the baseline's attention is explicit
+        use_attention_backend(pipe, getattr(config, "attention", "fused"), stack)
+        unet = unet_breakdown(pipe.unet, inputs, calls)
+        sample = inputs[0][0]
+        costs = ranking_costs(pipe.unet, unet["transformer_layers"], int(sample.shape[0]), tuple(sample.shape[-2:]))
+    for name, layer in unet["transformer_layers"].items():
+        layer.update(costs.get(name, {}))
     unet["pipeline"] = pipeline
     unet["unet_batch_rows"] = int(inputs[0][0].shape[0]) if inputs[0] else None
     unet["bounds"] = _bounds(unet, steps)

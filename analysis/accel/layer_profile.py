@@ -1,0 +1,228 @@
+"""Which layers pay for a technique, on this model at this resolution: a one-off profile, cached (issue 20).
+
+Why per layer. Map reuse and AT-EDM need attention probabilities, and the fused kernel never materialises
+them: at 512 px on SD 1.5 an explicit map costs 3.9x the fused call, concentrated in the 4,096-token
+self-attention of the first down and last up blocks. There the technique's own overhead exceeds what it
+saves, while in the 1,024-token and smaller layers it pays. `layers="auto"` (reuse, atedm) applies the
+technique only in layers whose measured saving, overhead included, is positive; the decision is each
+technique's (`reuse.auto_modules`, `atedm.auto_layers`), made from this profile.
+
+What is measured (`measure`): one UNet call's real inputs at the run's size (a 1-step generation stopped at
+the UNet, nothing decoded), then `analysis.eval.profile.unet_breakdown` on them: fused and explicit
+attention passes, alternating, with every attention module's parts timed (fused_s, explicit_s,
+reuse_step_explicit_s) and every transformer layer's post-pruning work; then `ranking_costs`: per
+transformer layer, the seconds of one AT-EDM ranking by each `rank_map` (exact G-WPR on the explicit map,
+pooled, streamed) and of one plan + gather + copy-back.
+
+Cache. In memory per process and on disk as JSON in `cache_dir()` ($DIFFSCOPE_CACHE, default
+~/.cache/diffscope/layer_profiles), one file per key: model, a hash of the UNet's config, latent size,
+batch rows, attention backend, device, dtype and torch threads. A profile is timing, so it belongs to the
+machine that measured it; delete the folder to re-measure.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from analysis.jsonsafe import dumps
+
+_MEMORY: dict[str, dict] = {}
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("DIFFSCOPE_CACHE")
+    return Path(root) if root else Path.home() / ".cache" / "diffscope" / "layer_profiles"
+
+
+def wants_profile(config: Any) -> bool:
+    """A technique config that decides its layers from the profile (a declared `layers` field set to auto)."""
+    return getattr(config, "layers", None) == "auto"
+
+
+def profile_key(pipe, size: int | None, rows: int, attention: str) -> str:
+    from analysis.models import model_name
+
+    unet = pipe.unet
+    config_hash = hashlib.sha1(json.dumps(dict(unet.config), sort_keys=True, default=str).encode()).hexdigest()[:10]
+    scale = getattr(pipe, "vae_scale_factor", 8)
+    side = (size or int(unet.config.sample_size) * scale) // scale
+    param = next(unet.parameters())
+    return (f"{model_name(pipe)}-{config_hash}-{side}x{side}-b{rows}-{attention}-{param.device.type}-"
+            f"{str(param.dtype).removeprefix('torch.')}-t{torch.get_num_threads()}").replace("/", "_")
+
+
+def remember(key: str, profile: dict) -> None:
+    """Put a profile in the in-memory cache (tests use it to hand a run a profile of their own)."""
+    _MEMORY[key] = profile
+
+
+def for_run(pipe, run_config, calls: int = 2) -> dict:
+    """The layer profile for `run_config`'s model, size, batch and attention backend: cached, else measured."""
+    rows = len(run_config.prompts) * (2 if run_config.guidance > 1.0 else 1)
+    key = profile_key(pipe, run_config.size, rows, run_config.attention)
+    if key in _MEMORY:
+        return _MEMORY[key]
+    path = cache_dir() / f"{key}.json"
+    if path.is_file():
+        with contextlib.suppress(ValueError, OSError):
+            profile = json.loads(path.read_text())
+            if profile.get("key") == key:
+                _MEMORY[key] = profile
+                return profile
+    profile = measure(pipe, run_config, calls)
+    profile["key"] = key
+    _MEMORY[key] = profile
+    with contextlib.suppress(OSError):  # a read-only home still gets the in-memory profile
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(dumps(profile) + "\n")
+    return profile
+
+
+class _Captured(Exception):
+    pass
+
+
+class _CaptureUNetInputs:
+    """A plug-in that records the first UNet call's inputs and stops the run there."""
+
+    name = "capture"
+
+    def __init__(self):
+        self.inputs = None
+
+    def attach(self, ctx):
+        from analysis.eval.timing import clone
+
+        def pre(module, args, kwargs):
+            self.inputs = (clone(args), clone(kwargs))
+            raise _Captured
+
+        hook = ctx.unet.register_forward_pre_hook(pre, with_kwargs=True)
+        return _Detach(hook)
+
+
+class _Detach:
+    def __init__(self, hook):
+        self.hook = hook
+
+    def detach(self):
+        self.hook.remove()
+
+    def counters(self):
+        return {}
+
+    def signals(self):
+        return {}
+
+
+def measure(pipe, run_config, calls: int = 2) -> dict:
+    """Measure the profile now (see the module doc); a few UNet calls at the run's size."""
+    from analysis.eval.profile import unet_breakdown
+    from analysis.run import run_once, use_attention_backend
+
+    capture = _CaptureUNetInputs()
+    plain = dataclasses.replace(run_config, accel=(), probes=(), repeats=1, warmup=False)
+    with contextlib.suppress(_Captured):
+        run_once(pipe, plain, (capture,), 1)
+    if capture.inputs is None:
+        raise RuntimeError("layer profile: the pipeline never called the UNet")
+    t0 = time.perf_counter()
+    with contextlib.ExitStack() as stack:
+        use_attention_backend(pipe, run_config.attention, stack)
+        unet = unet_breakdown(pipe.unet, capture.inputs, calls)
+        rows = int(capture.inputs[0][0].shape[0])
+        latent_hw = tuple(int(v) for v in capture.inputs[0][0].shape[-2:])
+        costs = ranking_costs(pipe.unet, unet["transformer_layers"], rows, latent_hw)
+    for name, layer in unet["transformer_layers"].items():
+        layer.update(costs.get(name, {}))
+    return {"attention_modules": unet["attention_modules"], "transformer_layers": unet["transformer_layers"],
+            "unet_call_s": unet["unet_call_s"], "unet_call_explicit_s": unet["unet_call_explicit_s"],
+            "batch_rows": rows, "latent_hw": list(latent_hw), "calls_per_pass": calls,
+            "measured_s": time.perf_counter() - t0}
+
+
+def _seconds(fn, repeats: int = 3) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def ranking_costs(unet, transformer_layers: dict, rows: int, latent_hw: tuple[int, int], pool: int = 2,
+                  prune_ratio: float = 0.5) -> dict[str, dict]:
+    """Per transformer layer: `rank_s` (one ranking of `rows` batch rows by each rank map, Q/K projections
+    included where the map is not the attention call's own) and `prune_s` (plan + gather + copy-back at
+    `prune_ratio`, where the pairing's pruned x kept similarity is largest). Inputs are random tensors of
+    the layer's shapes: costs depend on shapes, not values."""
+    from analysis.accel import prune
+    from analysis.probes._common import token_grid
+    from analysis.token_rank import gwpr, gwpr_pooled, gwpr_streamed
+
+    modules = dict(unet.named_modules())
+    out = {}
+    generator = torch.Generator().manual_seed(0)
+    with torch.inference_mode():
+        for name, layer in transformer_layers.items():
+            attn = modules[layer["attn1"]]
+            n = layer.get("attn1_queries")
+            if not n:
+                continue
+            channels, heads = attn.to_q.in_features, attn.heads
+            device, dtype = attn.to_q.weight.device, attn.to_q.weight.dtype
+            hidden = torch.randn(rows, n, channels, generator=generator).to(device, dtype)
+            grid = token_grid(n, latent_hw)
+
+            def qk():
+                return attn.head_to_batch_dim(attn.to_q(hidden)), attn.head_to_batch_dim(attn.to_k(hidden))
+
+            q, k = qk()
+            probs = torch.softmax(torch.bmm(q, k.transpose(1, 2)) * attn.scale, dim=-1)
+            n_prune = int(prune_ratio * n)
+            scores = torch.rand(rows, n, generator=generator).to(device)
+            out[name] = {
+                "rank_s": {
+                    "exact": _seconds(lambda: gwpr(probs, heads)),
+                    "pooled": _seconds(lambda: gwpr_pooled(*qk(), heads, attn.scale, grid, pool)),
+                    "streamed": _seconds(lambda: gwpr_streamed(*qk(), heads, attn.scale), repeats=1),
+                },
+                "prune_s": _seconds(lambda: prune.restore(prune.prune(hidden, p := prune.plan(hidden, scores, n_prune)), p)),
+            }
+            del probs
+    return out
+
+
+LAYER_CHOICES = (("every layer (the paper's method)", "all"), ("auto: only where it saves time", "auto"))
+
+
+def check_layers(value: Any, technique: str) -> None:
+    """A technique's `layers` field: "all", "auto", or module names joined by '+' (the CLI's list syntax)."""
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{technique}: layers must be 'all', 'auto' or module names joined by '+', got {value!r}")
+
+
+def chosen(value: str, available: list[str], technique: str, auto: "set[str] | None" = None) -> set[str] | None:
+    """The layers a `layers` value selects among `available` (None = all of them); `auto` is the technique's
+    decision from the profile when value is "auto". Unknown names raise, listing what exists."""
+    if value == "all":
+        return None
+    if value == "auto":
+        if auto is None:
+            raise ValueError(f"{technique}: layers=auto needs the layer profile, which the run did not get")
+        return set(auto)
+    names = {v.strip() for v in value.replace(",", "+").split("+") if v.strip()}
+    unknown = sorted(names - set(available))
+    if unknown:
+        raise ValueError(f"{technique}: unknown layers {', '.join(unknown)}; this UNet has: {', '.join(available)}")
+    return names
