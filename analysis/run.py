@@ -191,7 +191,7 @@ def run_once(pipe, config: RunConfig, plugins: tuple, steps: int,
     counters: dict[str, Any] = {}
     signals: dict[str, Any] = {}
     layer_profile = None
-    if any(wants_profile(plugin) for plugin in plugins):  # measured once per model and size, then cached
+    if any(wants_profile(plugin, pipe, config.size) for plugin in plugins):  # measured once per model and size, then cached
         layer_profile = profile_for_run(pipe, config)
     with contextlib.ExitStack() as stack:
         use_attention_backend(pipe, config.attention, stack)

@@ -35,6 +35,7 @@ import torch
 from analysis.jsonsafe import dumps, emit
 from analysis.eval.sweep import read_prompts
 from analysis.models import load_pipeline
+from analysis.toy.train import world_of
 from benchmarks.eval_default import split_accuracy
 from benchmarks.eval_signals import binding_report, layer_maps, signal_report
 
@@ -108,7 +109,7 @@ def folder_size_mb(model_dir: str) -> float:
 
 
 def step_cost(pipe, captions: list[str], seeds: list[int], guidance: float, full_steps: int = 20,
-              half_steps: int = 10, n_bootstrap: int = 1000) -> dict:
+              half_steps: int = 10, n_bootstrap: int = 1000, world: str = "flat") -> dict:
     """What halving the DDIM steps costs on one model: PSNR of each half-step image against the same seed's
     full-step image, and the judge's KID against true renders of the same captions at both step counts (the
     two sets share (prompt, seed), so they are one draw made twice and never a cross pair)."""
@@ -131,7 +132,8 @@ def step_cost(pipe, captions: list[str], seeds: list[int], guidance: float, full
     units = [(p, s) for p in range(len(captions)) for s in seeds]
     sets = {"full": joint_features(judge, processor, images[full_steps], labels),
             "half": joint_features(judge, processor, images[half_steps], labels),
-            "renders": joint_features(judge, processor, scenes.true_renders(captions, len(seeds), seed=0), labels)}
+            "renders": joint_features(judge, processor, scenes.true_renders(captions, len(seeds), seed=0, world=world),
+                                      labels)}
     paired = distribution.PairedSets(sets, {k: prompt_ids for k in sets}, {"full": units, "half": units})
     return {"full_steps": full_steps, "half_steps": half_steps, "prompts": len(captions), "seeds": seeds,
             "psnr_half_vs_full_median_db": float(np.median(psnrs)),
@@ -231,7 +233,8 @@ def main(argv=None) -> int:
         accuracy, _, _ = split_accuracy(pipe, args.prompts, args.steps, args.guidance, args.seed)
         signals = signal_report(pipe, args.signal_prompts, args.steps, args.guidance)
         binding = binding_report(pipe, args.binding_prompts, args.steps, args.guidance)
-        cost = step_cost(pipe, captions, seeds, args.guidance, full_steps=args.steps, half_steps=args.steps // 2)
+        cost = step_cost(pipe, captions, seeds, args.guidance, full_steps=args.steps, half_steps=args.steps // 2,
+                         world=world_of(model))
         report["models"][model] = {"text_encoder": text_encoder_of(model), **accuracy, "signals": signals,
                                    "binding": binding, "step_cost": cost, "size_mb": folder_size_mb(model)}
         print(model, dumps({k: report["models"][model][k] for k in ("binding", "step_cost")}), flush=True)

@@ -179,3 +179,20 @@ def test_judge_text_encoder_is_the_clip_text_tower_frozen():
     narrow = architecture.make_text_encoder(clip.config.text_config.vocab_size + 1, 0, 1)
     with pytest.raises(ValueError, match="vocab_size"):
         text_encoder_variant(narrow, "judge", str(judge_dir()))
+
+
+def test_the_detail_world_adds_unstated_detail_and_leaves_the_flat_world_alone():
+    flat, flat_captions, flat_scenes = scenes.sample_dataset(50, seed=5)
+    assert all(s.grain_std == 0 and all(o.shade == 0 for o in s.objects) for s in flat_scenes)
+    detail, captions, detail_scenes = scenes.sample_dataset(50, seed=5, world="detail")
+    assert max(len(s.objects) for s in detail_scenes) == 3
+    for image, scene, text in zip(detail, detail_scenes, captions):
+        assert scenes.parse_caption(text) == [dict(colour=o.colour, shape=o.shape, size=o.size, position=o.position)
+                                              for o in scene.objects]  # the detail is not in the caption
+        assert np.array_equal(image, scenes.render(scene))  # a pure function of the scene
+        background = image[:3, :, :].reshape(-1, 3).astype(float)  # a top border strip: grain, not flat
+        assert background.std(axis=0).max() > 2
+    with pytest.raises(ValueError, match="world must be one of"):
+        from analysis.toy.train import TrainConfig
+
+        TrainConfig(world="nowhere")

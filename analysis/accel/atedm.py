@@ -2,30 +2,12 @@
 self-attention map, drop the least important ones so the following layers run on fewer tokens, and copy
 them back (similarity-based copy) before the convolutions need the full grid.
 
-Placement, per `Transformer2DModel` (attention block) of the UNet:
-- one transformer layer (SD 1.x/2.x): prune right after self-attention (attn1) inside the
-  `BasicTransformerBlock`, so cross-attention and the feed-forward run on the kept tokens; restore at the
-  end of the block, before `proj_out` and the ResNet that follows;
-- two or more layers (SDXL, the default model at 8x8): prune after the first block, so blocks 1..L-1 run on
-  the kept tokens; restore after the last block.
-The ranking uses the attn1 probabilities of the first block (the shared `analysis.token_rank.gwpr`, one
-function for the token-rank probe and this pruning), taken through the attention dispatcher. Because fused
-attention never exposes the map, with `rank_map="exact"` (default; the paper's "desired implementation"
-needs the same map) the pruning layers' attn1 runs as explicit softmax(QK^T). `rank_map="pooled"` or
-`"streamed"` (issue 20) leaves attn1 on the fused kernel and ranks from its Q and K without the N x N map
-(`token_rank.gwpr_pooled`, an approximation on a `rank_pool`-pooled grid; `gwpr_streamed`, exact, chunked).
-
-`layers`: "all" (the paper), "auto" (only the transformer layers where pruning saves time net of its own
-ranking, plan and copy-back, from the cached layer profile, analysis/accel/layer_profile.py; a layer left out
-runs untouched) or layer names joined by '+'.
-
+Placement (one- and multi-layer blocks), `rank_map` and `layers` (issue 20's "auto"): pruning_layers.py.
 Defaults:
 - `ratio = 0.63`: the paper's target pruning ratio (63% per secondary summaries of the paper; the paper
-  text itself was not reachable). Back-of-envelope on SD-XL (our estimate, not the paper's): if its
-  transformer blocks are ~75% of the UNet FLOPs, ~60% in the 10-layer stages (9 of 10 blocks pruned) and
-  ~15% in the 2-layer ones (1 of 2 pruned), cutting 63% of their tokens saves ~0.6*0.9*0.63 + 0.15*0.5*0.63
-  = ~39% before DSAP, i.e. the reported 38.8% FLOPs saving is of that order. On SD 1.x (one layer per
-  block) only cross-attention and the feed-forward are pruned, so the same ratio saves much less.
+  text itself was not reachable). On SD-XL (our estimate) cutting 63% of the tokens of 9 of 10 blocks in the
+  10-layer stages and 1 of 2 in the 2-layer ones saves ~39% of the UNet's FLOPs before DSAP, the order of
+  the reported 38.8%; on SD 1.x (one layer per block) only attn2 and the feed-forward are pruned.
 - DSAP (denoising-steps-aware pruning): "in early steps prune fewer tokens". Secondary summaries say the
   schedule leaves the first attention block of each down stage and the last one of each up stage unpruned
   in early steps; that is what `dsap=True` does during the first `dsap_fraction` of the steps (0.3, i.e.
@@ -37,17 +19,15 @@ Defaults:
 - `ranking` (for the paper's ablation; "gwpr" is AT-EDM): "random" ranks tokens by a seeded random draw
   (`random_draw="call"`: a new draw at every call, so over a run the damage spreads over all tokens;
   `"layer"`: one draw per layer, kept for every step and batch row, so random prunes the same tokens every
-  step as G-WPR nearly does: the like-for-like control of issue 17), "cross" by the cross-attention (attn2) mass each image token puts on the prompt tokens other than the
-  first (BOS) one, averaged over heads (in one-layer blocks, where attn2 runs after the pruning point, its map
-  is computed on all tokens for the ranking, then attn2 runs on the kept tokens).
-
+  step as G-WPR nearly does: the like-for-like control of issue 17), "cross" by the attn2 mass each image
+  token puts on the prompt tokens other than BOS, averaged over heads (in one-layer blocks its map is
+  computed on all tokens for the ranking, then attn2 runs on the kept tokens).
 - `cfg_mask`: "branch" ranks each classifier-free-guidance branch (unconditional, conditional) on its own
   map, so the two branches may prune different tokens; "shared" ranks both on the mean of their scores (one
   mask for the pair), so guidance compares two predictions made on the same tokens. The paper does not say;
   "branch" is the default because it needs no knowledge of the batch layout, "shared" is the ablation.
 
-`ratio = 0` attaches nothing at all, so the image is the baseline bit for bit; a layer/step whose ratio is
-0 (DSAP) calls the original block and the original attention processor.
+`ratio = 0` attaches nothing (the baseline bit for bit); a layer/step whose ratio is 0 (DSAP) runs untouched.
 
 Combinations: with `fastdiff` it works (encoder layers are pruned at key steps, decoder layers at every
 decoder call, per batch row, also in the batched parallel decoder, whose events count at the key step);
@@ -57,8 +37,8 @@ outputs) from an earlier step, but the kept tokens differ from step to step.
 Counters: tokens_total / tokens_pruned (batch rows x tokens at the pruning points, overall and per attention
 block), pruned_fraction, pruning_events and events_per_step (pruning points that pruned, per step).
 
-Signal "atedm_pruning" (docs/signals.md; analysis/accel/pruning_log.py): the tokens pruned per block and
-step, recorded only in a run with an attention probe attached, so the timed run does no extra work.
+Signal "atedm_pruning" (docs/signals.md; pruning_log.py): the tokens pruned per block and step, recorded
+only in a run with an attention probe attached.
 """
 from __future__ import annotations
 
@@ -69,13 +49,13 @@ import torch
 from diffusers.models.attention import BasicTransformerBlock, _chunked_feed_forward
 
 from analysis.accel import prune
-from analysis.accel.pruning_layers import PruningLayer, find_layers
-from analysis.accel.layer_profile import check_layers, chosen
-from analysis.accel.pruning_log import PruningLog, atedm_cost, pruning_saving_s
+from analysis.accel.layer_profile import LAYER_CHOICES, LAYERS_INFO, check_layers, chosen
+from analysis.accel.pruning_layers import PruningLayer, find_layers, rank_from_qk
+from analysis.accel.pruning_log import PruningLog, atedm_cost, auto_layers
 from analysis.accel.technique import Knob, Technique
 from analysis.attention import AttentionPlugin, AttnCall, attention_probs
 from analysis.plugins import HandleBase
-from analysis.token_rank import HEAD_REDUCTIONS, gwpr, gwpr_pooled, gwpr_streamed
+from analysis.token_rank import HEAD_REDUCTIONS, gwpr
 
 
 RANKINGS = ("gwpr", "random", "cross")
@@ -83,14 +63,6 @@ RANDOM_DRAWS = ("call", "layer")
 CFG_MASKS = ("branch", "shared")
 RANK_MAPS = ("exact", "pooled", "streamed")
 
-
-def auto_layers(profile: dict | None, config: "ATEDMConfig") -> set[str]:
-    """layers=auto: the transformer layers whose pruning saves time net of its own overhead
-    (`pruning_log.pruning_saving_s` > 0) in the layer profile."""
-    if profile is None:
-        return set()
-    return {name for name, layer in profile["transformer_layers"].items()
-            if layer.get("attn1_queries") and pruning_saving_s(layer, config, profile) > 0}
 
 
 @dataclass(frozen=True)
@@ -108,7 +80,7 @@ class ATEDMConfig:
     cfg_mask: str = "branch"  # one mask per CFG branch, or one "shared" by both (mean of their scores)
     rank_map: str = "exact"  # G-WPR from the explicit attn1 map, or "pooled" / "streamed" from Q and K (fused attn1)
     rank_pool: int = 2  # rank_map=pooled: the pooling cell, in tokens per side
-    layers: str = "all"  # "all" | "auto" (where pruning pays, from the layer profile) | layer names joined by '+'
+    layers: str = "auto"  # "auto" (where pruning pays, from the layer profile) | "all" | layer names joined by '+'
 
     def __post_init__(self):
         if not 0.0 <= self.ratio < 1.0:
@@ -138,7 +110,7 @@ class ATEDMConfig:
     @classmethod
     def off(cls, steps: int) -> "ATEDMConfig":
         """Nothing pruned: nothing is attached, the baseline bit for bit."""
-        return cls(ratio=0.0)
+        return cls(ratio=0.0, layers="all")
 
     def check_with(self, by_name: dict) -> None:
         if "reuse" in by_name:
@@ -178,7 +150,7 @@ class ATEDMHandle:
         self.layers = find_layers(ctx.unet)
         if not self.layers:
             raise ValueError("atedm: the UNet has no attention blocks (Transformer2DModel) to prune")
-        auto = auto_layers(ctx.layer_profile, config) if config.layers == "auto" else None
+        auto = auto_layers(ctx.layer_profile, config) if ctx.layer_profile is not None else None
         selected = chosen(config.layers, [layer.name for layer in self.layers], "atedm", auto)
         if selected is not None:
             self.layers = [layer for layer in self.layers if layer.name in selected]
@@ -238,7 +210,7 @@ class ATEDMHandle:
         if n == 0 or (probs is None and ranking != "random" and not from_qk):  # the ranking call was replaced
             return None
         if from_qk:
-            scores = self._scores_from_qk(layer, normed)
+            scores = rank_from_qk(layer.model.transformer_blocks[0].attn1, normed, self.config, self.log.latent_hw)
         elif ranking == "gwpr":
             scores = gwpr(probs[0], probs[1], iterations=self.config.iterations, damping=self.config.damping,
                           head_reduce=self.config.head_reduce)
@@ -268,18 +240,6 @@ class ATEDMHandle:
         if self._recording:
             self.log.record(layer.attn1, layer.name, pruning.keep, n_tokens)
         return pruning
-
-    def _scores_from_qk(self, layer: PruningLayer, normed: torch.Tensor) -> torch.Tensor:
-        """G-WPR from attn1's Q and K (rank_map pooled / streamed); attn1's own output came from the fused kernel."""
-        from analysis.probes._common import token_grid
-
-        attn, c = layer.model.transformer_blocks[0].attn1, self.config
-        query, key = attn.head_to_batch_dim(attn.to_q(normed)), attn.head_to_batch_dim(attn.to_k(normed))
-        if c.rank_map == "streamed":
-            return gwpr_streamed(query, key, attn.heads, attn.scale, c.iterations, c.damping, c.head_reduce)
-        grid = token_grid(normed.shape[1], self.log.latent_hw)
-        return gwpr_pooled(query, key, attn.heads, attn.scale, grid, c.rank_pool, c.iterations, c.damping,
-                           c.head_reduce)
 
     def _ranks_from_qk(self) -> bool:
         return self.config.ranking == "gwpr" and self.config.rank_map != "exact"
@@ -423,7 +383,12 @@ TECHNIQUE = Technique(
     config=ATEDMConfig,
     knobs=(Knob("ratio", "pruning ratio", "float", default=ATEDMConfig.ratio, low=0.0, high=0.9, step=0.01,
                 accept=(0.0, 1.0)),
-           Knob("dsap", "DSAP", "bool", default=ATEDMConfig.dsap, info="prune less in the early steps")),
+           Knob("dsap", "DSAP", "bool", default=ATEDMConfig.dsap, info="prune less in the early steps"),
+           Knob("rank_map", "G-WPR from", "choice", default=ATEDMConfig.rank_map,
+                choices=(("the explicit attention map (exact, the paper)", "exact"),
+                         ("pooled Q/K (approximate, attention stays fused)", "pooled"),
+                         ("streamed Q/K (exact, no N x N map, slow)", "streamed"))),
+           Knob("layers", "layers", "choice", default="auto", choices=LAYER_CHOICES, info=LAYERS_INFO)),
     build=lambda values, steps: ATEDMConfig(**values),
     cost=atedm_cost, summary=_summary,
     marks=lambda config, steps, model: {"ratio": float(config.ratio), "dsap": bool(config.dsap),

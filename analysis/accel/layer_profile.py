@@ -43,9 +43,27 @@ def cache_dir() -> Path:
     return Path(root) if root else Path.home() / ".cache" / "diffscope" / "layer_profiles"
 
 
-def wants_profile(config: Any) -> bool:
-    """A technique config that decides its layers from the profile (a declared `layers` field set to auto)."""
-    return getattr(config, "layers", None) == "auto"
+# A run whose latent has at most this many positions (the largest attention map's side: 256 = the embedded
+# model at 64 px) is not profiled: its maps cost little, a per-layer decision would follow timing noise, and
+# results shipped for the embedded model must not depend on one machine's timings. layers=auto is then every
+# layer. SD-class runs (256 px and up: 1,024 positions and more) are profiled.
+PROFILE_MIN_POSITIONS = 257
+
+
+def latent_side(pipe, size: int | None) -> int:
+    scale = getattr(pipe, "vae_scale_factor", 8)
+    return (size or int(pipe.unet.config.sample_size) * scale) // scale
+
+
+def profiled(pipe, size: int | None) -> bool:
+    """Whether layers=auto measures this run (see PROFILE_MIN_POSITIONS)."""
+    return latent_side(pipe, size) ** 2 >= PROFILE_MIN_POSITIONS
+
+
+def wants_profile(config: Any, pipe, size: int | None) -> bool:
+    """A technique config that decides its layers from the profile (a declared `layers` field set to auto),
+    in a run large enough to be profiled."""
+    return getattr(config, "layers", None) == "auto" and profiled(pipe, size)
 
 
 def profile_key(pipe, size: int | None, rows: int, attention: str) -> str:
@@ -53,9 +71,8 @@ def profile_key(pipe, size: int | None, rows: int, attention: str) -> str:
 
     unet = pipe.unet
     config_hash = hashlib.sha1(json.dumps(dict(unet.config), sort_keys=True, default=str).encode()).hexdigest()[:10]
-    scale = getattr(pipe, "vae_scale_factor", 8)
-    side = (size or int(unet.config.sample_size) * scale) // scale
     param = next(unet.parameters())
+    side = latent_side(pipe, size)
     return (f"{model_name(pipe)}-{config_hash}-{side}x{side}-b{rows}-{attention}-{param.device.type}-"
             f"{str(param.dtype).removeprefix('torch.')}-t{torch.get_num_threads()}").replace("/", "_")
 
@@ -160,6 +177,16 @@ def _seconds(fn, repeats: int = 3) -> float:
     return statistics.median(times)
 
 
+def _streamed_seconds(qk, heads: int, scale: float, iterations: int = 5) -> float:
+    from analysis.token_rank import gwpr_streamed
+
+    t0 = time.perf_counter()
+    q, k = qk()
+    gwpr_streamed(q, k, heads, scale, iterations=1)
+    one = time.perf_counter() - t0
+    return one * iterations
+
+
 def ranking_costs(unet, transformer_layers: dict, rows: int, latent_hw: tuple[int, int], pool: int = 2,
                   prune_ratio: float = 0.5) -> dict[str, dict]:
     """Per transformer layer: `rank_s` (one ranking of `rows` batch rows by each rank map, Q/K projections
@@ -168,7 +195,7 @@ def ranking_costs(unet, transformer_layers: dict, rows: int, latent_hw: tuple[in
     the layer's shapes: costs depend on shapes, not values."""
     from analysis.accel import prune
     from analysis.probes._common import token_grid
-    from analysis.token_rank import gwpr, gwpr_pooled, gwpr_streamed
+    from analysis.token_rank import gwpr, gwpr_pooled
 
     modules = dict(unet.named_modules())
     out = {}
@@ -195,15 +222,19 @@ def ranking_costs(unet, transformer_layers: dict, rows: int, latent_hw: tuple[in
                 "rank_s": {
                     "exact": _seconds(lambda: gwpr(probs, heads)),
                     "pooled": _seconds(lambda: gwpr_pooled(*qk(), heads, attn.scale, grid, pool)),
-                    "streamed": _seconds(lambda: gwpr_streamed(*qk(), heads, attn.scale), repeats=1),
+                    # streamed recomputes QK^T + softmax at each of its 5 iterations: one iteration timed, x 5
+                    # (timing all five, twice, took a minute per 4,096-token layer on a 2-core CPU)
+                    "streamed": _streamed_seconds(qk, heads, attn.scale),
                 },
                 "prune_s": _seconds(lambda: prune.restore(prune.prune(hidden, p := prune.plan(hidden, scores, n_prune)), p)),
             }
-            del probs
+            probs = None  # about 1 GB at 4,096 tokens: free it before the next layer
     return out
 
 
-LAYER_CHOICES = (("every layer (the paper's method)", "all"), ("auto: only where it saves time", "auto"))
+LAYER_CHOICES = (("auto: only where it saves time", "auto"), ("every layer (the papers' method)", "all"))
+LAYERS_INFO = ("auto: from a one-off profile of this model and size, only the layers where the technique saves "
+               "time net of its own overhead; every layer at 64 px (the embedded model)")
 
 
 def check_layers(value: Any, technique: str) -> None:
@@ -214,12 +245,11 @@ def check_layers(value: Any, technique: str) -> None:
 
 def chosen(value: str, available: list[str], technique: str, auto: "set[str] | None" = None) -> set[str] | None:
     """The layers a `layers` value selects among `available` (None = all of them); `auto` is the technique's
-    decision from the profile when value is "auto". Unknown names raise, listing what exists."""
-    if value == "all":
+    decision from the profile when value is "auto" (None: the model is not profiled, see `profiled`: every
+    layer). Unknown names raise, listing what exists."""
+    if value == "all" or (value == "auto" and auto is None):
         return None
     if value == "auto":
-        if auto is None:
-            raise ValueError(f"{technique}: layers=auto needs the layer profile, which the run did not get")
         return set(auto)
     names = {v.strip() for v in value.replace(",", "+").split("+") if v.strip()}
     unknown = sorted(names - set(available))

@@ -3,6 +3,24 @@
 DSAP (denoising-steps-aware pruning) leaves the first attention block of each down stage and the last of each
 up stage unpruned in the early steps; `find_layers` marks them and refuses a UNet whose attention blocks are
 not SD/SDXL-style (continuous input, BasicTransformerBlock with a plain self-attention first).
+
+Placement, per `Transformer2DModel` (attention block) of the UNet:
+- one transformer layer (SD 1.x/2.x): prune right after self-attention (attn1) inside the
+  `BasicTransformerBlock`, so cross-attention and the feed-forward run on the kept tokens; restore at the
+  end of the block, before `proj_out` and the ResNet that follows;
+- two or more layers (SDXL, the default model at 8x8): prune after the first block, so blocks 1..L-1 run on
+  the kept tokens; restore after the last block.
+The ranking uses the attn1 probabilities of the first block (the shared `analysis.token_rank.gwpr`, one
+function for the token-rank probe and this pruning), taken through the attention dispatcher. Because fused
+attention never exposes the map, with `rank_map="exact"` (default; the paper's "desired implementation"
+needs the same map) the pruning layers' attn1 runs as explicit softmax(QK^T). `rank_map="pooled"` or
+`"streamed"` (issue 20) leaves attn1 on the fused kernel and ranks from its Q and K without the N x N map
+(`token_rank.gwpr_pooled`, an approximation on a `rank_pool`-pooled grid; `gwpr_streamed`, exact, chunked).
+
+`layers`: "auto" (default: only the transformer layers where pruning saves time net of its own ranking, plan
+and copy-back, from the cached layer profile, analysis/accel/layer_profile.py; a layer left out runs
+untouched; every layer in runs too small to profile, layer_profile.PROFILE_MIN_POSITIONS), "all" (the paper) or layer
+names joined by '+'.
 """
 from __future__ import annotations
 
@@ -55,3 +73,18 @@ def find_layers(unet: torch.nn.Module) -> list[PruningLayer]:
     return layers
 
 
+
+
+def rank_from_qk(attn, normed: torch.Tensor, config, latent_hw) -> torch.Tensor:
+    """G-WPR scores (batch, N) from the Q and K of `attn` on its input `normed`, without its N x N map
+    (config.rank_map "pooled" or "streamed", see analysis/token_rank.py); attn's own output came from the
+    fused kernel."""
+    from analysis.probes._common import token_grid
+    from analysis.token_rank import gwpr_pooled, gwpr_streamed
+
+    c = config
+    query, key = attn.head_to_batch_dim(attn.to_q(normed)), attn.head_to_batch_dim(attn.to_k(normed))
+    if c.rank_map == "streamed":
+        return gwpr_streamed(query, key, attn.heads, attn.scale, c.iterations, c.damping, c.head_reduce)
+    grid = token_grid(normed.shape[1], latent_hw)
+    return gwpr_pooled(query, key, attn.heads, attn.scale, grid, c.rank_pool, c.iterations, c.damping, c.head_reduce)

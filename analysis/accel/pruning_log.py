@@ -147,3 +147,10 @@ def atedm_cost(config, counters: dict, profile: dict, steps: int, accel_steps: i
                   detail={"pruned_fraction": c.get("pruned_fraction"), "layers": per_layer},
                   note="linear in tokens; the paper's view does not subtract the ranking (explicit attn1, G-WPR) "
                        "or the gather/copy-back, the ideal does")
+
+
+def auto_layers(profile: dict, config) -> set[str]:
+    """layers=auto: the transformer layers whose pruning saves time net of its own overhead
+    (`pruning_saving_s` > 0) in the layer profile."""
+    return {name for name, layer in profile["transformer_layers"].items()
+            if layer.get("attn1_queries") and pruning_saving_s(layer, config, profile) > 0}

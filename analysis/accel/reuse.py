@@ -37,6 +37,12 @@ CFG half of the batch, a map cached from a [uncond; cond] step is averaged over 
 own gate-step cache. atedm and fastdiff (parallel=true) refuse reuse in their own `check_with`. A cached
 map whose token counts no longer match the call is not used (the call computes).
 
+Layers (issue 20): `layers="auto"` (default) reuses only in the attention modules where, from the cached layer
+profile of this model and size (analysis/accel/layer_profile.py), the R steps' saving exceeds the caching
+steps' explicit-attention cost (`module_saving_s`); in runs too small to profile (PROFILE_MIN_POSITIONS there:
+the embedded model at 64 px) it is every module, as "all" (the paper's method) always is. Module names joined
+by '+' choose by hand.
+
 Counters: maps_computed / maps_reused count in-scope attention calls (exactly r * L reused for r R steps on
 L in-scope modules), maps_cached the calls whose probabilities were materialised for a later R step.
 """
@@ -51,7 +57,7 @@ import torch
 from diffusers.models.attention_processor import Attention
 
 from analysis.accel import mean_at, row_fractions, saving
-from analysis.accel.layer_profile import LAYER_CHOICES, check_layers, chosen
+from analysis.accel.layer_profile import LAYER_CHOICES, LAYERS_INFO, check_layers, chosen
 from analysis.accel.reuse_policy import (SCOPES, default_reuse_steps, hurry_policy, load_phast, phast_file,
                                          phast_policy, searched_elsewhere, strided_policy)
 from analysis.accel.technique import Knob, Technique
@@ -87,7 +93,7 @@ class ReuseConfig:
     scope: str = "both"  # "self" | "cross" | "both"
     max_run: int = 2  # HURRY: no map reused more than max_run steps in a row
     map_dtype: str = "float32"  # how a cached map is kept: "float16" / "bfloat16" halve its memory (issue 20)
-    layers: str = "all"  # "all" | "auto" (only modules where reuse saves time, from the layer profile) | names
+    layers: str = "auto"  # "auto" (only modules where reuse saves time, from the layer profile) | "all" | names
 
     def __post_init__(self):
         if not isinstance(self.policy, str) or not self.policy.strip():
@@ -138,7 +144,7 @@ class ReuseConfig:
     @classmethod
     def off(cls, steps: int) -> "ReuseConfig":
         """All C: every map computed, none materialised; the baseline bit for bit."""
-        return cls(policy="C" * steps)
+        return cls(policy="C" * steps, layers="all")
 
     def check_with(self, by_name: dict) -> None:
         steps_cfg = by_name.get("steps")
@@ -168,7 +174,7 @@ class ReuseConfig:
             recorded = phast_file(model_name(ctx.pipe), ctx.clock.num_steps)
             ctx.on_step_end(_guidance_check(ctx.pipe, recorded))
         names = [n for n, m in ctx.unet.named_modules() if isinstance(m, Attention)]
-        auto = auto_modules(ctx.layer_profile, policy, self.scope) if self.layers == "auto" else None
+        auto = auto_modules(ctx.layer_profile, policy, self.scope) if ctx.layer_profile is not None else None
         handle = ReuseHandle(self, policy, chosen(self.layers, names, "reuse", auto))
         ctx.seam()  # the UNet seam advances the clock's step index, which the policy is indexed by
         handle.dispatcher = ctx.attention()
@@ -277,10 +283,8 @@ def module_saving_s(module: dict, policy: str) -> float:
             - cache_steps(policy) * (module["explicit_s"] - module["fused_s"]))
 
 
-def auto_modules(profile: dict | None, policy: str, scope: str) -> set[str]:
+def auto_modules(profile: dict, policy: str, scope: str) -> set[str]:
     """layers=auto: the in-scope attention modules whose `module_saving_s` is positive in the layer profile."""
-    if profile is None:
-        return set()
     kinds = ("self", "cross") if scope == "both" else (scope,)
     return {name for name, m in profile["attention_modules"].items()
             if m["kind"] in kinds and module_saving_s(m, policy) > 0}
@@ -332,10 +336,10 @@ def _build(values: dict, steps: int) -> ReuseConfig:
         text = values["custom"].strip().upper()
         if not text:
             raise ValueError("reuse: type a custom policy, one C (compute) or R (reuse) per step")
-        return ReuseConfig(policy=text, scope=scope)
+        return ReuseConfig(policy=text, scope=scope, layers=values["layers"])
     if policy == "strided":
-        return ReuseConfig(policy=strided_policy(steps, values["reuse_steps"]), scope=scope)
-    return ReuseConfig(policy=policy, reuse_steps=values["reuse_steps"], scope=scope)
+        return ReuseConfig(policy=strided_policy(steps, values["reuse_steps"]), scope=scope, layers=values["layers"])
+    return ReuseConfig(policy=policy, reuse_steps=values["reuse_steps"], scope=scope, layers=values["layers"])
 
 
 def _summary(c: dict) -> str:
@@ -374,6 +378,7 @@ TECHNIQUE = Technique(
                 info="a reading, not the paper's: HURRY gives no R count; default a third of the steps",
                 limit=lambda steps, values: max_reuse_steps(steps, values.get("policy", "hurry")), accept=(0, 1000)),
            Knob("scope", "scope", "choice", default="both", choices=tuple((s, s) for s in SCOPES), radio=True),
+           Knob("layers", "layers", "choice", default="auto", choices=LAYER_CHOICES, info=LAYERS_INFO),
            Knob("custom", "custom policy", "text", default="", placeholder="CCCCRCRR... one letter per step")),
     build=_build, cost=reuse_cost, summary=_summary, marks=_marks,
     strip=lambda marks, steps: [(f"reuse ({marks['scope']})", ["reuse" if c == "R" else "compute" for c in marks["policy"]],

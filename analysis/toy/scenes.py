@@ -3,10 +3,19 @@
 A scene is plain data (`Scene`), rendered deterministically by `render`, captioned by `caption`.
 `sample_scene(rng)` draws a scene from the training distribution; colour-shape pairs listed in
 `HELD_OUT_PAIRS` never appear in it, so prompts that use them test compositional generalisation.
+
+Worlds (issue 16, "a world where detail costs steps"). `WORLDS["flat"]` is the world every shipped model was
+trained on: one or two flat objects on a flat background (its random draws are unchanged, so its datasets are
+too). `WORLDS["detail"]` adds structure the caption does not state and a sampler must therefore invent and
+finish: up to three objects, each shaded by a linear light gradient in a random direction, on a background
+with a smooth random grain. Captions keep the same grammar ("... and ... and ..."), so tokenizer, judge text
+and scorer read them unchanged; grain and shading stay far below the scorer's foreground and palette
+thresholds (analysis/toy/detect.py). A scene carries its own detail (`Scene.grain_seed`, `SceneObject.shade`),
+so `render` stays a pure function of the scene.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 import numpy as np
@@ -56,6 +65,25 @@ TWO_OBJECT_PROB = 0.5
 
 
 @dataclass(frozen=True)
+class World:
+    """How scenes are drawn. object_counts: (threshold, n) pairs; a uniform draw below the first threshold it is
+    under gives n objects."""
+
+    name: str
+    object_counts: tuple[tuple[float, int], ...] = ((TWO_OBJECT_PROB, 2), (1.0, 1))
+    grain_std: float = 0.0  # background grain: standard deviation in RGB levels (0 = flat)
+    grain_sigma: float = 1.5  # its spatial smoothing (Gaussian sigma, pixels)
+    shading: float = 0.0  # object brightness varies by +- this fraction across the object
+
+
+WORLDS = {
+    "flat": World("flat"),
+    "detail": World("detail", object_counts=((0.3, 3), (0.65, 2), (1.0, 1)), grain_std=10.0, grain_sigma=1.5,
+                    shading=0.18),
+}
+
+
+@dataclass(frozen=True)
 class SceneObject:
     colour: str
     shape: str
@@ -63,6 +91,8 @@ class SceneObject:
     position: str
     dx: int = 0
     dy: int = 0
+    shade: float = 0.0  # brightness varies +- shade across the object, along shade_angle
+    shade_angle: float = 0.0  # radians; the light comes from this direction
 
     def phrase(self) -> str:
         return f"a {self.size} {self.colour} {self.shape} {POSITION_PHRASES[self.position]}"
@@ -72,6 +102,9 @@ class SceneObject:
 class Scene:
     objects: tuple[SceneObject, ...]
     background: str = "white"
+    grain_seed: int = 0  # background grain drawn from this seed
+    grain_std: float = 0.0  # 0: a flat background
+    grain_sigma: float = 1.5
 
 
 def caption(scene: Scene) -> str:
@@ -87,12 +120,12 @@ def vocabulary() -> list[str]:
     return list(dict.fromkeys(words))
 
 
-def _draw_object(draw: ImageDraw.ImageDraw, obj: SceneObject) -> None:
+def _draw_object(draw: ImageDraw.ImageDraw, obj: SceneObject, fill=None) -> None:
     cx, cy = POSITIONS[obj.position]
     cx, cy = cx + obj.dx, cy + obj.dy
     half = SIZES[obj.size] / 2
     box = (cx - half, cy - half, cx + half - 1, cy + half - 1)
-    fill = COLOURS[obj.colour]
+    fill = COLOURS[obj.colour] if fill is None else fill
     if obj.shape == "circle":
         draw.ellipse(box, fill=fill)
     elif obj.shape == "square":
@@ -109,7 +142,35 @@ def render(scene: Scene) -> np.ndarray:
     draw = ImageDraw.Draw(image)
     for obj in scene.objects:
         _draw_object(draw, obj)
-    return np.asarray(image, dtype=np.uint8).copy()
+    pixels = np.asarray(image, dtype=np.uint8).copy()
+    if scene.grain_std <= 0 and not any(o.shade for o in scene.objects):
+        return pixels  # the flat world: exactly what it always was
+    return _add_detail(scene, pixels)
+
+
+def _add_detail(scene: Scene, pixels: np.ndarray) -> np.ndarray:
+    """Grain on the background, shading on each object (painted in drawing order, so occlusion holds)."""
+    from scipy.ndimage import gaussian_filter
+
+    out = pixels.astype(np.float32)
+    owner = np.full(pixels.shape[:2], -1)
+    for i, obj in enumerate(scene.objects):
+        mask = Image.new("L", (IMAGE_SIZE, IMAGE_SIZE), 0)
+        _draw_object(ImageDraw.Draw(mask), obj, fill=255)
+        owner[np.asarray(mask) > 0] = i
+    if scene.grain_std > 0:
+        noise = gaussian_filter(np.random.default_rng(scene.grain_seed).standard_normal((IMAGE_SIZE, IMAGE_SIZE)),
+                                scene.grain_sigma)
+        out[owner < 0] += (noise / noise.std() * scene.grain_std)[owner < 0, None]
+    yy, xx = np.mgrid[0:IMAGE_SIZE, 0:IMAGE_SIZE].astype(np.float32)
+    for i, obj in enumerate(scene.objects):
+        if not obj.shade:
+            continue
+        cx, cy = POSITIONS[obj.position][0] + obj.dx, POSITIONS[obj.position][1] + obj.dy
+        along = ((xx - cx) * np.cos(obj.shade_angle) + (yy - cy) * np.sin(obj.shade_angle)) / (SIZES[obj.size] / 2)
+        factor = 1.0 - obj.shade * np.clip(along, -1.0, 1.0)
+        out[owner == i] *= factor[owner == i, None]
+    return np.clip(out.round(), 0, 255).astype(np.uint8)
 
 
 def sample_object(rng: np.random.Generator, position: str, allow_held_out: bool = False) -> SceneObject:
@@ -123,24 +184,30 @@ def sample_object(rng: np.random.Generator, position: str, allow_held_out: bool 
     return SceneObject(colour, shape, size, position, dx, dy)
 
 
-def sample_scene(rng: np.random.Generator, allow_held_out: bool = False) -> Scene:
-    n_objects = 2 if rng.random() < TWO_OBJECT_PROB else 1
+def sample_scene(rng: np.random.Generator, allow_held_out: bool = False, world: World = WORLDS["flat"]) -> Scene:
+    draw = rng.random()
+    n_objects = next((n for threshold, n in world.object_counts if draw < threshold), world.object_counts[-1][1])
     positions = rng.choice(list(POSITIONS), size=n_objects, replace=False)
     objects = []
     for position in positions:
         obj = sample_object(rng, str(position), allow_held_out)
         # Two objects of the same colour would make the caption ambiguous for the scorer.
-        while objects and obj.colour == objects[0].colour:
+        while any(obj.colour == other.colour for other in objects):
             obj = sample_object(rng, str(position), allow_held_out)
         objects.append(obj)
     background = str(rng.choice(list(BACKGROUNDS)))
-    return Scene(tuple(objects), background)
+    if world.grain_std <= 0 and world.shading <= 0:
+        return Scene(tuple(objects), background)  # the flat world draws nothing more
+    if world.shading > 0:
+        objects = [replace(o, shade=world.shading, shade_angle=float(rng.uniform(0, 2 * np.pi))) for o in objects]
+    return Scene(tuple(objects), background, grain_seed=int(rng.integers(2**31)), grain_std=world.grain_std,
+                 grain_sigma=world.grain_sigma)
 
 
-def sample_dataset(n: int, seed: int) -> tuple[np.ndarray, list[str], list[Scene]]:
-    """n training scenes: images (n, 64, 64, 3) uint8, captions, scenes. Deterministic in seed."""
+def sample_dataset(n: int, seed: int, world: str = "flat") -> tuple[np.ndarray, list[str], list[Scene]]:
+    """n training scenes of `world`: images (n, 64, 64, 3) uint8, captions, scenes. Deterministic in seed."""
     rng = np.random.default_rng(seed)
-    scenes = [sample_scene(rng) for _ in range(n)]
+    scenes = [sample_scene(rng, world=WORLDS[world]) for _ in range(n)]
     images = np.stack([render(s) for s in scenes])
     return images, [caption(s) for s in scenes], scenes
 
@@ -186,9 +253,11 @@ def parse_caption(text: str) -> list[dict[str, str]]:
     return objects
 
 
-def caption_scene(caption: str, background: str = "white", rng: np.random.Generator | None = None) -> Scene:
+def caption_scene(caption: str, background: str = "white", rng: np.random.Generator | None = None,
+                  world: World = WORLDS["flat"]) -> Scene:
     """The scene a shapes-world caption describes (every attribute stated); with `rng`, each object gets the
-    training distribution's position jitter, otherwise none."""
+    training distribution's position jitter (and, in a world with detail, its grain and shading), otherwise
+    none."""
     objects = []
     for obj in parse_caption(caption):
         jitter = (0, 0) if rng is None else tuple(int(v) for v in rng.integers(-JITTER_PX, JITTER_PX + 1, 2))
@@ -198,17 +267,21 @@ def caption_scene(caption: str, background: str = "white", rng: np.random.Genera
         objects.append(SceneObject(obj["colour"], obj["shape"], obj["size"], obj["position"], *jitter))
     if not objects:
         raise ValueError(f"caption {caption!r} describes no object of the shapes world")
-    return Scene(tuple(objects), background)
+    if rng is None or (world.grain_std <= 0 and world.shading <= 0):
+        return Scene(tuple(objects), background)
+    objects = [replace(o, shade=world.shading, shade_angle=float(rng.uniform(0, 2 * np.pi))) for o in objects]
+    return Scene(tuple(objects), background, grain_seed=int(rng.integers(2**31)), grain_std=world.grain_std,
+                 grain_sigma=world.grain_sigma)
 
 
-def caption_scenes(captions: Sequence[str], per_caption: int = 4, seed: int = 0) -> list[Scene]:
-    """`per_caption` scenes of each caption, with the background and position jitter the caption leaves open
-    drawn as in training (deterministic in seed)."""
+def caption_scenes(captions: Sequence[str], per_caption: int = 4, seed: int = 0, world: str = "flat") -> list[Scene]:
+    """`per_caption` scenes of each caption, with the background, position jitter (and the world's detail) the
+    caption leaves open drawn as in training (deterministic in seed)."""
     rng = np.random.default_rng(seed)
-    return [caption_scene(text, str(rng.choice(list(BACKGROUNDS))), rng)
+    return [caption_scene(text, str(rng.choice(list(BACKGROUNDS))), rng, WORLDS[world])
             for text in captions for _ in range(per_caption)]
 
 
-def true_renders(captions: Sequence[str], per_caption: int = 4, seed: int = 0) -> np.ndarray:
+def true_renders(captions: Sequence[str], per_caption: int = 4, seed: int = 0, world: str = "flat") -> np.ndarray:
     """Renders of `caption_scenes`: the reference set."""
-    return np.stack([render(s) for s in caption_scenes(captions, per_caption, seed)])
+    return np.stack([render(s) for s in caption_scenes(captions, per_caption, seed, world)])

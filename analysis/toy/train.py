@@ -72,8 +72,11 @@ class TrainConfig:
     text_encoder: str = "joint"
     text_encoder_from: str = "assets/shapes-clip"
     vae_from: str | None = None
+    world: str = "flat"  # analysis.toy.scenes.WORLDS: "detail" adds grain, shading and a third object (issue 16)
 
     def __post_init__(self):
+        if self.world not in scenes.WORLDS:
+            raise ValueError(f"world must be one of {', '.join(scenes.WORLDS)}, got {self.world!r}")
         if self.text_encoder not in TEXT_ENCODERS:
             raise ValueError(f"text_encoder must be one of {', '.join(TEXT_ENCODERS)}, got {self.text_encoder!r}")
         for name in ("vae_steps", "unet_steps", "n_scenes", "batch", "vae_batch", "checkpoint_every", "export_every"):
@@ -90,6 +93,15 @@ def text_encoder_kind(model_dir) -> str | None:
     if not recipe_file.exists():
         return None
     return json.loads(recipe_file.read_text()).get("recipe", {}).get("text_encoder", "joint")
+
+
+def world_of(model_dir) -> str:
+    """The scenes a model folder was trained on (its recipe's `world`; "flat" for older recipes and folders
+    without one)."""
+    recipe_file = Path(model_dir) / "training.json"
+    if not recipe_file.exists():
+        return "flat"
+    return json.loads(recipe_file.read_text()).get("recipe", {}).get("world", "flat")
 
 
 def text_encoder_variant(joint: CLIPTextModel, kind: str, source: str | None = None) -> CLIPTextModel:
@@ -210,7 +222,7 @@ def train(cfg: TrainConfig) -> Path:
     work.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(work / "tokenizer")
 
-    images, captions, _ = scenes.sample_dataset(cfg.n_scenes, seed=cfg.seed)
+    images, captions, _ = scenes.sample_dataset(cfg.n_scenes, seed=cfg.seed, world=cfg.world)
     vae, latents = _latent_pool(cfg, images, work)
     ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
     empty_ids = tokenizer([""], padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt").input_ids
