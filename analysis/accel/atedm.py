@@ -341,7 +341,6 @@ class ATEDMHandle:
             "events_per_step": list(self.events_per_step),
             "layers": {layer.name: {"tokens_total": layer.tokens_total, "tokens_pruned": layer.tokens_pruned}
                        for layer in self.layers},
-            "layer_choice": self.config.layers,
         }
 
     def signals(self) -> dict[str, Any]:

@@ -266,7 +266,7 @@ class ReuseHandle(AttentionPlugin, HandleBase):
             "maps_computed": self.computed,
             "maps_reused": self.reused,
             "maps_cached": self.cached,
-            "layers": self.config.layers,
+            # only where auto or names chose a subset, so counters of every-layer runs stay as they were
             **({"selected": sorted(self.selected)} if self.selected is not None else {}),
         }
 
