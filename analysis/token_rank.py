@@ -53,14 +53,7 @@ def gwpr(
     """
     if probs.ndim != 3 or probs.shape[1] != probs.shape[2]:
         raise ValueError(f"gwpr needs square self-attention maps (batch*heads, N, N), got shape {tuple(probs.shape)}")
-    if heads < 1 or probs.shape[0] % heads:
-        raise ValueError(f"gwpr: {probs.shape[0]} attention rows are not a multiple of heads={heads}")
-    if iterations < 0:
-        raise ValueError(f"gwpr: iterations must be non-negative, got {iterations}")
-    if not 0.0 <= damping <= 1.0:
-        raise ValueError(f"gwpr: damping must be between 0 and 1, got {damping}")
-    if head_reduce not in HEAD_REDUCTIONS:
-        raise ValueError(f"gwpr: head_reduce must be one of {', '.join(HEAD_REDUCTIONS)}, got {head_reduce!r}")
+    _check_parameters(probs.shape[0], heads, iterations, damping, head_reduce)
     rows, n, _ = probs.shape
     compute_dtype = probs.dtype if probs.is_floating_point() else torch.float32
     a = probs.to(compute_dtype)
@@ -77,10 +70,18 @@ def _check_qk(query: torch.Tensor, key: torch.Tensor, heads: int, iterations: in
     if query.ndim != 3 or query.shape != key.shape:
         raise ValueError(f"gwpr needs self-attention Q and K of one shape (batch*heads, N, d), got "
                          f"{tuple(query.shape)} and {tuple(key.shape)}")
-    if heads < 1 or query.shape[0] % heads:
-        raise ValueError(f"gwpr: {query.shape[0]} attention rows are not a multiple of heads={heads}")
-    if iterations < 0 or not 0.0 <= damping <= 1.0 or head_reduce not in HEAD_REDUCTIONS:
-        raise ValueError(f"gwpr: bad iterations={iterations}, damping={damping} or head_reduce={head_reduce!r}")
+    _check_parameters(query.shape[0], heads, iterations, damping, head_reduce)
+
+
+def _check_parameters(rows: int, heads: int, iterations: int, damping: float, head_reduce: str) -> None:
+    if heads < 1 or rows % heads:
+        raise ValueError(f"gwpr: {rows} attention rows are not a multiple of heads={heads}")
+    if iterations < 0:
+        raise ValueError(f"gwpr: iterations must be non-negative, got {iterations}")
+    if not 0.0 <= damping <= 1.0:
+        raise ValueError(f"gwpr: damping must be between 0 and 1, got {damping}")
+    if head_reduce not in HEAD_REDUCTIONS:
+        raise ValueError(f"gwpr: head_reduce must be one of {', '.join(HEAD_REDUCTIONS)}, got {head_reduce!r}")
 
 
 def _softmax_rows(query: torch.Tensor, key: torch.Tensor, scale: float) -> torch.Tensor:

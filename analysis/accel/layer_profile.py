@@ -5,12 +5,12 @@ them: at 512 px on SD 1.5 an explicit map costs 3.9x the fused call, concentrate
 self-attention of the first down and last up blocks. There the technique's own overhead exceeds what it
 saves, while in the 1,024-token and smaller layers it pays. `layers="auto"` (reuse, atedm) applies the
 technique only in layers whose measured saving, overhead included, is positive; the decision is each
-technique's (`reuse.auto_modules`, `atedm.auto_layers`), made from this profile.
+technique's (`reuse.auto_modules`, `pruning_log.auto_layers`), made from this profile.
 
 What is measured (`measure`): one UNet call's real inputs at the run's size (a 1-step generation stopped at
-the UNet, nothing decoded), then `analysis.eval.profile.unet_breakdown` on them: fused and explicit
+the UNet, nothing decoded), then `analysis.eval.profile.unet_profile` on them (the bench's own): fused and explicit
 attention passes, alternating, with every attention module's parts timed (fused_s, explicit_s,
-reuse_step_explicit_s) and every transformer layer's post-pruning work; then `ranking_costs`: per
+reuse_step_explicit_s) and every transformer layer's post-pruning work; then `add_ranking_costs`: per
 transformer layer, the seconds of one AT-EDM ranking by each `rank_map` (exact G-WPR on the explicit map,
 pooled, streamed) and of one plan + gather + copy-back.
 
@@ -43,8 +43,8 @@ def cache_dir() -> Path:
     return Path(root) if root else Path.home() / ".cache" / "diffscope" / "layer_profiles"
 
 
-# A run whose latent has at most this many positions (the largest attention map's side: 256 = the embedded
-# model at 64 px) is not profiled: its maps cost little, a per-layer decision would follow timing noise, and
+# A run whose latent has fewer positions than this (the embedded model at 64 px has 16 x 16 = 256) is not
+# profiled: its maps cost little, a per-layer decision would follow timing noise, and
 # results shipped for the embedded model must not depend on one machine's timings. layers=auto is then every
 # layer. SD-class runs (256 px and up: 1,024 positions and more) are profiled.
 PROFILE_MIN_POSITIONS = 257
@@ -118,33 +118,20 @@ class _CaptureUNetInputs:
 
     def attach(self, ctx):
         from analysis.eval.timing import clone
+        from analysis.plugins import HandleBase
 
         def pre(module, args, kwargs):
             self.inputs = (clone(args), clone(kwargs))
             raise _Captured
 
-        hook = ctx.unet.register_forward_pre_hook(pre, with_kwargs=True)
-        return _Detach(hook)
-
-
-class _Detach:
-    def __init__(self, hook):
-        self.hook = hook
-
-    def detach(self):
-        self.hook.remove()
-
-    def counters(self):
-        return {}
-
-    def signals(self):
-        return {}
+        ctx.stack.callback(ctx.unet.register_forward_pre_hook(pre, with_kwargs=True).remove)
+        return HandleBase()
 
 
 def measure(pipe, run_config, calls: int = 2) -> dict:
     """Measure the profile now (see the module doc); a few UNet calls at the run's size."""
-    from analysis.eval.profile import unet_breakdown
-    from analysis.run import run_once, use_attention_backend
+    from analysis.eval.profile import unet_profile
+    from analysis.run import run_once
 
     capture = _CaptureUNetInputs()
     plain = dataclasses.replace(run_config, accel=(), probes=(), repeats=1, warmup=False)
@@ -153,17 +140,11 @@ def measure(pipe, run_config, calls: int = 2) -> dict:
     if capture.inputs is None:
         raise RuntimeError("layer profile: the pipeline never called the UNet")
     t0 = time.perf_counter()
-    with contextlib.ExitStack() as stack:
-        use_attention_backend(pipe, run_config.attention, stack)
-        unet = unet_breakdown(pipe.unet, capture.inputs, calls)
-        rows = int(capture.inputs[0][0].shape[0])
-        latent_hw = tuple(int(v) for v in capture.inputs[0][0].shape[-2:])
-        costs = ranking_costs(pipe.unet, unet["transformer_layers"], rows, latent_hw)
-    for name, layer in unet["transformer_layers"].items():
-        layer.update(costs.get(name, {}))
+    unet = unet_profile(pipe, capture.inputs, calls, run_config.attention)
+    sample = capture.inputs[0][0]
     return {"attention_modules": unet["attention_modules"], "transformer_layers": unet["transformer_layers"],
             "unet_call_s": unet["unet_call_s"], "unet_call_explicit_s": unet["unet_call_explicit_s"],
-            "batch_rows": rows, "latent_hw": list(latent_hw), "calls_per_pass": calls,
+            "batch_rows": int(sample.shape[0]), "latent_hw": [int(v) for v in sample.shape[-2:]], "calls_per_pass": calls,
             "measured_s": time.perf_counter() - t0}
 
 
@@ -187,9 +168,9 @@ def _streamed_seconds(qk, heads: int, scale: float, iterations: int = 5) -> floa
     return one * iterations
 
 
-def ranking_costs(unet, transformer_layers: dict, rows: int, latent_hw: tuple[int, int], pool: int = 2,
-                  prune_ratio: float = 0.5) -> dict[str, dict]:
-    """Per transformer layer: `rank_s` (one ranking of `rows` batch rows by each rank map, Q/K projections
+def add_ranking_costs(unet, transformer_layers: dict, rows: int, latent_hw: tuple[int, int], pool: int = 2,
+                      prune_ratio: float = 0.5) -> None:
+    """Adds to each transformer layer of a profile (in place): `rank_s` (one ranking of `rows` batch rows by each rank map, Q/K projections
     included where the map is not the attention call's own) and `prune_s` (plan + gather + copy-back at
     `prune_ratio`, where the pairing's pruned x kept similarity is largest). Inputs are random tensors of
     the layer's shapes: costs depend on shapes, not values."""
@@ -198,10 +179,9 @@ def ranking_costs(unet, transformer_layers: dict, rows: int, latent_hw: tuple[in
     from analysis.token_rank import gwpr, gwpr_pooled
 
     modules = dict(unet.named_modules())
-    out = {}
     generator = torch.Generator().manual_seed(0)
     with torch.inference_mode():
-        for name, layer in transformer_layers.items():
+        for layer in transformer_layers.values():
             attn = modules[layer["attn1"]]
             n = layer.get("attn1_queries")
             if not n:
@@ -218,7 +198,7 @@ def ranking_costs(unet, transformer_layers: dict, rows: int, latent_hw: tuple[in
             probs = torch.softmax(torch.bmm(q, k.transpose(1, 2)) * attn.scale, dim=-1)
             n_prune = int(prune_ratio * n)
             scores = torch.rand(rows, n, generator=generator).to(device)
-            out[name] = {
+            layer.update({
                 "rank_s": {
                     "exact": _seconds(lambda: gwpr(probs, heads)),
                     "pooled": _seconds(lambda: gwpr_pooled(*qk(), heads, attn.scale, grid, pool)),
@@ -227,9 +207,8 @@ def ranking_costs(unet, transformer_layers: dict, rows: int, latent_hw: tuple[in
                     "streamed": _streamed_seconds(qk, heads, attn.scale),
                 },
                 "prune_s": _seconds(lambda: prune.restore(prune.prune(hidden, p := prune.plan(hidden, scores, n_prune)), p)),
-            }
+            })
             probs = None  # about 1 GB at 4,096 tokens: free it before the next layer
-    return out
 
 
 LAYER_CHOICES = (("auto: only where it saves time", "auto"), ("every layer (the papers' method)", "all"))

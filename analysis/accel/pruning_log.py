@@ -125,7 +125,7 @@ def atedm_cost(config, counters: dict, profile: dict, steps: int, accel_steps: i
     i.e. attn2 + FF + norms; multi-layer: the blocks after the first) x the run's UNet calls. Linear in tokens
     (the quadratic self-attention of later blocks is under-counted) and, in the ideal, minus nothing: the
     paper's FLOPs view. Expected (the bench's ideal) also subtracts, per pruning call, `ranking_overhead_s`
-    (measured by `analysis.accel.layer_profile.ranking_costs` where the profile has it)."""
+    (measured by `analysis.accel.layer_profile.add_ranking_costs` where the profile has it)."""
     c = counters.get("atedm", {})
     ideal = expected = 0.0
     per_layer = {}

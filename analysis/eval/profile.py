@@ -304,6 +304,22 @@ def _transformer_layers(t2d: dict, fused: dict, queries: dict, per_module: dict)
     return layers
 
 
+def unet_profile(pipe, inputs, calls: int, attention: str) -> dict:
+    """`unet_breakdown` on one UNet call's `inputs` under the run's attention backend ("fused" there is that
+    backend: under attention=explicit the baseline's attention is explicit), each transformer layer with its
+    AT-EDM ranking costs (`layer_profile.add_ranking_costs`). Shared by the bench and the layer profile."""
+    from analysis.accel.layer_profile import add_ranking_costs
+    from analysis.run import use_attention_backend
+
+    with contextlib.ExitStack() as stack:
+        use_attention_backend(pipe, attention, stack)
+        unet = unet_breakdown(pipe.unet, inputs, calls)
+        sample = inputs[0][0]
+        add_ranking_costs(pipe.unet, unet["transformer_layers"], int(sample.shape[0]),
+                          tuple(int(v) for v in sample.shape[-2:]))
+    return unet
+
+
 def breakdown(pipe, config, steps: int, calls: int, log: Callable[[str], None] = _quiet) -> dict:
     """The profile: pipeline shares at `steps` steps, then `calls` timed UNet calls per pass (see module doc)."""
     log("breakdown: pipeline pass (coarse hooks)")
@@ -312,17 +328,7 @@ def breakdown(pipe, config, steps: int, calls: int, log: Callable[[str], None] =
         raise RuntimeError("bench: the pipeline never called the UNet")
     log(f"breakdown: pipeline {pipeline['total_s']:.3f}s, UNet share {pipeline['shares']['unet']:.3f}; "
          f"UNet passes (fused / explicit attention, {calls} calls each)")
-    from analysis.accel.layer_profile import ranking_costs
-    from analysis.run import use_attention_backend
-
-    with contextlib.ExitStack() as stack:
-        # "fused" below is the run's own backend: under attention=explicit the baseline's attention is explicit
-        use_attention_backend(pipe, getattr(config, "attention", "fused"), stack)
-        unet = unet_breakdown(pipe.unet, inputs, calls)
-        sample = inputs[0][0]
-        costs = ranking_costs(pipe.unet, unet["transformer_layers"], int(sample.shape[0]), tuple(sample.shape[-2:]))
-    for name, layer in unet["transformer_layers"].items():
-        layer.update(costs.get(name, {}))
+    unet = unet_profile(pipe, inputs, calls, config.attention)
     unet["pipeline"] = pipeline
     unet["unet_batch_rows"] = int(inputs[0][0].shape[0]) if inputs[0] else None
     unet["bounds"] = _bounds(unet, steps)

@@ -195,9 +195,14 @@ def sample_scene(rng: np.random.Generator, allow_held_out: bool = False, world: 
         while any(obj.colour == other.colour for other in objects):
             obj = sample_object(rng, str(position), allow_held_out)
         objects.append(obj)
-    background = str(rng.choice(list(BACKGROUNDS)))
+    return _scene(objects, str(rng.choice(list(BACKGROUNDS))), rng, world)
+
+
+def _scene(objects, background: str, rng: np.random.Generator, world: World) -> Scene:
+    """The scene, with the world's unstated detail (shading, grain) drawn from `rng`; the flat world draws
+    nothing more, so its scenes and datasets stay what they were."""
     if world.grain_std <= 0 and world.shading <= 0:
-        return Scene(tuple(objects), background)  # the flat world draws nothing more
+        return Scene(tuple(objects), background)
     if world.shading > 0:
         objects = [replace(o, shade=world.shading, shade_angle=float(rng.uniform(0, 2 * np.pi))) for o in objects]
     return Scene(tuple(objects), background, grain_seed=int(rng.integers(2**31)), grain_std=world.grain_std,
@@ -267,11 +272,7 @@ def caption_scene(caption: str, background: str = "white", rng: np.random.Genera
         objects.append(SceneObject(obj["colour"], obj["shape"], obj["size"], obj["position"], *jitter))
     if not objects:
         raise ValueError(f"caption {caption!r} describes no object of the shapes world")
-    if rng is None or (world.grain_std <= 0 and world.shading <= 0):
-        return Scene(tuple(objects), background)
-    objects = [replace(o, shade=world.shading, shade_angle=float(rng.uniform(0, 2 * np.pi))) for o in objects]
-    return Scene(tuple(objects), background, grain_seed=int(rng.integers(2**31)), grain_std=world.grain_std,
-                 grain_sigma=world.grain_sigma)
+    return Scene(tuple(objects), background) if rng is None else _scene(objects, background, rng, world)
 
 
 def caption_scenes(captions: Sequence[str], per_caption: int = 4, seed: int = 0, world: str = "flat") -> list[Scene]:
