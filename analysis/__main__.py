@@ -57,8 +57,9 @@ def _add_train(sub):
                    help="with --text-encoder judge: whose CLIP text tower, frozen (default assets/shapes-clip)")
     p.add_argument("--vae-from", metavar="MODEL_DIR",
                    help="reuse this model's autoencoder instead of training one (text-side variants)")
-    p.add_argument("--world", choices=["flat", "detail"],
-                   help="the scenes trained on (default flat; detail: grain, shading, up to three objects)")
+    p.add_argument("--world", choices=["flat", "detail", "tiles"],
+                   help="the scenes trained on (default flat; detail: grain, shading, up to three objects; "
+                        "tiles: shading, up to three objects, a 4 px tiled texture; analysis.toy.scenes.WORLDS)")
 
 
 def _add_train_judge(sub):

@@ -50,4 +50,11 @@ step 13 atedm-fairness $PY -m benchmarks.atedm_fairness --prompts 30 --seeds 0 -
 if [[ -n "${TGATE_PY:-}" ]]; then
   step 14 crosscheck-tgate "$TGATE_PY" benchmarks/crosscheck_tgate.py --model default --json docs/results/crosscheck_tgate_default.json
 fi
+# 15-17: DeepCache against step reduction at equal latency, and against the DeepCache 0.1.1 package where it is
+# installed (the sweep's peer rows need it too)
+step 15 sweep-deepcache $PY -m analysis sweep --grid "deepcache,steps,tg8=tgate:gate_step=8,tg8-dc3=tgate:gate_step=8&deepcache:cache_interval=3,tg8-dc5=tgate:gate_step=8&deepcache:cache_interval=5" --limit-prompts 10 --seeds 0,1 --steps 20 --out $RUNS/deepcache-20 --threads 2 --no-figures
+step 16 merge-deepcache $PY -m analysis sweep --out $RUNS/deepcache-20 --merge --ship --ship-as deepcache-20
+if $PY -c "import DeepCache" 2>/dev/null; then
+  step 17 crosscheck-deepcache $PY -m benchmarks.crosscheck_deepcache --prompts 6 --rounds 3 --settings 3:0,5:0 --json docs/results/crosscheck_deepcache.json
+fi
 echo "reship done" >&2

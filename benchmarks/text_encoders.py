@@ -122,9 +122,7 @@ def step_cost(pipe, captions: list[str], seeds: list[int], guidance: float, full
     for caption in captions:
         for seed in seeds:
             for steps in (full_steps, half_steps):
-                out = pipe(caption, num_inference_steps=steps, guidance_scale=guidance, output_type="np",
-                           generator=torch.Generator().manual_seed(seed)).images[0]
-                images[steps].append((np.clip(out, 0, 1) * 255).round().astype(np.uint8))
+                images[steps].append(_generate(pipe, caption, steps, guidance, seed))
     psnrs = [psnr(f, h) for f, h in zip(images[full_steps], images[half_steps])]
     judge, processor = load_judge()
     labels = [c for c in captions for _ in seeds]
@@ -141,6 +139,23 @@ def step_cost(pipe, captions: list[str], seeds: list[int], guidance: float, full
             "kid_full_vs_renders": paired.estimate("kid", "full", "renders", n_bootstrap).as_dict(),
             "kid_half_vs_renders": paired.estimate("kid", "half", "renders", n_bootstrap).as_dict(),
             "kid_half_minus_full": paired.paired_difference("kid", "half", "full", "renders", n_bootstrap).as_dict()}
+
+
+def step_pairs(pipe, captions: list[str], full_steps: int, guidance: float, seed: int = 0) -> list[tuple]:
+    """(full-step image, half-step image, PSNR) per caption, the same seed for both."""
+    from analysis.metrics import psnr
+
+    pairs = []
+    for caption in captions:
+        full, half = (_generate(pipe, caption, steps, guidance, seed) for steps in (full_steps, full_steps // 2))
+        pairs.append((full, half, psnr(full, half)))
+    return pairs
+
+
+def _generate(pipe, caption: str, steps: int, guidance: float, seed: int) -> np.ndarray:
+    out = pipe(caption, num_inference_steps=steps, guidance_scale=guidance, output_type="np",
+               generator=torch.Generator().manual_seed(seed)).images[0]
+    return (np.clip(out, 0, 1) * 255).round().astype(np.uint8)
 
 
 def interleaved_latency(pipes: dict, steps: int, guidance: float, rounds: int) -> dict[str, list[float]]:
@@ -204,6 +219,10 @@ def main(argv=None) -> int:
     parser.add_argument("--figure", default=None, help="also write a PNG of each word's map per model here")
     parser.add_argument("--figure-prompt", default="a large red circle on the left")
     parser.add_argument("--figure-only", action="store_true", help="only the figure (no measurements)")
+    parser.add_argument("--steps-figure", default=None,
+                        help="also write a PNG of full- vs half-step images per model (the first --steps-figure-n "
+                             "cost prompts, seed 0)")
+    parser.add_argument("--steps-figure-n", type=int, default=4)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -222,9 +241,16 @@ def main(argv=None) -> int:
         for model, pipe in pipes.items():
             print(f"{model}: cosine of each word's state to its word alone "
                   f"{dict(zip(args.figure_prompt.split(), own_word_cosine(pipe, args.figure_prompt)))}")
-        if args.figure_only:
-            return 0
     captions = read_prompts(args.cost_prompts)
+    if args.steps_figure:
+        from viz.grid import step_pairs_figure
+
+        rows = [{"label": Path(m).name, "pairs": step_pairs(pipe, captions[:args.steps_figure_n], args.steps,
+                                                            args.guidance)} for m, pipe in pipes.items()]
+        step_pairs_figure(rows, title=f"{args.steps} against {args.steps // 2} DDIM steps, seed 0, guidance "
+                                      f"{args.guidance:g}").savefig(args.steps_figure, dpi=110)
+    if args.figure_only:
+        return 0
     seeds = [int(x) for x in args.cost_seeds.split(",")]
     report: dict = {"steps": args.steps, "guidance": args.guidance, "prompts_per_split": args.prompts,
                     "signal_prompts": args.signal_prompts, "binding_prompts": args.binding_prompts,

@@ -147,10 +147,11 @@ def test_every_accepted_size_is_scored_on_the_canvas(size):
         assert all(0 <= v <= scenes.IMAGE_SIZE for v in obj["bbox"])  # canvas coordinates
 
 
-def test_the_detail_worlds_renders_are_scored_correct():
-    """Issue 16's world: grain, shading and up to three objects stay within what the scorer reads."""
+@pytest.mark.parametrize("world", ["detail", "tiles"])
+def test_the_detail_worlds_renders_are_scored_correct(world):
+    """Issue 16's worlds: grain or tiles, shading and up to three objects stay within what the scorer reads."""
     rng = np.random.default_rng(16)
-    scene_list = [scenes.sample_scene(rng, allow_held_out=bool(i % 2), world=scenes.WORLDS["detail"])
+    scene_list = [scenes.sample_scene(rng, allow_held_out=bool(i % 2), world=scenes.WORLDS[world])
                   for i in range(200)]
     assert {len(s.objects) for s in scene_list} == {1, 2, 3}
     images, prompts = _renders(scene_list)

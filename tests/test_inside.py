@@ -294,16 +294,18 @@ def test_reading_note_names_the_recipe_of_a_trained_model(tmp_path):
 
     from ui.inside import reading_note
 
-    def pipe(kind):
-        folder = tmp_path / kind
+    def pipe(kind, world="flat"):
+        folder = tmp_path / f"{kind}-{world}"
         folder.mkdir()
-        (folder / "training.json").write_text(json.dumps({"recipe": {"text_encoder": kind}}))
+        (folder / "training.json").write_text(json.dumps({"recipe": {"text_encoder": kind, "world": world}}))
         return SimpleNamespace(text_encoder=SimpleNamespace(config=SimpleNamespace(num_hidden_layers=3)),
                                config=SimpleNamespace(_name_or_path=str(folder)))
 
     note = reading_note(pipe("judge"))
-    assert "CLIP text tower" in note and "frozen" in note
+    assert "CLIP text tower" in note and "frozen" in note and "no caption states" not in note
     assert "trained jointly with the UNet" in reading_note(pipe("joint"))
+    tiles = reading_note(pipe("embeddings", "tiles"))  # a world with unstated detail says what it draws
+    assert "4 px cells" in tiles and "no caption states" in tiles
 
 
 def test_a_step_that_computed_no_attention_shows_the_map_the_unet_used(full_run):

@@ -1,6 +1,8 @@
 """The shapes world: renderer, captions, tokenizer, the training command, the shipped default model."""
 import json
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -196,3 +198,23 @@ def test_the_detail_world_adds_unstated_detail_and_leaves_the_flat_world_alone()
         from analysis.toy.train import TrainConfig
 
         TrainConfig(world="nowhere")
+
+
+def test_the_tiles_world_darkens_whole_cells_and_states_none_of_it():
+    world = scenes.WORLDS["tiles"]
+    images, captions, scene_list = scenes.sample_dataset(40, seed=6, world="tiles")
+    assert all(s.grain_std == 0 and s.tile_strength == world.tile_strength for s in scene_list)
+    dark_shares = []
+    for image, scene, text in zip(images, scene_list, captions):
+        assert scenes.parse_caption(text) == [dict(colour=o.colour, shape=o.shape, size=o.size, position=o.position)
+                                              for o in scene.objects]
+        plain = scenes.render(replace(scene, tile_strength=0.0)).astype(float)
+        ratio = image.astype(float) / np.maximum(plain, 1.0)
+        cells = ratio.reshape(16, 4, 16, 4, 3)[..., 0].transpose(0, 2, 1, 3).reshape(16, 16, 16)
+        red = plain.reshape(16, 4, 16, 4, 3)[..., 0].transpose(0, 2, 1, 3).reshape(16, 16, 16)
+        bright = (red > 100) & (red < 250)  # clear of rounding error and of the clip at 255 (shading can exceed it)
+        for cell, lit in zip(cells.reshape(256, 16), bright.reshape(256, 16)):
+            if lit.all():  # a cell is either untouched or darkened by tile_strength throughout (rounding aside)
+                assert np.allclose(cell, cell[0], atol=0.02) and min(abs(cell[0] - 1), abs(cell[0] - 0.85)) < 0.02
+        dark_shares.append(float((cells[..., 0] < 0.93).mean()))
+    assert abs(np.mean(dark_shares) - world.tile_prob) < 0.05

@@ -26,7 +26,21 @@ SIDES = (("0-full", "full compute"), ("1-accel", "accelerated"))
 
 def reading_note(pipe) -> str:
     """How to read this model's cross-attention maps, from what its text encoder does with a caption (and, for
-    a model trained by `analysis train-default`, from its recipe)."""
+    a model trained by `analysis train-default`, from its recipe: its text side and its world)."""
+    note = _text_encoder_note(pipe)
+    folder = getattr(getattr(pipe, "config", None), "_name_or_path", None)
+    if note and folder:
+        from analysis.toy.scenes import WORLDS
+        from analysis.toy.train import text_encoder_kind, world_of
+
+        world = WORLDS.get(world_of(folder)) if text_encoder_kind(folder) else None
+        if world is not None and world.unstated:
+            note += (f" This model's world also draws {world.unstated}, which no caption states: no word's map "
+                     "has a reason to follow it, and it is what the sampler must invent on its own.")
+    return note
+
+
+def _text_encoder_note(pipe) -> str:
     from analysis.toy.train import text_encoder_kind
 
     encoder = getattr(pipe, "text_encoder", None)

@@ -52,3 +52,27 @@ def word_maps_figure(rows: list[dict], alpha: float = 0.6, title: str | None = N
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def step_pairs_figure(rows: list[dict], gain: float = 4.0, title: str | None = None):
+    """What halving the steps changes, one row per model: for each prompt the full-step image, the half-step
+    image and their absolute difference (x `gain`, so a 16-level change is a visible 64).
+
+    rows: dicts with "label" and "pairs", a list of (full (H, W, 3) uint8, half (H, W, 3) uint8, psnr_db).
+    """
+    n = len(rows[0]["pairs"])
+    fig, axes = plt.subplots(len(rows), 3 * n, figsize=(1.05 * 3 * n + 0.6, 1.25 * len(rows) + 0.5), squeeze=False)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    for r, row in enumerate(rows):
+        axes[r, 0].set_ylabel("\n".join(textwrap.wrap(row["label"], 16)), fontsize=7)
+        for p, (full, half, db) in enumerate(row["pairs"]):
+            diff = np.clip(np.abs(full.astype(np.int16) - half.astype(np.int16)) * gain, 0, 255).astype(np.uint8)
+            for c, (image, name) in enumerate(((full, "full"), (half, "half"), (diff, f"|diff| x{gain:g}"))):
+                axes[r, 3 * p + c].imshow(image, interpolation="nearest")
+                axes[r, 3 * p + c].set_title(f"{name}" + (f"\n{db:.1f} dB" if c == 2 else ""), fontsize=6)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig

@@ -87,13 +87,16 @@ def score_sweep(out: Path, rows: list[dict], model_name: str = "default",
     meta {"judge": "unavailable: ..."}."""
     from analysis.eval.judge import clip_scores, joint_features
     from analysis.eval.sweep_results import image_path, load_png, row_key
+    from analysis.models import DEFAULT_MODEL_DIR
     from analysis.toy import scenes
+    from analysis.toy.train import world_of
 
     captions = sorted({r["prompt"] for r in rows})
     seeds = sorted({int(r["seed"]) for r in rows})
     try:
         model, processor, label, with_renders = _features_model(model_name)
-        renders = scenes.true_renders(captions, len(seeds), seed=0) if with_renders else None
+        renders = (scenes.true_renders(captions, len(seeds), seed=0, world=world_of(DEFAULT_MODEL_DIR))
+                   if with_renders else None)  # the default model's own world (its recipe's), as it was trained
     except (RuntimeError, ValueError) as err:
         return JudgeScores(meta={"judge": f"unavailable: {err}"})
     pid_of = {r["prompt"]: int(r["prompt_id"]) for r in rows}

@@ -74,12 +74,21 @@ class World:
     grain_std: float = 0.0  # background grain: standard deviation in RGB levels (0 = flat)
     grain_sigma: float = 1.5  # its spatial smoothing (Gaussian sigma, pixels)
     shading: float = 0.0  # object brightness varies by +- this fraction across the object
+    tile_strength: float = 0.0  # tiled texture: a dark cell multiplies the pixels under it by (1 - this)
+    tile_prob: float = 0.35  # each cell is dark with this probability (below 1/2: the border median stays light)
+    tile_px: int = 4  # cell side in pixels; 4 = one latent pixel of the 16x16 latent, aligned with it
+    unstated: str = ""  # what the world draws that no caption says, in words (the app's reading note)
 
 
 WORLDS = {
     "flat": World("flat"),
     "detail": World("detail", object_counts=((0.3, 3), (0.65, 2), (1.0, 1)), grain_std=10.0, grain_sigma=1.5,
-                    shading=0.18),
+                    shading=0.18, unstated="a smooth grain on the background and a light gradient on each object"),
+    # Issue 16, second attempt: many caption-free coin flips at the latent's own scale (one per 4x4 cell, over
+    # background and objects alike), each a visible step in brightness that a sampler must commit to.
+    "tiles": World("tiles", object_counts=((0.3, 3), (0.65, 2), (1.0, 1)), shading=0.12, tile_strength=0.15,
+                   unstated="a texture of 4 px cells, about a third of them darker, over the whole image, and a "
+                            "light gradient on each object"),
 }
 
 
@@ -105,6 +114,9 @@ class Scene:
     grain_seed: int = 0  # background grain drawn from this seed
     grain_std: float = 0.0  # 0: a flat background
     grain_sigma: float = 1.5
+    tile_strength: float = 0.0  # 0: no tiled texture; the cells are drawn from grain_seed
+    tile_prob: float = 0.35
+    tile_px: int = 4
 
 
 def caption(scene: Scene) -> str:
@@ -143,7 +155,7 @@ def render(scene: Scene) -> np.ndarray:
     for obj in scene.objects:
         _draw_object(draw, obj)
     pixels = np.asarray(image, dtype=np.uint8).copy()
-    if scene.grain_std <= 0 and not any(o.shade for o in scene.objects):
+    if scene.grain_std <= 0 and scene.tile_strength <= 0 and not any(o.shade for o in scene.objects):
         return pixels  # the flat world: exactly what it always was
     return _add_detail(scene, pixels)
 
@@ -170,6 +182,10 @@ def _add_detail(scene: Scene, pixels: np.ndarray) -> np.ndarray:
         along = ((xx - cx) * np.cos(obj.shade_angle) + (yy - cy) * np.sin(obj.shade_angle)) / (SIZES[obj.size] / 2)
         factor = 1.0 - obj.shade * np.clip(along, -1.0, 1.0)
         out[owner == i] *= factor[owner == i, None]
+    if scene.tile_strength > 0:
+        cells = IMAGE_SIZE // scene.tile_px
+        dark = np.random.default_rng([scene.grain_seed, 1]).random((cells, cells)) < scene.tile_prob
+        out *= (1.0 - scene.tile_strength * np.kron(dark, np.ones((scene.tile_px, scene.tile_px))))[..., None]
     return np.clip(out.round(), 0, 255).astype(np.uint8)
 
 
@@ -201,12 +217,13 @@ def sample_scene(rng: np.random.Generator, allow_held_out: bool = False, world: 
 def _scene(objects, background: str, rng: np.random.Generator, world: World) -> Scene:
     """The scene, with the world's unstated detail (shading, grain) drawn from `rng`; the flat world draws
     nothing more, so its scenes and datasets stay what they were."""
-    if world.grain_std <= 0 and world.shading <= 0:
+    if world.grain_std <= 0 and world.shading <= 0 and world.tile_strength <= 0:
         return Scene(tuple(objects), background)
     if world.shading > 0:
         objects = [replace(o, shade=world.shading, shade_angle=float(rng.uniform(0, 2 * np.pi))) for o in objects]
     return Scene(tuple(objects), background, grain_seed=int(rng.integers(2**31)), grain_std=world.grain_std,
-                 grain_sigma=world.grain_sigma)
+                 grain_sigma=world.grain_sigma, tile_strength=world.tile_strength, tile_prob=world.tile_prob,
+                 tile_px=world.tile_px)
 
 
 def sample_dataset(n: int, seed: int, world: str = "flat") -> tuple[np.ndarray, list[str], list[Scene]]:
