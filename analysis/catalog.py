@@ -1,7 +1,7 @@
 """The names DiffScope accepts for schedulers and models, defined once (no heavy imports: the CLI's parser
 and RunConfig's validation read them before torch or diffusers load).
 
-Models: "default" (the embedded shapes-world model, assets/shapes-v2), the random-weight aliases below
+Models: "default" (the embedded shapes-world model, assets/shapes-v3), the random-weight aliases below
 (real architectures, random weights: compute does not depend on the weights), a Hugging Face Hub id
 "owner/name", or a local diffusers pipeline folder. `analysis.models.load_pipeline` resolves all of them.
 """

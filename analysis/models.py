@@ -1,7 +1,7 @@
 """load_pipeline("default" | hub id | local dir), scheduler choice, and random-weight pipelines for tests
 and benchmarks (compute does not depend on the weights).
 
-"default" is the embedded shapes-world model in assets/shapes-v2 (trained by `python -m analysis
+"default" is the embedded shapes-world model in assets/shapes-v3 (trained by `python -m analysis
 train-default`); where it is missing, a random-weight pipeline of the same architecture stands in. The
 accepted names (model aliases, scheduler names) are listed once, in analysis/catalog.py.
 """
@@ -27,7 +27,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProject
 from analysis.catalog import DEFAULT_MODEL, RANDOM_MODELS, SCHEDULERS, is_hub_id
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_MODEL_DIR = REPO_ROOT / "assets" / "shapes-v2"
+DEFAULT_MODEL_DIR = REPO_ROOT / "assets" / "shapes-v3"
 
 
 class ModelLoadError(ValueError):
