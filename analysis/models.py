@@ -8,6 +8,7 @@ accepted names (model aliases, scheduler names) are listed once, in analysis/cat
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 from pathlib import Path
 
@@ -124,6 +125,31 @@ def model_name(pipe) -> str:
     """The name `pipe` was labelled with by set_model_name (load_pipeline and the model pool do), or
     UNNAMED_MODEL ("custom") for a pipeline nobody named."""
     return getattr(pipe, MODEL_NAME_ATTR, UNNAMED_MODEL)
+
+
+def model_fingerprint(name: str) -> str:
+    """Which weights `name` means now, so a resumed sweep can tell its old rows came from the same model: for a
+    folder ("default" included) a hash over every file's path, size and first and last MiB (a Hub snapshot of
+    several GB hashes in well under a second); a random-weight alias or a Hub id is itself (its weights do not
+    change under that name, or are fixed by the Hub revision)."""
+    if name == DEFAULT_MODEL:
+        folder = DEFAULT_MODEL_DIR if (DEFAULT_MODEL_DIR / "model_index.json").exists() else None
+        if folder is None:
+            return "random:toy"
+    elif Path(name).is_dir():
+        folder = Path(name)
+    else:
+        return name
+    digest = hashlib.sha1()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        size = path.stat().st_size
+        digest.update(f"{path.relative_to(folder).as_posix()}:{size}".encode())
+        with open(path, "rb") as handle:
+            digest.update(handle.read(1 << 20))
+            if size > 2 << 20:
+                handle.seek(-(1 << 20), os.SEEK_END)
+                digest.update(handle.read())
+    return digest.hexdigest()[:16]
 
 
 def load_pipeline(name: str = "default", scheduler: str = "ddim", device: str | None = None):

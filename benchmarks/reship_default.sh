@@ -20,6 +20,11 @@ step() {  # step N NAME COMMAND...
   echo "=== [$n] $name done in $((SECONDS - t0)) s" >&2
 }
 
+fresh() {  # fresh DIR COMMAND...: the command on an empty DIR (a reship never resumes an older model's rows)
+  rm -rf "$1"; shift
+  "$@"
+}
+
 last_line_to() {  # last_line_to FILE COMMAND...: the command's last stdout line into FILE, only if it succeeded
   local file=$1; shift
   "$@" | tail -n 1 > "$file.tmp"  # pipefail (set above) fails the step when the command fails
@@ -34,9 +39,9 @@ step 3 eval-default last_line_to docs/results/eval_default_100prompts.json $PY -
 step 4 eval-signals last_line_to docs/results/eval_signals_binding_default.json $PY -m benchmarks.eval_signals --prompts 20 --binding-prompts 24
 # 5-9: the default grid, the observations (they read its summary), the ablations (+ AT-EDM's rankings like for
 # like, + peers)
-step 5 sweep-default $PY -m analysis sweep --prompts assets/prompts/shapes-30.txt --grid default --seeds 0,1 --steps 20 --out $RUNS/default-20 --threads 2 --no-figures
+step 5 sweep-default fresh $RUNS/default-20 $PY -m analysis sweep --prompts assets/prompts/shapes-30.txt --grid default --seeds 0,1 --steps 20 --out $RUNS/default-20 --threads 2 --no-figures
 step 6 merge-default $PY -m analysis sweep --out $RUNS/default-20 --merge --ship
-step 7 sweep-ablations $PY -m analysis sweep --prompts assets/prompts/shapes-30.txt --grid "$ABLATIONS" --seeds 0,1 --steps 20 --out $RUNS/ablations-20 --threads 2 --no-figures
+step 7 sweep-ablations fresh $RUNS/ablations-20 $PY -m analysis sweep --prompts assets/prompts/shapes-30.txt --grid "$ABLATIONS" --seeds 0,1 --steps 20 --out $RUNS/ablations-20 --threads 2 --no-figures
 step 8 merge-ablations $PY -m analysis sweep --out $RUNS/ablations-20 --merge --ship --ship-as ablations-20
 step 9 observations bash -o pipefail -c "rm -rf $RUNS/observations-20 && $PY -m analysis observations --seeds 0,1 --steps 20 --out $RUNS/observations-20 --ship | tail -n 1"
 # 10: per-step sensitivity
@@ -52,7 +57,7 @@ if [[ -n "${TGATE_PY:-}" ]]; then
 fi
 # 15-17: DeepCache against step reduction at equal latency, and against the DeepCache 0.1.1 package where it is
 # installed (the sweep's peer rows need it too)
-step 15 sweep-deepcache $PY -m analysis sweep --grid "deepcache,steps,tg8=tgate:gate_step=8,tg8-dc3=tgate:gate_step=8&deepcache:cache_interval=3,tg8-dc5=tgate:gate_step=8&deepcache:cache_interval=5" --limit-prompts 10 --seeds 0,1 --steps 20 --out $RUNS/deepcache-20 --threads 2 --no-figures
+step 15 sweep-deepcache fresh $RUNS/deepcache-20 $PY -m analysis sweep --grid "deepcache,steps,tg8=tgate:gate_step=8,tg8-dc3=tgate:gate_step=8&deepcache:cache_interval=3,tg8-dc5=tgate:gate_step=8&deepcache:cache_interval=5" --limit-prompts 10 --seeds 0,1 --steps 20 --out $RUNS/deepcache-20 --threads 2 --no-figures
 step 16 merge-deepcache $PY -m analysis sweep --out $RUNS/deepcache-20 --merge --ship --ship-as deepcache-20
 if $PY -c "import DeepCache" 2>/dev/null; then
   step 17 crosscheck-deepcache $PY -m benchmarks.crosscheck_deepcache --prompts 6 --rounds 3 --settings 3:0,5:0 --json docs/results/crosscheck_deepcache.json

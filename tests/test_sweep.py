@@ -131,6 +131,28 @@ def test_sweep_writes_tidy_table_summary_and_report(full_run):
     assert len(list((full_run / "images" / "tg").glob("*.png"))) == 2
 
 
+def test_a_sweep_does_not_resume_rows_of_other_weights_under_the_same_name(full_run, tmp_path, capsys):
+    """The default model is a name: when its weights change (a new embedded model), an old sweep folder's rows
+    must not be mixed into the new sweep. Its meta carries the weights' fingerprint; a mismatch is refused."""
+    import shutil
+
+    from analysis.models import model_fingerprint
+
+    out = tmp_path / "other-weights"
+    shutil.copytree(full_run, out)
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["model_fingerprint"] == model_fingerprint("default") != model_fingerprint("sd15-random")
+    rows_before = (out / "rows" / "shard-0-of-1.jsonl").read_text()
+    meta["model_fingerprint"] = "0123456789abcdef"  # the same name, other weights
+    (out / "meta.json").write_text(json.dumps(meta))
+    assert _sweep(out) == 2
+    assert "other weights under that name" in capsys.readouterr().err
+    assert (out / "rows" / "shard-0-of-1.jsonl").read_text() == rows_before  # nothing run, nothing appended
+    del meta["model_fingerprint"]  # a sweep from before the fingerprint: refused too
+    (out / "meta.json").write_text(json.dumps(meta))
+    assert _sweep(out) == 2
+
+
 def test_killed_sweep_resumes_without_recomputing(full_run, tmp_path):
     import shutil
 

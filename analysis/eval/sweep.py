@@ -293,16 +293,20 @@ def run(args) -> dict:
     except ValueError as err:
         raise UsageError(err) from None
     out.mkdir(parents=True, exist_ok=True)
-    meta = {"model": args.model, "steps": args.steps, "scheduler": args.scheduler, "guidance": args.guidance,
+    from analysis.models import model_fingerprint
+
+    meta = {"model": args.model, "model_fingerprint": model_fingerprint(args.model), "steps": args.steps,
+            "scheduler": args.scheduler, "guidance": args.guidance,
             "seeds": seeds, "n_prompts": len(prompts), "prompts": prompts, "grid": args.grid,
             "settings": [{"setting": s.name, "technique": s.technique, "specs": list(s.specs),
                           "scheduler": s.scheduler} for s in settings]}
     meta_path = out / "meta.json"
     if meta_path.exists():
         old = json.loads(meta_path.read_text())
-        for key in ("model", "steps", "scheduler", "guidance", "prompts"):
-            if old.get(key) != meta[key]:
-                raise UsageError(f"{out} holds a sweep with another {key} ({old.get(key)!r}); use a new --out")
+        for key in ("model", "model_fingerprint", "steps", "scheduler", "guidance", "prompts"):
+            if old.get(key) != meta[key]:  # a sweep from before the fingerprint cannot show its weights: refused
+                what = "weights under that name" if key == "model_fingerprint" else f"{key} ({old.get(key)!r})"
+                raise UsageError(f"{out} holds a sweep with other {what}; use a new --out")
         known = {s["setting"]: s for s in old.get("settings", [])}
         known.update({s["setting"]: s for s in meta["settings"]})
         meta["settings"] = list(known.values())
