@@ -234,7 +234,7 @@ def main(argv=None) -> int:
         from viz.grid import word_maps_figure
 
         kinds = {m: text_encoder_of(m) for m in pipes}
-        rows = [{"label": f"{kinds[m]['kind']} ({kinds[m]['layers']} layers)",
+        rows = [{"label": f"{Path(m).name}: {kinds[m]['kind']} ({kinds[m]['layers']} layers), {world_of(m)} world",
                  **word_maps(pipe, args.figure_prompt, 0, args.steps, args.guidance)} for m, pipe in pipes.items()]
         word_maps_figure(rows, title=f"'{args.figure_prompt}', seed 0, {args.steps} DDIM steps: each word's "
                                      "cross-attention (mean of steps and layers)").savefig(args.figure, dpi=100)
