@@ -34,7 +34,10 @@ from ui.techniques import TechniquePanel
 PROBE_BUDGET_MB = 64
 EXAMPLES = [["a large red circle on the left", "0"],
             ["a small blue square at the top and a yellow triangle on the right", "1"],
-            ["a large green triangle in the center", "2"]]
+            ["a large green triangle in the center", "2"],
+            # the default model's world (shapes-v3) draws up to three objects
+            ["a large purple square on the left and a small orange circle at the top and a small green triangle "
+             "on the right", "3"]]
 CSS = """
 #diffscope-title h1 {margin-bottom: 0}
 .diffscope-image img {image-rendering: pixelated; object-fit: contain}
