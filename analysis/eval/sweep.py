@@ -267,6 +267,22 @@ def _parse_seeds(text: str) -> list[int]:
     return seeds
 
 
+def _write_meta(meta_path: Path, meta: dict) -> None:
+    """Write the sweep's meta, merged with a previous one in the same folder (resume), which must be the same
+    model (name and weights), steps, scheduler, guidance and prompts."""
+    if meta_path.exists():
+        old = json.loads(meta_path.read_text())
+        for key in ("model", "model_fingerprint", "steps", "scheduler", "guidance", "prompts"):
+            if old.get(key) != meta[key]:  # a sweep from before the fingerprint cannot show its weights: refused
+                what = "weights under that name" if key == "model_fingerprint" else f"{key} ({old.get(key)!r})"
+                raise UsageError(f"{meta_path.parent} holds a sweep with other {what}; use a new --out")
+        known = {s["setting"]: s for s in old.get("settings", [])}
+        known.update({s["setting"]: s for s in meta["settings"]})
+        meta["settings"] = list(known.values())
+        meta["seeds"] = sorted(set(old.get("seeds", [])) | set(meta["seeds"]))
+    meta_path.write_text(json.dumps(meta, indent=1))
+
+
 def run(args) -> dict:
     # analysis.run_folder's one policy; a folder is a previous sweep when its meta.json names these keys
     out = check_out_dir(args.out, "meta.json", ("model", "steps", "prompts"), kind="sweep", in_place=True,
@@ -300,18 +316,7 @@ def run(args) -> dict:
             "seeds": seeds, "n_prompts": len(prompts), "prompts": prompts, "grid": args.grid,
             "settings": [{"setting": s.name, "technique": s.technique, "specs": list(s.specs),
                           "scheduler": s.scheduler} for s in settings]}
-    meta_path = out / "meta.json"
-    if meta_path.exists():
-        old = json.loads(meta_path.read_text())
-        for key in ("model", "model_fingerprint", "steps", "scheduler", "guidance", "prompts"):
-            if old.get(key) != meta[key]:  # a sweep from before the fingerprint cannot show its weights: refused
-                what = "weights under that name" if key == "model_fingerprint" else f"{key} ({old.get(key)!r})"
-                raise UsageError(f"{out} holds a sweep with other {what}; use a new --out")
-        known = {s["setting"]: s for s in old.get("settings", [])}
-        known.update({s["setting"]: s for s in meta["settings"]})
-        meta["settings"] = list(known.values())
-        meta["seeds"] = sorted(set(old.get("seeds", [])) | set(seeds))
-    meta_path.write_text(json.dumps(meta, indent=1))
+    _write_meta(out / "meta.json", meta)
 
     import torch
     from tqdm import tqdm
