@@ -58,7 +58,10 @@ def test_versus_steps_reads_a_sweep_and_counts_each_setting_once():
     rows = observations.versus_steps(pipe, Path(SHIPPED_DIR) / "default-20", "a large red circle on the left", 5.0)
     by = {r["setting"]: r for r in rows}
     assert "baseline" not in by and not any(r["technique"] == "steps" for r in rows)
-    assert by["tgate-g8"]["counted_speedup"] > 1.0 and by["atedm-63"]["counted_speedup"] > 1.0
+    assert by["tgate-g8"]["counted_speedup"] > 1.0
+    # AT-EDM's counted work charges its measured ranking overheads (issue 20), which on the 64 px default model
+    # make it about break-even (0.85-1.0 on this VM): it must be counted, its side of 1 depends on the machine
+    assert 0.5 < by["atedm-63"]["counted_speedup"] < 2.0
     # the step ladder's PSNR falls as the speed-up rises, so a faster point is compared with a lower PSNR
     assert by["tgate-g4"]["steps_psnr_at_counted"] <= by["tgate-g16"]["steps_psnr_at_counted"]
 
